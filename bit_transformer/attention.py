@@ -1,0 +1,182 @@
+"""Multi-head self-attention through ``F.scaled_dot_product_attention``, full or chunked.
+
+Full attention passes ``is_causal`` and no mask, which lets PyTorch pick its fused kernels (playbook
+task 9). Chunked attention splits the sequence into chunks of ``chunk_size`` bits; each query sees
+its own chunk plus the ``overlap`` positions before it (causally when ``causal``). All chunks run in
+one SDPA call over a (chunks x chunk x window) layout; the boolean masks it needs are built once per
+shape and served from :data:`MASK_CACHE` (task 10).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+class MaskCache:
+    """Boolean attention masks keyed by everything that shapes them; counts hits and misses."""
+
+    def __init__(self) -> None:
+        self._masks: dict[tuple, torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple, build) -> torch.Tensor:
+        mask = self._masks.get(key)
+        if mask is None:
+            self.misses += 1
+            mask = self._masks[key] = build()
+        else:
+            self.hits += 1
+        return mask
+
+    def clear(self) -> None:
+        self._masks.clear()
+        self.hits = self.misses = 0
+
+    def stats(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "entries": len(self._masks)}
+
+
+MASK_CACHE = MaskCache()
+
+
+def dense_chunk_mask(T: int, chunk_size: int | None, overlap: int, causal: bool, device=None) -> torch.Tensor:
+    """(T, T) bool, True where query i may attend to key j. The reference for chunked attention."""
+    i = torch.arange(T, device=device)[:, None]
+    j = torch.arange(T, device=device)[None, :]
+    allowed = torch.ones(T, T, dtype=torch.bool, device=device)
+    if chunk_size is not None:
+        start = (i // chunk_size) * chunk_size
+        allowed &= (j >= (start - overlap).clamp(min=0)) & (j < start + chunk_size)
+    if causal:
+        allowed &= j <= i
+    return allowed
+
+
+def _window_mask(T: int, chunk: int, overlap: int, causal: bool, device) -> torch.Tensor:
+    """(n_chunks, chunk, overlap + chunk) bool for the padded, unfolded layout used below."""
+    n = math.ceil(T / chunk)
+    c = torch.arange(n, device=device)[:, None, None]
+    r = torch.arange(chunk, device=device)[None, :, None]
+    w = torch.arange(overlap + chunk, device=device)[None, None, :]
+    q_pos = c * chunk + r
+    k_pos = c * chunk - overlap + w
+    allowed = ((k_pos >= 0) & (k_pos < T)).expand(n, chunk, overlap + chunk)
+    if causal:
+        allowed = allowed & (k_pos <= q_pos)
+    return allowed.contiguous()
+
+
+@dataclass
+class AttentionFacts:
+    """How the last forward computed attention; read by checks and the MCP server."""
+
+    backend: str = "sdpa"
+    is_causal: bool = False
+    dense_mask: bool = False
+    chunked: bool = False
+
+
+@dataclass
+class AttentionStats:
+    """Telemetry of one attention layer: per-head entropy (bits) and, when logged, full maps."""
+
+    entropy: torch.Tensor  # (H,)
+    maps: torch.Tensor | None = None  # (B, H, T, T)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.nhead = cfg.nhead
+        self.head_dim = cfg.head_dim
+        self.causal = cfg.causal
+        self.chunk_size = cfg.chunk_size
+        self.overlap = cfg.overlap
+        self.dropout = cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.facts = AttentionFacts()
+
+    def forward(
+        self, x: torch.Tensor, *, stats: bool = False, maps: bool = False
+    ) -> tuple[torch.Tensor, AttentionStats | None]:
+        """x (B, T, D) -> (output (B, T, D), per-head statistics when ``stats`` or ``maps``).
+
+        ``maps`` adds full (B, H, T, T) attention maps (stitched from chunks when chunked). The
+        statistics recompute attention weights explicitly, so they cost extra: ask only for telemetry.
+        """
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.nhead, self.head_dim).permute(2, 0, 3, 1, 4)
+        p = self.dropout if self.training else 0.0
+        if self.chunk_size is None or self.chunk_size >= T:  # one chunk is full attention
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)
+            self.facts = AttentionFacts(is_causal=self.causal)
+            info = self._full_stats(q, k, maps) if stats or maps else None
+        else:
+            y, info = self._chunked(q, k, v, p, stats or maps, maps)
+        return self.out(y.transpose(1, 2).reshape(B, T, D)), info
+
+    def _full_stats(self, q: torch.Tensor, k: torch.Tensor, want_maps: bool) -> AttentionStats:
+        # Explicit weights only for telemetry; the training path above never builds a dense mask.
+        T = q.shape[2]
+        scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(self.head_dim)
+        if self.causal:
+            key = ("dense", T, None, 0, True, str(q.device))
+            mask = MASK_CACHE.get(key, lambda: dense_chunk_mask(T, None, 0, True, q.device))
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(-1)
+        return AttentionStats(entropy=_row_entropy(weights).mean(dim=(0, 2)), maps=weights if want_maps else None)
+
+    def _chunked(self, q, k, v, p: float, want_stats: bool, want_maps: bool):
+        B, H, T, E = q.shape
+        C, ov = self.chunk_size, self.overlap
+        n = math.ceil(T / C)
+        pad = n * C - T
+        W = ov + C
+        # Keys/values padded by `overlap` on the left and to whole chunks on the right, then cut into
+        # overlapping windows of W = overlap + chunk positions, one window per chunk.
+        qc = F.pad(q, (0, 0, 0, pad)).view(B, H, n, C, E)
+        kw = F.pad(k, (0, 0, ov, pad)).unfold(2, W, C).transpose(-1, -2)
+        vw = F.pad(v, (0, 0, ov, pad)).unfold(2, W, C).transpose(-1, -2)
+        key = ("window", T, C, ov, self.causal, str(q.device))
+        mask = MASK_CACHE.get(key, lambda: _window_mask(T, C, ov, self.causal, q.device))
+        y = F.scaled_dot_product_attention(qc, kw, vw, attn_mask=mask, dropout_p=p)
+        self.facts = AttentionFacts(is_causal=False, dense_mask=False, chunked=True)
+        info = None
+        if want_stats:
+            scores = (qc @ kw.transpose(-1, -2)).float() / math.sqrt(self.head_dim)
+            weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+            real_rows = weights.reshape(B, H, n * C, W)[:, :, :T]  # padded queries are not telemetry
+            info = AttentionStats(
+                entropy=_row_entropy(real_rows).mean(dim=(0, 2)),
+                maps=self._stitch(weights, T) if want_maps else None,
+            )
+        return y.reshape(B, H, n * C, E)[:, :, :T], info
+
+    def _stitch(self, weights: torch.Tensor, T: int) -> torch.Tensor:
+        """Place each chunk's (C x W) attention weights onto a (T x T) canvas (task 11)."""
+        C, ov = self.chunk_size, self.overlap
+        B, H = weights.shape[:2]
+        canvas = weights.new_zeros(B, H, T, T)
+        for c in range(weights.shape[2]):
+            s = c * C
+            rows = min(C, T - s)
+            start, end = max(s - ov, 0), min(s + C, T)
+            # Window column w holds key s - O + w. Clamping `start` at 0 shifts the source slice
+            # instead of letting a negative index wrap around to the end of the canvas.
+            first = start - (s - ov)
+            canvas[:, :, s : s + rows, start:end] = weights[:, :, c, :rows, first : first + end - start]
+        return canvas
+
+
+def _row_entropy(weights: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in bits of each attention row (last dim); masked zeros contribute nothing."""
+    return -(weights * torch.log2(weights.clamp_min(1e-12))).sum(-1)

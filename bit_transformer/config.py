@@ -1,0 +1,170 @@
+"""Typed configuration for a BitTransformerLM run.
+
+Field names follow the playbook's flags (``layers``, ``d_model``, ``chunk_size``, ``accum_steps``,
+``amp``, ...), so a playbook command line maps one-to-one onto these models. Every model forbids
+unknown fields: a typo such as ``d_modle`` is an error that names the field, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FRAME_BITS = 9  # 8 data bits + 1 even-parity bit per byte
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """Architecture of a BitTransformerLM."""
+
+    layers: int = Field(4, ge=1, le=256, description="Number of transformer blocks.")
+    d_model: int = Field(128, ge=8, le=16384, description="Width of the residual stream.")
+    nhead: int = Field(8, ge=1, description="Attention heads; must divide d_model.")
+    dim_feedforward: int | None = Field(
+        None, ge=8, description="Hidden width of the feed-forward layer; defaults to 4 * d_model."
+    )
+    max_seq_len: int = Field(
+        576, ge=FRAME_BITS, le=1 << 20, description="Longest input in bits (576 bits = 64 bytes)."
+    )
+    causal: bool = Field(True, description="Causal (next-bit) attention; false gives bidirectional.")
+    chunk_size: int | None = Field(
+        None, ge=1, description="Attend within chunks of this many bits (plus `overlap`); None = full."
+    )
+    overlap: int = Field(0, ge=0, description="Extra positions before each chunk that it may attend to.")
+    full_attn_logging: bool | None = Field(
+        None,
+        description="Return stitched T x T attention maps with telemetry. Defaults to off when "
+        "chunk_size is set (they cost O(T^2) memory), on otherwise.",
+    )
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    reversible: bool = Field(False, description="RevNet-style reversible blocks (activation memory flat in depth).")
+    act: bool = Field(False, description="Adaptive computation time: positions halt after a variable depth.")
+    act_threshold: float = Field(0.99, gt=0.0, le=1.0, description="Cumulative halting mass that stops a position.")
+    ponder_weight: float = Field(0.01, ge=0.0, description="Weight of the ACT ponder cost in the loss.")
+    checkpointing: bool = Field(False, description="Recompute each block's activations in backward.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        problems: list[str] = []
+        if self.d_model % self.nhead:
+            problems.append(
+                f"d_model ({self.d_model}) must be divisible by nhead ({self.nhead}); "
+                f"e.g. nhead={_largest_divisor(self.d_model, self.nhead)}"
+            )
+        if self.chunk_size is None and self.overlap:
+            problems.append("overlap needs chunk_size: set chunk_size or set overlap to 0")
+        if self.chunk_size is not None and self.overlap >= self.chunk_size:
+            problems.append(
+                f"overlap ({self.overlap}) must be smaller than chunk_size ({self.chunk_size})"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def ff_dim(self) -> int:
+        return self.dim_feedforward or 4 * self.d_model
+
+    @property
+    def attn_logging(self) -> bool:
+        """Resolved `full_attn_logging` (playbook task 12: off by default in chunked runs)."""
+        if self.full_attn_logging is None:
+            return self.chunk_size is None
+        return self.full_attn_logging
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.nhead
+
+
+class SafetyConfig(_Strict):
+    """The EMA + burn-in gate (playbook task 7)."""
+
+    decay: float = Field(0.9, ge=0.0, lt=1.0, description="EMA decay.")
+    burn_in: int = Field(10, ge=0, description="Observations during which the gate never triggers.")
+    loss_threshold: float | None = Field(
+        None,
+        gt=0.0,
+        description="Upper bound on the EMA of validation loss (nats per bit). Default: a uniform "
+        "predictor's loss, ln 2, times 1.05, i.e. the model is no better than guessing.",
+    )
+    c_floor: float = Field(0.3, ge=0.0, le=1.0, description="Lower floor for LZ complexity C.")
+    s_floor: float = Field(0.5, ge=0.0, le=1.0, description="Lower floor for symbiosis S.")
+
+
+class TrainConfig(_Strict):
+    """How to train: batches, schedule, precision and the playbook's runtime switches."""
+
+    batch_size: int = Field(32, ge=1)
+    accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer update.")
+    epochs: int = Field(1, ge=1)
+    steps: int | None = Field(
+        None, ge=1, description="Optimizer updates to run; overrides epochs when set."
+    )
+    extra_steps: int = Field(0, ge=0, description="Updates added to the scheduler horizon per epoch.")
+    lr: float = Field(3e-3, gt=0.0, description="Peak learning rate.")
+    weight_decay: float = Field(0.01, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    warmup_frac: float = Field(0.1, ge=0.0, lt=1.0, description="Share of updates spent warming up.")
+    amp: Literal["bf16", "none"] = Field("bf16", description="bf16 autocast or plain fp32.")
+    lr_schedule: Literal["onecycle", "cosine", "constant", "progressive_plateau"] = "onecycle"
+    patience: int = Field(3, ge=1, description="progressive_plateau: evaluations without improvement.")
+    min_delta: float = Field(1e-3, ge=0.0, description="progressive_plateau: improvement that counts.")
+    plateau_scale_up: bool = Field(False, description="progressive_plateau: ask for a scale-up on plateau.")
+    compress_prob: float = Field(0.0, ge=0.0, le=1.0, description="Final probability of a compressed sample.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    compile: bool = Field(False, description="torch.compile the blocks where supported.")
+    quantization: Literal["none", "int8"] = Field("none", description="Export target after training.")
+    qat: bool = Field(False, description="Quantization-aware training (fake-quantized weights).")
+    lambda_K: float = Field(0.0, ge=0.0, description="Loss weight of negentropy K (differentiable).")
+    lambda_C: float = Field(0.0, ge=0.0, description="Loss weight of LZ complexity C (differentiable proxy).")
+    lambda_S: float = Field(0.0, ge=0.0, description="Loss weight of symbiosis S (differentiable).")
+    eval_every: int = Field(50, ge=1, description="Optimizer updates between validations.")
+    eval_batches: int = Field(8, ge=1, description="Validation batches per evaluation.")
+    save_every: int = Field(200, ge=1, description="Optimizer updates between checkpoints.")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.qat and self.quantization != "int8":
+            raise ValueError("qat=true needs quantization='int8' (QAT trains for the INT8 export)")
+        return self
+
+
+class DataConfig(_Strict):
+    """Where the text comes from and how it is split."""
+
+    source: Literal["builtin", "files", "hf"] = Field(
+        "builtin", description="builtin: text shipped with Python; files: `paths`; hf: a Hugging Face dataset."
+    )
+    paths: list[str] = Field(default_factory=list, description="Files or globs when source='files'.")
+    hf_name: str = Field("wikitext", description="Dataset name when source='hf'.")
+    hf_config: str | None = Field("wikitext-2-raw-v1", description="Dataset config when source='hf'.")
+    hf_split: str = Field("train", description="Dataset split when source='hf'.")
+    text_field: str = Field("text", description="Column holding the text when source='hf'.")
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Tail share of the text held out.")
+    max_bytes: int | None = Field(None, ge=64, description="Use at most this many bytes of text.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.source == "files" and not self.paths:
+            raise ValueError("source='files' needs paths: give one or more file paths or globs")
+        return self
+
+
+class RunConfig(_Strict):
+    """Everything a training run needs; what `patch_config` edits."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in range(1, at_most + 1) if n % d == 0)

@@ -1,0 +1,132 @@
+"""BitTransformerLM: a transformer that reads bits and predicts the next bit.
+
+Each input position carries three embeddings: the bit itself, its absolute position, and its phase
+inside the 9-bit frame (0-7 data bits, 8 = parity). Windows start on frame boundaries, so the
+phase of position t is simply t mod 9.
+
+Blocks are pre-norm; each exposes its two residual branches (``attn_branch``, ``ff_branch``) so that
+the stack can run them as ordinary residuals, with activation checkpointing, or as a reversible
+coupling (see ``reversible.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import AttentionFacts, AttentionStats, SelfAttention
+from .config import FRAME_BITS, ModelConfig
+
+
+@dataclass
+class ForwardTelemetry:
+    """Raw per-forward measurements; ``telemetry.summarize`` turns them into K/C/S and friends."""
+
+    attention: list[AttentionStats] = field(default_factory=list)  # one per layer
+    halting: torch.Tensor | None = None  # ACT: (B, T, layers) halting probability per layer
+    layers_used: torch.Tensor | None = None  # ACT: (B, T) layers each position computed
+
+
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor  # (B, T, 2): next-bit logits
+    ponder_cost: torch.Tensor  # scalar; zero without ACT
+    telemetry: ForwardTelemetry | None
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block, split into its attention and feed-forward branches."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.ff = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.ff_dim),
+            nn.GELU(),
+            nn.Linear(cfg.ff_dim, cfg.d_model),
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def attn_branch(self, x: torch.Tensor, stats: bool = False, maps: bool = False):
+        y, info = self.attn(self.ln1(x), stats=stats, maps=maps)
+        return self.drop(y), info
+
+    def ff_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.ff(self.ln2(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn_branch(x)[0]
+        return x + self.ff_branch(x)
+
+    @property
+    def residual_projections(self) -> tuple[nn.Linear, nn.Linear]:
+        """The two linears that write into the residual stream (zeroed to make a block an identity)."""
+        return self.attn.out, self.ff[2]
+
+
+class BitTransformerLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.bit_emb = nn.Embedding(2, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        self.phase_emb = nn.Embedding(FRAME_BITS, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, 2)
+        self.apply(self._init)
+        # GPT-2 style: shrink the projections that add into the residual stream with depth.
+        for block in self.blocks:
+            for proj in block.residual_projections:
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * cfg.layers))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def embed(self, bits: torch.Tensor) -> torch.Tensor:
+        length = bits.shape[1]
+        if length > self.cfg.max_seq_len:
+            raise ValueError(f"input has {length} bits but max_seq_len is {self.cfg.max_seq_len}")
+        pos = torch.arange(length, device=bits.device)
+        h = self.bit_emb(bits.long()) + self.pos_emb(pos) + self.phase_emb(pos % FRAME_BITS)
+        return self.drop(h)
+
+    def forward(self, bits: torch.Tensor, *, return_telemetry: bool = False) -> ModelOutput:
+        """bits (B, T) of 0/1 -> logits (B, T, 2) where position t predicts bit t + 1."""
+        h = self.embed(bits)
+        record = ForwardTelemetry() if return_telemetry else None
+        h, ponder = self._run_blocks(h, record)
+        return ModelOutput(self.head(self.ln_f(h)), ponder, record)
+
+    def _run_blocks(self, h: torch.Tensor, record: ForwardTelemetry | None) -> tuple[torch.Tensor, torch.Tensor]:
+        use_ckpt = self.cfg.checkpointing and self.training and torch.is_grad_enabled() and record is None
+        for block in self.blocks:
+            if record is not None:
+                y, info = block.attn_branch(h, stats=True, maps=self.cfg.attn_logging)
+                record.attention.append(info)
+                h = h + y
+                h = h + block.ff_branch(h)
+            elif use_ckpt:
+                h = checkpoint(block, h, use_reentrant=False)
+            else:
+                h = block(h)
+        return h, h.new_zeros(())
+
+    def attention_facts(self) -> list[AttentionFacts]:
+        """How each layer computed attention in the last forward (backend, is_causal, masks)."""
+        return [block.attn.facts for block in self.blocks]
