@@ -129,6 +129,9 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    keep_checkpoints: int = Field(
+        3, ge=1, description="Periodic checkpoints kept on disk (plus `best` and the one `latest` names)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -150,6 +153,11 @@ class DataConfig(_Strict):
     text_field: str = Field("text", description="Column holding the text when source='hf'.")
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Tail share of the text held out.")
     max_bytes: int | None = Field(None, ge=64, description="Use at most this many bytes of text.")
+    hf_data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        None,
+        description="source='hf': `data_files` passed to datasets.load_dataset, e.g. hf_name='text' or 'json' "
+        "with local files (works offline); None for a Hub dataset.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
