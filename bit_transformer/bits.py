@@ -18,6 +18,9 @@ from .config import FRAME_BITS
 _FRAMES = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1)
 _FRAMES = np.concatenate([_FRAMES, (_FRAMES.sum(axis=1, keepdims=True) % 2).astype(np.uint8)], axis=1)
 _FRAMES.setflags(write=False)
+# Multiplying a little-endian uint64 whose 8 bytes are 0/1 by this constant gathers those bits into
+# the top byte, first byte most significant: a branch-free packbits for one 9-bit frame.
+_MSB_GATHER = np.uint64(0x8040201008040201)
 
 BitsLike = np.ndarray | torch.Tensor | list[int]
 
@@ -51,7 +54,7 @@ class DecodeReport:
 def bytes_to_bits(data: bytes | bytearray | np.ndarray) -> np.ndarray:
     """Bytes -> flat uint8 array of 9 bits per byte."""
     arr = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes | bytearray) else data
-    return _FRAMES[arr.astype(np.uint8, copy=False)].reshape(-1)
+    return np.take(_FRAMES, arr.astype(np.uint8, copy=False), axis=0).reshape(-1)
 
 
 def text_to_bits(text: str) -> np.ndarray:
@@ -72,10 +75,21 @@ def _as_frames(bits: BitsLike) -> np.ndarray:
     return arr.reshape(*arr.shape[:-1], -1, FRAME_BITS)
 
 
+def _pack_frames(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., k, 9) 0/1 frames -> (data bytes (k_total,), parity-failed mask (k_total,)), flattened."""
+    flat = np.ascontiguousarray(frames, dtype=np.uint8).reshape(-1)
+    # An unaligned uint64 view starting at each frame covers exactly its 8 data bits and stays inside
+    # the buffer (the 0/1 check in _as_frames guarantees each byte is 0 or 1, as the multiply needs).
+    words = np.ndarray((flat.size // FRAME_BITS,), dtype="<u8", buffer=flat, strides=(FRAME_BITS,))
+    data = ((words * _MSB_GATHER) >> np.uint64(56)).astype(np.uint8)
+    bad = ((np.bitwise_count(data) & 1) ^ flat[8::FRAME_BITS]).astype(bool)
+    return data, bad
+
+
 def parity_errors(bits: BitsLike) -> np.ndarray:
     """Boolean array, one entry per frame (batch dims kept): True where parity fails."""
     frames = _as_frames(bits)
-    return (frames.sum(axis=-1) % 2).astype(bool)
+    return _pack_frames(frames)[1].reshape(frames.shape[:-1])
 
 
 def bits_to_bytes(bits: BitsLike, *, strict: bool = True, replacement: int = 0x3F) -> tuple[bytes, list[int]]:
@@ -87,12 +101,11 @@ def bits_to_bytes(bits: BitsLike, *, strict: bool = True, replacement: int = 0x3
     frames = _as_frames(bits)
     if frames.ndim != 2:
         raise ValueError(f"expected one row of bits, got shape {tuple(frames.shape[:-1])} frames")
-    data = np.packbits(frames[:, :8], axis=1).reshape(-1)
-    bad = np.flatnonzero(frames.sum(axis=1) % 2).tolist()
+    data, failed = _pack_frames(frames)
+    bad = np.flatnonzero(failed).tolist() if failed.any() else []
     if bad:
         if strict:
             raise ParityError(bad[0], bad)
-        data = data.copy()
         data[bad] = replacement
     return data.tobytes(), bad
 
