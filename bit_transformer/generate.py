@@ -1,0 +1,150 @@
+"""Parity-constrained sampling from a BitTransformerLM.
+
+Each new byte is sampled bit by bit: the model samples the 8 data bits (temperature, top-p, seeded
+generator), and the 9th bit is *set* to their even parity, never sampled. Every generated frame
+therefore passes the parity check and the stream always decodes; bytes that do not form valid UTF-8
+are replaced by U+FFFD, not an error.
+
+The model sees at most ``max_seq_len`` bits: the window slides over the stream in whole frames, so
+its first bit is always a frame's first bit and the phase embedding (position mod 9) stays right.
+
+After sampling, the safety gate judges the output on its C and S floors: C is the LZ complexity of the
+generated bits (degenerate repetition has low C) and S the symbiosis between the model's predicted
+probabilities for the sampled data bits and the bits actually drawn.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from .bits import parity_errors, text_to_bits
+from .config import FRAME_BITS, SafetyConfig
+from .safety import GateDecision, SafetyGate
+from .telemetry import TelemetrySummary, lz_complexity, summarize, symbiosis
+
+
+class GenerationResult(BaseModel):
+    text: str = Field(description="The generated continuation (invalid UTF-8 replaced by U+FFFD).")
+    prompt: str
+    full_text: str = Field(description="prompt + text")
+    new_bytes: int
+    parity_ok: bool = Field(description="Every frame of prompt + continuation passes its parity check.")
+    replaced: int = Field(0, description="U+FFFD characters that invalid UTF-8 produced in `text`.")
+    seed: int = Field(description="Seed of the sampling generator (pass it back to reproduce).")
+    C: float | None = Field(None, description="LZ complexity of the generated bits.")
+    S: float | None = Field(None, description="Symbiosis of predicted vs sampled data bits.")
+    telemetry: TelemetrySummary
+    verdict: GateDecision
+
+
+def window_start(n_bits: int, max_len: int) -> int:
+    """First bit of the frame-aligned window of at most ``max_len`` bits that ends at ``n_bits``."""
+    if n_bits <= max_len:
+        return 0
+    return math.ceil((n_bits - max_len) / FRAME_BITS) * FRAME_BITS
+
+
+def sample_bit(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """Draw a bit from 2-way ``logits``. temperature <= 0 is greedy; top-p keeps the likelier bit alone
+    when its probability already reaches ``top_p``."""
+    logits = logits.detach().double().cpu()
+    u = float(torch.rand((), generator=generator, dtype=torch.float64))  # always drawn: stream stays aligned
+    if temperature <= 0:
+        return int(logits[1] > logits[0])
+    p1 = float(torch.softmax(logits / temperature, dim=-1)[1])
+    if max(p1, 1.0 - p1) >= top_p:
+        return int(p1 > 0.5) if p1 != 0.5 else int(u < 0.5)
+    return int(u < p1)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
+@torch.inference_mode()
+def generate(
+    model: torch.nn.Module,
+    prompt: str,
+    *,
+    max_bytes: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    safety: SafetyConfig | None = None,
+    gate: SafetyGate | None = None,
+) -> GenerationResult:
+    """Continue ``prompt`` by ``max_bytes`` bytes.
+
+    ``seed`` makes the output reproducible (same model, prompt and settings -> same text). The verdict
+    comes from ``gate`` when given (its EMA and burn-in carry over between calls); otherwise from a
+    fresh gate built from ``safety`` with burn-in 0, because a single generation is judged on its own.
+    """
+    if max_bytes < 0:
+        raise ValueError("max_bytes must be >= 0")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if seed is None:  # a fresh seed, reported back; 63 bits so it fits a signed 64-bit integer anywhere
+        seed = secrets.randbits(63)
+    gen = torch.Generator().manual_seed(seed)
+    device = _device(model)
+    max_len = model.cfg.max_seq_len - model.cfg.max_seq_len % FRAME_BITS
+    stream = text_to_bits(prompt).astype(np.int64).tolist()
+    n_prompt = len(stream)
+    data_bits: list[int] = []
+    data_p1: list[float] = []  # model's untempered P(bit = 1) for each sampled data bit
+
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(max_bytes):
+            frame: list[int] = []
+            for _phase in range(8):
+                if stream:
+                    start = window_start(len(stream), max_len)
+                    x = torch.tensor(stream[start:], dtype=torch.long, device=device)[None]
+                    logits = model(x).logits[0, -1].float()
+                else:  # empty prompt: the very first bit has no context, so it is a fair coin
+                    logits = torch.zeros(2)
+                bit = sample_bit(logits, temperature, top_p, gen)
+                data_p1.append(float(torch.softmax(logits.double().cpu(), -1)[1]))
+                frame.append(bit)
+                stream.append(bit)
+            parity = sum(frame) % 2  # set, never sampled: the frame always decodes
+            stream.append(parity)
+            data_bits.extend(frame)
+        start = window_start(len(stream), max_len)
+        window = torch.tensor(stream[start:] or [0] * FRAME_BITS, dtype=torch.long, device=device)[None]
+        out = model(window, return_telemetry=True)
+        summary = summarize(window, out.logits.float(), out.telemetry)
+    finally:
+        model.train(was_training)
+
+    all_bits = np.asarray(stream, dtype=np.uint8)
+    new = all_bits[n_prompt:]
+    raw = np.packbits(new.reshape(-1, FRAME_BITS)[:, :8], axis=1).tobytes() if new.size else b""
+    text = raw.decode("utf-8", errors="replace")
+    C = S = None
+    if data_bits:
+        C = float(lz_complexity(torch.from_numpy(new.astype(np.float32))))
+        S = float(symbiosis(torch.tensor(data_p1, dtype=torch.float32), torch.tensor(data_bits, dtype=torch.float32)))
+    if gate is None:
+        gate = SafetyGate((safety or SafetyConfig()).model_copy(update={"burn_in": 0}))
+    verdict = gate.observe(C=C, S=S)
+    return GenerationResult(
+        text=text,
+        prompt=prompt,
+        full_text=prompt + text,
+        new_bytes=len(raw),
+        parity_ok=not bool(parity_errors(all_bits).any()),
+        replaced=text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd"),
+        seed=seed,
+        C=C,
+        S=S,
+        telemetry=summary,
+        verdict=verdict,
+    )
