@@ -1,0 +1,224 @@
+"""The server's side of the engine: corpus, derived facts, checkpoints and loaded models, imported lazily.
+
+Nothing here is imported at start-up; the first tool that needs torch pays for the import (~2 s),
+later calls reuse cached corpora, parameter counts and models. Model work is serialized by one lock
+(``Engine.lock``) so that, e.g., a scale_up never races an evaluate on the same weights. Training
+itself never runs here (see ``jobs.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .views import DataView, DerivedFacts, MemoryEstimate, PlanView
+from .workspace import Workspace, WorkspaceError
+
+log = logging.getLogger(__name__)
+
+SCALE_RUN = "scale-ups"
+
+
+class EngineError(ValueError):
+    """A user-facing problem (no model yet, unknown checkpoint...); the message says what to do."""
+
+
+class Engine:
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        self.lock = threading.RLock()
+        self._corpora: dict[str, Any] = {}
+        self._params: dict[str, int] = {}
+        self._derived: dict[str, DerivedFacts] = {}
+        self._models: dict[str, tuple[float, Any, Any]] = {}
+
+    # ---- data ---------------------------------------------------------------------------------------------
+    def corpus(self, data_cfg, *, force: bool = False):
+        """load_corpus for ``data_cfg`` (memoized per config; ``force`` reloads, i.e. re-checks the cache)."""
+        from bit_transformer.data import load_corpus
+
+        data_cfg = self.ws.confine_data(data_cfg, check_files=True)  # file sources must live in the workspace
+        key = data_cfg.model_dump_json()
+        with self.lock:
+            if force or key not in self._corpora:
+                t0 = time.perf_counter()
+                corpus = load_corpus(data_cfg, self.ws.cache_dir)
+                corpus.load_s = time.perf_counter() - t0  # type: ignore[attr-defined]
+                self._corpora[key] = corpus
+            return self._corpora[key]
+
+    def data_view(self, corpus) -> DataView:
+        return DataView(source_id=corpus.source_id, n_bytes=corpus.n_bytes, train_bytes=corpus.n_train_bytes,
+                        val_bytes=corpus.n_val_bytes, cache_hit=corpus.cache_hit, cache_note=corpus.cache_note,
+                        load_s=round(getattr(corpus, "load_s", 0.0), 4), content_hash=corpus.content_hash)
+
+    @staticmethod
+    def windows(bits, seq_len: int) -> int:
+        from bit_transformer.data import BitWindowDataset
+
+        try:
+            return len(BitWindowDataset(bits, seq_len))
+        except ValueError:
+            return 0
+
+    # ---- derived facts ---------------------------------------------------------------------------------------
+    def params(self, model_cfg) -> int:
+        key = model_cfg.model_dump_json()
+        if key not in self._params:
+            import torch
+
+            from bit_transformer.model import BitTransformerLM
+
+            with torch.device("meta"):  # no memory, no init cost: just the shapes
+                self._params[key] = BitTransformerLM(model_cfg).num_parameters()
+        return self._params[key]
+
+    def plan(self, cfg, n_windows: int, *, steps: int | None = None, epochs: int | None = None) -> PlanView:
+        from bit_transformer.training import plan_training
+
+        plan = plan_training(cfg, n_windows, steps=steps, epochs=epochs, params=self.params(cfg.model))
+        return plan_view(plan.model_dump(mode="json"))
+
+    def derived(self, cfg) -> DerivedFacts:
+        """Parameter count, update counts and a memory estimate for ``cfg`` (cached per config)."""
+        key = cfg.model_dump_json()
+        cached = self._derived.get(key)
+        if cached is not None:
+            return cached
+        notes: list[str] = []
+        params = self.params(cfg.model)
+        seq_len = cfg.model.max_seq_len
+        n_windows = plan = data = None
+        try:
+            if cfg.data.source == "hf" and self.ws.confine_data(cfg.data).model_dump_json() not in self._corpora:
+                raise EngineError("Hugging Face data is fetched only by prepare_data() or train()")
+            corpus = self.corpus(cfg.data)
+            data = self.data_view(corpus)
+            n_windows = self.windows(corpus.train, seq_len)
+            if n_windows == 0:
+                notes.append(f"the training text ({corpus.n_train_bytes} bytes) is shorter than one window of "
+                             f"{seq_len} bits: lower model.max_seq_len or use more data")
+            else:
+                plan = self.plan(cfg, n_windows)
+        except Exception as err:  # data errors are facts to report, not a failed config
+            notes.append(f"data not loaded ({type(err).__name__}: {err}); update counts unknown")
+        facts = DerivedFacts(params=params, seq_len=seq_len, train_windows=n_windows, plan=plan,
+                             memory=memory_estimate(cfg, params), data=data, notes=notes)
+        self._derived[key] = facts
+        return facts
+
+    # ---- checkpoints -------------------------------------------------------------------------------------------
+    def checkpoints(self) -> list[tuple[str, Any]]:
+        """[("<run>/<name>", CheckpointInfo)] for every complete checkpoint, oldest first."""
+        from bit_transformer.checkpoint import list_checkpoints
+
+        out = []
+        for run in sorted(p for p in self.ws.runs_dir.iterdir() if p.is_dir()):
+            for info in list_checkpoints(run / "checkpoints"):
+                out.append((f"{run.name}/{info.name}", info))
+        return sorted(out, key=lambda x: (x[1].created_at, x[0]))
+
+    def resolve(self, name: str | None) -> tuple[str, Path]:
+        """A checkpoint name (``run/name``, a bare name if unique, 'latest') or None (the current one)."""
+        if name is None:
+            name = self.ws.load_state().current_checkpoint
+            if name is None or not self._exists(name):
+                all_ = self.checkpoints()
+                if not all_:
+                    raise EngineError("no model yet: run train(steps=...) first, or load_checkpoint(name) / "
+                                      "scale_up(...) to set one")
+                name = all_[-1][0]
+        elif name == "latest":
+            all_ = self.checkpoints()
+            if not all_:
+                raise EngineError("no checkpoints yet: run train(steps=...) first")
+            name = all_[-1][0]
+        elif "/" not in name:
+            matches = [n for n, _ in self.checkpoints() if n.split("/", 1)[1] == name]
+            if len(matches) != 1:
+                raise EngineError(f"checkpoint {name!r} is {'ambiguous' if matches else 'unknown'}: "
+                                  f"use '<run>/<name>' as list_checkpoints() shows it"
+                                  + (f" (one of {matches})" if matches else ""))
+            name = matches[0]
+        try:
+            path = self.ws.checkpoint_path(name)
+        except WorkspaceError as err:
+            raise EngineError(str(err)) from err
+        if not (path / "meta.json").is_file():
+            raise EngineError(f"checkpoint {name!r} does not exist; list_checkpoints() shows the available names")
+        return name, path
+
+    def _exists(self, name: str) -> bool:
+        try:
+            return (self.ws.checkpoint_path(name) / "meta.json").is_file()
+        except WorkspaceError:
+            return False
+
+    def model(self, name: str | None = None):
+        """(name, model in eval mode, RunConfig) for a checkpoint; cached until its meta.json changes."""
+        from bit_transformer.checkpoint import load_model
+
+        name, path = self.resolve(name)
+        stamp = (path / "meta.json").stat().st_mtime
+        with self.lock:
+            cached = self._models.get(str(path))
+            if cached is None or cached[0] != stamp:
+                model, cfg = load_model(path)
+                model.eval()
+                self._models = {str(path): (stamp, model, cfg)}  # keep one model in memory
+                cached = self._models[str(path)]
+        return name, cached[1], cached[2]
+
+    def checkpoint_meta(self, path: Path) -> dict[str, Any]:
+        return json.loads((path / "meta.json").read_text(encoding="utf-8"))
+
+    def fresh_model(self, cfg):
+        """An untrained model of ``cfg.model`` (seeded), for inspection before any training."""
+        import torch
+
+        from bit_transformer.model import BitTransformerLM
+
+        torch.manual_seed(cfg.train.seed)
+        return BitTransformerLM(cfg.model).eval()
+
+
+def plan_view(plan: dict[str, Any]) -> PlanView:
+    data = dict(plan)
+    data.setdefault("steps_per_epoch", data.get("micro_batches_per_epoch"))
+    return PlanView.model_validate(data)
+
+
+def memory_estimate(cfg, params: int) -> MemoryEstimate:
+    """Training memory in MiB: weights + grads (fp32), AdamW moments, activations (Korthikanti-style count).
+
+    Activations per block per token ~ 34 * d_model values plus 5 * heads * keys for attention
+    (keys = the chunk window when chunked); bf16 halves them. Checkpointing keeps only block inputs plus
+    one block's working set; reversible keeps two activations per position regardless of depth.
+    """
+    m, t = cfg.model, cfg.train
+    mib = 1024.0 * 1024.0
+    T = m.max_seq_len
+    keys = T if m.chunk_size is None else min(T, m.chunk_size + m.overlap)
+    per_token_block = 34 * m.d_model + 5 * m.nhead * keys
+    value_bytes = 2 if t.amp == "bf16" else 4
+    tokens = t.batch_size * T
+    one_block = tokens * per_token_block * value_bytes
+    if m.reversible:
+        act = 2 * tokens * m.d_model * 4 + one_block
+        how = "reversible: flat in depth"
+    elif m.checkpointing:
+        act = m.layers * tokens * m.d_model * 4 + one_block
+        how = "checkpointing: block inputs + one block"
+    else:
+        act = m.layers * one_block
+        how = "all blocks' activations kept"
+    weights = params * 4
+    return MemoryEstimate(
+        weights_mb=round(weights / mib, 2), grads_mb=round(weights / mib, 2), optimizer_mb=round(2 * weights / mib, 2),
+        activations_mb=round(act / mib, 2), total_mb=round((4 * weights + act) / mib, 2),
+        note=f"rough estimate per micro-batch of {t.batch_size} x {T} bits ({how}); real use varies by backend",
+    )

@@ -1,0 +1,300 @@
+"""Training jobs: a registry in the server, the work in a child process (``python -m mcp_server.worker``).
+
+Why a child process: a crash, NaN, out-of-memory kill or runaway C extension in training then ends
+that job only; the server keeps answering. The server talks to the worker through three channels:
+
+- ``jobs/<id>/request.json`` (written before the start): config snapshot, steps/epochs, resume, init.
+- the worker's stdin: the line ``cancel`` asks it to stop at the next step boundary and save a
+  resumable checkpoint; EOF (the server died) means the same, so an orphan never trains on.
+- ``jobs/<id>/metrics.jsonl`` (events, see ``events.py``), tailed by a monitor thread per job.
+
+``job.json`` is written only by the server (on every status change), so there is one writer. A
+server that restarts marks jobs it finds 'running' as 'interrupted' with their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .job import ACTIVE, TERMINAL, Job
+from .workspace import Workspace, atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ACTIVE", "TERMINAL", "Job", "JobBusyError", "JobManager"]
+
+
+class JobBusyError(RuntimeError):
+    """A training job is already active."""
+
+
+class JobManager:
+    """Starts, watches, cancels and recovers training jobs (one active at a time)."""
+
+    def __init__(self, ws: Workspace, *, on_finish: Callable[[Job], None] | None = None,
+                 poll_s: float = 0.1, python: str | None = None):
+        self.ws = ws
+        self.on_finish = on_finish
+        self.poll_s = poll_s
+        self.python = python or sys.executable
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.RLock()
+        self._recover()
+
+    # ---- registry ----------------------------------------------------------------------------------
+    def _recover(self) -> None:
+        for d in sorted(self.ws.jobs_dir.iterdir()) if self.ws.jobs_dir.is_dir() else []:
+            path = d / "job.json"
+            if not path.is_file():
+                continue
+            try:
+                record = read_json(path)
+                job = Job(d, record)
+            except (OSError, ValueError, KeyError) as err:
+                log.warning("skipping unreadable job %s: %s", d.name, err)
+                continue
+            if job.active:  # history of finished jobs is replayed lazily, on first look
+                job.drain()
+                self._mark_interrupted(job)
+            self._jobs[job.id] = job
+
+    def _mark_interrupted(self, job: Job) -> None:
+        rec = job.record
+        ck = rec.get("checkpoint")
+        result = rec.get("result") or {}
+        if result.get("status") in ("completed", "gated", "failed"):
+            rec["status"] = result["status"]  # it finished after the server went away
+            rec["reason"] = result.get("reason")
+        else:
+            rec["status"] = "interrupted"
+            rec["reason"] = (
+                "the server stopped while this job was running"
+                + (f"; its last checkpoint is {ck!r}" if ck else "; it saved no checkpoint")
+                + ". Run train(resume=true) to continue from the last checkpoint."
+            )
+        rec["finished_at"] = rec.get("finished_at") or time.time()
+        pid = rec.get("pid")
+        if pid and _is_our_worker(pid, job.id):
+            # An orphan still running (server was killed): ask it to checkpoint and stop.
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        self._persist(job)
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def all(self) -> list[Job]:
+        with self._lock:
+            return sorted(self._jobs.values(), key=lambda j: j.record.get("created_at", 0.0))
+
+    def latest(self) -> Job | None:
+        jobs = self.all()
+        return jobs[-1] if jobs else None
+
+    def active(self) -> Job | None:
+        with self._lock:
+            return next((j for j in self._jobs.values() if j.active), None)
+
+    def _new_id(self) -> str:
+        n = 1 + max((int(j.id.split("-")[1]) for j in self._jobs.values() if j.id.count("-") >= 1
+                     and j.id.split("-")[1].isdigit()), default=0)
+        while (self.ws.jobs_dir / f"job-{n:04d}").exists():
+            n += 1
+        return f"job-{n:04d}"
+
+    def _persist(self, job: Job) -> None:
+        with job.lock:
+            atomic_write_json(job.dir / "job.json", job.record)
+
+    # ---- start -------------------------------------------------------------------------------------
+    def start(self, request: dict[str, Any]) -> Job:
+        """Create a job directory, write its request and spawn the worker. Raises JobBusyError."""
+        with self._lock:
+            busy = self.active()
+            if busy is not None:
+                raise JobBusyError(busy.id)
+            job_id = self._new_id()
+            job_dir = self.ws.jobs_dir / job_id
+            job_dir.mkdir(parents=True)
+            request = dict(request)
+            request["run"] = request.get("run") or job_id  # a fresh run is named after its first job
+            request["out_dir"] = str(self.ws.runs_dir / request["run"])
+            request["cache_dir"] = str(self.ws.cache_dir)
+            record = {
+                "job_id": job_id, "kind": "train", "status": "starting", "reason": None,
+                "created_at": time.time(), "started_at": None, "finished_at": None, "pid": None,
+                "request": {k: v for k, v in request.items() if k != "config"},
+                "config": request["config"], "plan": None, "data": None, "last_step": None,
+                "last_eval": None, "checkpoint": None, "result": None, "runtime": None,
+                "cancel_requested": False,
+            }
+            atomic_write_json(job_dir / "request.json", request)
+            (job_dir / "metrics.jsonl").touch()
+            job = Job(job_dir, record)
+            self._jobs[job_id] = job
+            self._persist(job)
+            log_f = open(job_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+            try:
+                job.proc = subprocess.Popen(
+                    [self.python, "-m", "mcp_server.worker", str(job_dir)],
+                    stdin=subprocess.PIPE, stdout=log_f, stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    start_new_session=True,  # a Ctrl-C to the server's terminal must not kill it mid-step
+                )
+            except OSError as err:
+                record.update(status="failed", reason=f"could not start the worker process: {err}",
+                              finished_at=time.time())
+                self._persist(job)
+                raise
+            finally:
+                log_f.close()
+            record["pid"] = job.proc.pid
+            self._persist(job)
+        threading.Thread(target=self._monitor, args=(job,), name=f"monitor-{job_id}", daemon=True).start()
+        return job
+
+    # ---- monitor -----------------------------------------------------------------------------------
+    def _monitor(self, job: Job) -> None:
+        last_status = job.status
+        while True:
+            exited = job.proc is not None and job.proc.poll() is not None
+            job.drain()
+            if job.status != last_status:
+                last_status = job.status
+                self._persist(job)
+            if exited:
+                job.drain()
+                self._finalize(job)
+                return
+            time.sleep(self.poll_s)
+
+    def _finalize(self, job: Job) -> None:
+        code = job.proc.returncode if job.proc else None
+        with job.changed:
+            rec = job.record
+            result = rec.get("result")
+            error = rec.get("error")
+            if result:
+                status = result.get("status", "failed")
+                reason = result.get("reason")
+                if status == "cancelled" and job.shutdown_requested:
+                    status = "interrupted"
+                    ck = rec.get("checkpoint")
+                    reason = (f"the server shut down; the job stopped at update {job.update()}"
+                              + (f" and saved checkpoint {ck!r}" if ck else "")
+                              + ". Run train(resume=true) to continue.")
+            elif error:
+                status, reason = "failed", error.get("reason") or "the worker reported an error"
+            else:
+                status, reason = "failed", _exit_reason(code, job)
+            rec.update(status=status, reason=reason, finished_at=time.time(), exit_code=code)
+            if status == "failed":
+                rec["log_tail"] = _log_tail(job.dir / "worker.log")
+            job.changed.notify_all()
+        self._persist(job)
+        log.info("job %s finished: %s (%s)", job.id, status, reason)
+        if self.on_finish is not None:
+            try:
+                self.on_finish(job)
+            except Exception:
+                log.exception("on_finish hook failed for %s", job.id)
+
+    # ---- cancel / shutdown ---------------------------------------------------------------------------
+    def cancel(self, job: Job, *, force: bool = False) -> None:
+        """Ask the worker to stop at the next step boundary (it saves a checkpoint); ``force`` kills it."""
+        with job.changed:
+            if not job.active:
+                return
+            job.record["cancel_requested"] = True
+            job.record["status"] = "cancelling"
+            job.changed.notify_all()
+        self._persist(job)
+        proc = job.proc
+        if proc is None:
+            return
+        if force:
+            _kill(proc, signal.SIGKILL)
+            return
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(b"cancel\n")
+            proc.stdin.flush()
+        except (OSError, ValueError, AssertionError):
+            _kill(proc, signal.SIGTERM)  # pipe gone: the signal handler sets the same cancel event
+
+    def shutdown(self, timeout: float = 20.0) -> None:
+        """Server exit: stop active jobs at a step boundary (checkpoint saved), mark them interrupted."""
+        active = [j for j in self.all() if j.active and j.proc is not None]
+        for job in active:
+            job.shutdown_requested = True
+            self.cancel(job)
+        deadline = time.monotonic() + timeout
+        for job in active:
+            while job.active and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if job.active:  # stuck: the closed stdin will still stop it; record the truth now
+                log.warning("job %s did not stop within %.0f s; leaving it to finish its checkpoint", job.id, timeout)
+                with job.changed:
+                    job.record.update(status="interrupted", finished_at=time.time(),
+                                      reason="the server shut down while the job was still stopping; "
+                                      "run train(resume=true) to continue from its last checkpoint")
+                self._persist(job)
+
+    async def wait(self, job: Job, wait_s: float, on_progress=None, poll_s: float = 0.1) -> None:
+        """Wait until the job is no longer active or ``wait_s`` passed; ``on_progress(job)`` on each change."""
+        import anyio
+
+        deadline = time.monotonic() + max(0.0, wait_s)
+        while True:
+            if on_progress is not None:
+                await on_progress(job)
+            if not job.active or time.monotonic() >= deadline:
+                return
+            await anyio.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+
+def _kill(proc: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(OSError):
+        proc.send_signal(sig)
+
+
+def _is_our_worker(pid: int, job_id: str) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"mcp_server.worker" in cmd and any(part.endswith(job_id.encode()) for part in cmd)
+
+
+def _exit_reason(code: int | None, job: Job) -> str:
+    if code is None:
+        return "the worker process ended without a result"
+    if code < 0:
+        sig = -code
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        hint = (" (SIGKILL: usually the out-of-memory killer; reduce batch_size/seq_len/d_model)"
+                if sig == signal.SIGKILL and not job.record.get("cancel_requested") else "")
+        return f"the worker process was killed by {name}{hint}"
+    return f"the worker process exited with code {code} before reporting a result; see the log tail"
+
+
+def _log_tail(path: Path, n_bytes: int = 2000) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - n_bytes))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None

@@ -1,0 +1,107 @@
+"""Resources: the config, job list, each job's metrics (JSON lines) and loss curve (PNG), checkpoints, recipes."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
+
+from . import playbook_hook as hook
+from .events import EventReader, num
+from .workspace import WorkspaceError
+
+
+def register(server: MCPServer, app) -> None:
+    def job_dir(job_id: str):
+        try:
+            d = app.ws.job_dir(job_id)
+        except WorkspaceError as err:
+            raise ResourceNotFoundError(str(err)) from err
+        if not (d / "job.json").is_file():
+            raise ResourceNotFoundError(f"unknown job {job_id!r}; bt://jobs lists the jobs")
+        return d
+
+    @server.resource("bt://config", name="config", mime_type="application/json",
+                     description="The current run configuration (what patch_config edits).")
+    def config_resource() -> str:
+        return app.config().model_dump_json(indent=2)
+
+    @server.resource("bt://jobs", name="jobs", mime_type="application/json",
+                     description="All jobs with status and progress.")
+    def jobs_resource() -> str:
+        rows = [{"job_id": j.id, "status": j.status, "update": j.update(), "total_updates": j.total_updates(),
+                 "checkpoint": j.record.get("checkpoint"), "reason": j.record.get("reason")} for j in app.jobs.all()]
+        return json.dumps(rows, indent=2)
+
+    @server.resource("bt://jobs/{job_id}/metrics", name="job-metrics", mime_type="application/x-ndjson",
+                     description="Every event of a job (plan, step, eval, checkpoint, done...) as JSON lines.")
+    def metrics_resource(job_id: str) -> str:
+        return (job_dir(job_id) / "metrics.jsonl").read_text(encoding="utf-8")
+
+    @server.resource("bt://jobs/{job_id}/loss.png", name="job-loss-curve", mime_type="image/png",
+                     description="Training and validation loss of a job as a PNG plot.")
+    def loss_png(job_id: str) -> bytes:
+        return loss_curve_png(EventReader(job_dir(job_id) / "metrics.jsonl").read_new(), title=job_id)
+
+    @server.resource("bt://checkpoints", name="checkpoints", mime_type="application/json",
+                     description="Saved checkpoints ('<run>/<name>') with update and validation metrics.")
+    def checkpoints_resource() -> str:
+        rows = []
+        for name, info in app.engine.checkpoints():
+            d = info.model_dump(mode="json")
+            d.pop("path", None)
+            rows.append({**d, "name": name})
+        return json.dumps(rows, indent=2)
+
+    @server.resource("bt://playbook", name="playbook", mime_type="application/json",
+                     description="The playbook recipes (smoke scale), in order.")
+    def playbook_resource() -> str:
+        try:
+            return json.dumps(hook.list_recipes("smoke"), indent=2)
+        except hook.PlaybookUnavailable as err:
+            raise ResourceError(str(err)) from err
+
+    @server.resource("bt://playbook/{scale}/{task_id}", name="playbook-recipe", mime_type="application/json",
+                     description="One playbook recipe at a scale ('smoke' or 'full').")
+    def recipe_resource(scale: str, task_id: str) -> str:
+        if scale not in ("smoke", "full"):
+            raise ResourceNotFoundError(f"scale must be 'smoke' or 'full', got {scale!r}")
+        try:
+            return json.dumps(hook.get_recipe(task_id, scale), indent=2)
+        except hook.PlaybookUnavailable as err:
+            raise ResourceError(str(err)) from err
+        except ValueError as err:
+            raise ResourceNotFoundError(str(err)) from err
+
+
+def loss_curve_png(events: list[dict], title: str = "") -> bytes:
+    """Plot step loss (and validation loss at each eval) against the update number."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; safe in a server thread
+    from matplotlib.figure import Figure
+
+    steps = [(e["data"].get("update"), num(e["data"].get("loss"))) for e in events
+             if e.get("event") == "step" and isinstance(e.get("data"), dict)]
+    evals = [(e["data"].get("update"), num(e["data"].get("val_loss"))) for e in events
+             if e.get("event") == "eval" and isinstance(e.get("data"), dict)]
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    ax = fig.add_subplot()
+    if steps:
+        ax.plot([u for u, _ in steps], [v for _, v in steps], label="train loss", lw=1)
+    if evals:
+        ax.plot([u for u, _ in evals], [v for _, v in evals], "o-", label="val loss", ms=3)
+    if not steps and not evals:
+        ax.text(0.5, 0.5, "no steps yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("optimizer update")
+    ax.set_ylabel("loss (nats / bit)")
+    ax.set_title(f"{title} loss")
+    ax.grid(alpha=0.3)
+    if steps or evals:
+        ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

@@ -1,0 +1,128 @@
+"""Inspection tools: telemetry (latest K/C/S, gate EMA and state) and inspect_attention (tasks 9-12)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from mcp.server.mcpserver import MCPServer
+from pydantic import Field
+
+from ..attention_probe import AttentionReport, probe
+from ..engine import EngineError
+from ..views import EvalView, GateView, TelemetryView
+from .common import guarded, read_only
+from .model import Checkpoint
+
+DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog. Bits in, bits out."
+
+
+def register(server: MCPServer, app) -> None:
+    engine = app.engine
+
+    @server.tool(annotations=read_only("Latest telemetry and safety gate state", open_world=True))
+    @guarded
+    def telemetry(
+        compute: Annotated[bool, Field(description="Also measure K/C/S now on validation text with the current "
+                                       "model (slower; needs a checkpoint).")] = False,
+        job_id: Annotated[str | None, Field(max_length=80, description="Job to read; default: the newest job "
+                                            "that reported telemetry.")] = None,
+    ) -> TelemetryView:
+        """Latest K (negentropy), C (LZ complexity), S (symbiosis), attention entropy, the safety gate's EMAs and
+        state (burn-in, triggered) from training, and the verdict of the last generate()."""
+        jobs = app.jobs.all()
+        if job_id is not None:
+            job = app.jobs.get(job_id)
+            if job is None:
+                raise EngineError(f"unknown job_id {job_id!r}; list_jobs() shows the jobs")
+        else:
+            job = next((j for j in reversed(jobs) if j.record.get("last_eval") or j.telemetry), None)
+        if job is not None:
+            job.ensure_loaded()
+        view = TelemetryView(last_generation=app.ws.load_state().last_generation)
+        if job is not None:
+            ev = job.record.get("last_eval")
+            view.job_id, view.update = job.id, job.update()
+            if ev:
+                view.last_eval = EvalView.model_validate(ev)
+                view.gate = view.last_eval.gate
+            if job.telemetry:
+                view.telemetry, view.telemetry_source = job.telemetry, f"{job.id} (sampled at each validation)"
+        if compute:
+            view.telemetry, view.telemetry_source = _measure(app)
+        if view.gate is None and view.last_generation and view.last_generation.get("verdict"):
+            view.gate = GateView.model_validate(view.last_generation["verdict"])
+        if view.telemetry is None and view.gate is None:
+            view.note = "no telemetry yet: train(steps=N) reports it at each validation; telemetry(compute=true) " \
+                        "measures it now"
+        return view
+
+    def _measure(app_):
+        import torch
+
+        from bit_transformer.telemetry import summarize
+
+        with engine.lock:
+            name, model, _ = engine.model(None)
+            val = engine.corpus(app_.config().data).val
+            T = min(model.cfg.max_seq_len, (len(val) - 1) // 9 * 9)
+            if T < 9:
+                raise EngineError("validation text is too short to measure telemetry")
+            x = torch.from_numpy(val[:T].astype("int64"))[None]
+            with torch.no_grad():
+                out = model(x, return_telemetry=True)
+            summary = summarize(x, out.logits.float(), out.telemetry)
+        return summary.model_dump(mode="json"), f"computed now with {name} on {T // 9} validation bytes"
+
+    @server.tool(annotations=read_only("Inspect attention"))
+    @guarded
+    def inspect_attention(
+        text: Annotated[str, Field(min_length=1, max_length=100_000, description="Input (cut to max_seq_len bits; "
+                                   "longer than chunk_size bits to see chunking).")] = DEFAULT_TEXT,
+        layer: Annotated[int | None, Field(ge=0, le=255, description="One layer; default all.")] = None,
+        chunk_size: Annotated[int | None, Field(ge=0, le=1 << 20, description="Override chunk_size (0 = full "
+                                                "attention); default: the config's.")] = None,
+        overlap: Annotated[int | None, Field(ge=0, le=1 << 20, description="Override overlap.")] = None,
+        causal: Annotated[bool | None, Field(description="Override causal.")] = None,
+        full_attn_logging: Annotated[bool | None, Field(description="Override full_attn_logging.")] = None,
+        include_maps: Annotated[bool, Field(description="Return head-averaged T x T maps (large).")] = False,
+        checkpoint: Checkpoint = None,
+    ) -> AttentionReport:
+        """How attention runs for a short input: SDPA backend facts (is_causal, dense mask or not, chunked) per
+        layer, per-head entropy, mask-cache hits/misses over two passes, the resolved full_attn_logging and whether
+        stitched chunk maps match a dense reference (at the chunk edges too). Uses the config's attention settings
+        on the current model's weights (a fresh model if none matches)."""
+        cfg = app.config()
+        updates = {k: v for k, v in (("causal", causal), ("full_attn_logging", full_attn_logging)) if v is not None}
+        if chunk_size is not None:
+            updates["chunk_size"] = chunk_size or None
+            if not chunk_size and overlap is None:
+                updates["overlap"] = 0
+        if overlap is not None:
+            updates["overlap"] = overlap
+        with engine.lock:
+            model, source = _model_for(cfg, checkpoint)
+            base = model.cfg.model_dump()
+            attn_keys = ("causal", "chunk_size", "overlap", "full_attn_logging")
+            wanted = {**base, **{k: getattr(cfg.model, k) for k in attn_keys}, **updates}
+            from bit_transformer.config import ModelConfig
+
+            new_cfg = ModelConfig.model_validate(wanted)
+            if new_cfg != model.cfg:
+                from bit_transformer.model import BitTransformerLM
+
+                clone = BitTransformerLM(new_cfg)
+                clone.load_state_dict(model.state_dict())  # attention settings change no parameter shapes
+                model = clone
+            return probe(model, text, layer=layer, include_maps=include_maps, source=source)
+
+    def _model_for(cfg, checkpoint):
+        try:
+            name, model, _ = engine.model(checkpoint)
+        except EngineError:
+            if checkpoint is not None:
+                raise
+            return engine.fresh_model(cfg), f"fresh model of the config (seed {cfg.train.seed}; no checkpoint yet)"
+        arch = ("layers", "d_model", "nhead", "dim_feedforward", "max_seq_len", "act", "reversible")
+        if checkpoint is None and any(getattr(model.cfg, k) != getattr(cfg.model, k) for k in arch):
+            return engine.fresh_model(cfg), f"fresh model of the config (current model {name} has another shape)"
+        return model, f"checkpoint {name}"

@@ -1,0 +1,193 @@
+"""The training worker: ``python -m mcp_server.worker <job_dir>`` (started by the server, one per job).
+
+Reads ``<job_dir>/request.json``, trains with the engine's ``Trainer`` and appends every callback
+event to ``<job_dir>/metrics.jsonl``. Cancellation: the line ``cancel`` on stdin, EOF on stdin (the
+server went away) or SIGTERM/SIGINT all set the ``threading.Event`` the Trainer polls at step
+boundaries; it then saves a resumable checkpoint and returns status 'cancelled'.
+
+Exit codes: 0 when a result was reported (completed, cancelled, gated, even 'failed' from the
+trainer), 1 on an exception (an ``error`` event names it; the traceback goes to stderr = worker.log).
+Nothing here writes to the MCP server's stdout: the server points our stdout/stderr at worker.log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .events import EventWriter
+
+
+def _watch_stdin(cancel: threading.Event, why: list[str]) -> None:
+    """Set ``cancel`` on a 'cancel' line or on EOF (the server closed the pipe or died).
+
+    Reads the raw file descriptor, not ``sys.stdin``: a thread blocked in the buffered reader holds
+    its lock, a forked DataLoader worker inherits the held lock, and the child's start-up
+    (``sys.stdin.close()``) would wait on it forever.
+    """
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(0, 4096)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            why.append("server went away (stdin closed)")
+            cancel.set()
+            return
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        if any(line.strip() == b"cancel" for line in lines):
+            why.append("cancel_job")
+            cancel.set()
+
+
+def _runtime_facts(model: Any) -> dict[str, Any]:
+    """Attention facts of the last forward and the mask cache counters (playbook tasks 9, 10)."""
+    import torch
+
+    from bit_transformer.attention import MASK_CACHE
+
+    facts: list[dict[str, Any]] = []
+    net = getattr(model, "module", model)
+    if net is not None and hasattr(net, "attention_facts"):
+        from dataclasses import asdict
+
+        facts = [asdict(f) for f in net.attention_facts()]
+    return {
+        "attention": facts,
+        "mask_cache": MASK_CACHE.stats(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def run(job_dir: Path) -> int:
+    request = json.loads((job_dir / "request.json").read_text(encoding="utf-8"))
+    threads = os.environ.get("BT_TORCH_THREADS")
+    events = EventWriter(job_dir / "metrics.jsonl")
+    cancel = threading.Event()
+    why: list[str] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: (why.append("signal"), cancel.set()))
+    threading.Thread(target=_watch_stdin, args=(cancel, why), daemon=True).start()
+    events.emit("started", {"pid": os.getpid(), "python": platform.python_version()})
+    trainer = None
+    try:
+        import torch
+
+        from bit_transformer.config import RunConfig
+        from bit_transformer.data import load_corpus
+        from bit_transformer.training import Trainer
+
+        if threads:
+            torch.set_num_threads(max(1, int(threads)))
+
+        cfg = RunConfig.model_validate(request["config"])
+        t0 = time.perf_counter()
+        corpus = load_corpus(cfg.data, request["cache_dir"])
+        events.emit("data", {
+            "source_id": corpus.source_id, "content_hash": corpus.content_hash, "n_bytes": corpus.n_bytes,
+            "train_bytes": corpus.n_train_bytes, "val_bytes": corpus.n_val_bytes, "cache_hit": corpus.cache_hit,
+            "cache_note": corpus.cache_note, "cache_path": Path(corpus.cache_path).name,
+            "load_s": round(time.perf_counter() - t0, 4),
+        })
+        model = None
+        if request.get("init_checkpoint"):
+            from bit_transformer.checkpoint import load_model
+
+            model, _ = load_model(request["init_checkpoint"])
+            model.train()
+
+        holder: list[Any] = []
+
+        def callback(event: str, payload: Any) -> None:
+            events.emit(event, payload)
+            if event == "eval" and holder:
+                sample = _telemetry_sample(holder[0])  # K/C/S sampled at each validation, not every step
+                if sample is not None:
+                    events.emit("telemetry", {"update": getattr(payload, "update", None), **sample})
+
+        trainer = Trainer(cfg, Path(request["out_dir"]), corpus=corpus, model=model, callback=callback,
+                          cancel=cancel)
+        holder.append(trainer)
+        events.emit("loader", _loader_facts(trainer, cfg))
+        result = trainer.fit(steps=request.get("steps"), epochs=request.get("epochs"),
+                             resume=bool(request.get("resume")))
+        events.emit("runtime", _runtime_facts(getattr(trainer, "model", None)))
+        data = result.model_dump(mode="python")
+        if data.get("status") == "cancelled" and why:
+            data["reason"] = data.get("reason") or f"cancelled ({why[0]})"
+        events.emit("done", data)
+        return 0
+    except BaseException as err:
+        traceback.print_exc(file=sys.stderr)
+        events.emit("error", {"reason": _describe(err), "type": type(err).__name__})
+        return 1
+    finally:
+        events.close()
+
+
+def _loader_facts(trainer: Any, cfg: Any) -> dict[str, Any]:
+    """len(DataLoader(train windows, batch_size)) measured independently of the plan (task 1)."""
+    from torch.utils.data import DataLoader
+
+    return {"loader_len": len(DataLoader(trainer.train_set, batch_size=cfg.train.batch_size)),
+            "train_windows": len(trainer.train_set)}
+
+
+def _telemetry_sample(trainer: Any, windows: int = 2) -> dict[str, Any] | None:
+    """TelemetrySummary of one eval-mode forward on a few validation windows (no grad, no RNG draws)."""
+    import torch
+
+    from bit_transformer.telemetry import summarize
+
+    ds = getattr(trainer, "val_set", None) or trainer.train_set
+    net = getattr(trainer, "net", None) or trainer.model
+    try:
+        x = torch.stack([ds[i][0] for i in range(min(windows, len(ds)))]).to(next(net.parameters()).device)
+        was = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                out = net(x, return_telemetry=True)
+                return summarize(x, out.logits.float(), out.telemetry).model_dump(mode="python")
+        finally:
+            net.train(was)
+    except Exception as err:  # telemetry is a monitor: never stop training for it
+        print(f"telemetry sample failed: {err!r}", file=sys.stderr)
+        return None
+
+
+def _describe(err: BaseException) -> str:
+    name = type(err).__name__
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if "OutOfMemory" in name or "out of memory" in text.lower():
+        return f"out of memory ({text[:200]}): reduce batch_size, max_seq_len or d_model, or set checkpointing=true"
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    return f"{name}: {text[:500]}" if text else name
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m mcp_server.worker <job_dir>", file=sys.stderr)
+        return 2
+    return run(Path(args[0]))
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # skip interpreter teardown: the stdin watcher thread may still block in readline

@@ -1,0 +1,266 @@
+"""The workspace: every file the server reads or writes lives under one directory.
+
+Layout (created on first use)::
+
+    <root>/config.json              the current RunConfig (what patch_config edits)
+    <root>/state.json               which checkpoint is current / starts the next run, last telemetry
+    <root>/jobs/<job_id>/job.json   a job's record (status, request, plan, result)
+    <root>/jobs/<job_id>/request.json   what the worker process is asked to do
+    <root>/jobs/<job_id>/metrics.jsonl  every event the worker emitted, one JSON object per line
+    <root>/jobs/<job_id>/worker.log     the worker's stdout/stderr (tracebacks go here)
+    <root>/runs/<run>/              a Trainer output directory: one per fresh training run; a resumed job
+                                    continues in the directory of the run it resumes
+    <root>/runs/<run>/checkpoints/<name>/  checkpoints (model.safetensors, optimizer.safetensors, meta.json);
+                                    agents name them "<run>/<name>", e.g. "job-0001/update-0000100"
+    <root>/runs/scale-ups/checkpoints/<name>/  models written by scale_up
+    <root>/exports/<name>/          INT8 exports
+    <root>/cache/                   memory-mapped bit caches of the training text
+
+Every path an agent passes is a *name* resolved inside one of these folders; anything that would
+leave the workspace (``..``, absolute paths, symlinks pointing out) is refused. Writes go to a
+temporary file in the same folder and are renamed into place, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+
+
+class WorkspaceError(ValueError):
+    """A path or name that is not allowed; the message says why and what is allowed."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file + rename (readers never see a partial file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class ServerState(BaseModel):
+    """Small persistent facts the server keeps between restarts (state.json)."""
+
+    current_checkpoint: str | None = Field(
+        None, description="Checkpoint that evaluate/generate/export_int8/inspect_attention use."
+    )
+    init_checkpoint: str | None = Field(
+        None, description="Checkpoint the next train(resume=false) starts from (set by scale_up/load_checkpoint)."
+    )
+    last_generation: dict[str, Any] | None = Field(None, description="Telemetry and verdict of the last generate.")
+
+
+class Workspace:
+    """A directory holding all server state; every name argument is resolved inside it."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+        self._state_lock = threading.Lock()
+        for sub in (self.root, self.jobs_dir, self.runs_dir, self.exports_dir, self.cache_dir):
+            sub.mkdir(parents=True, exist_ok=True)
+
+    # ---- folders -------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def run_dir(self, run: str) -> Path:
+        return self.named(run, base=self.runs_dir, what="run")
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.root / "exports"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    # ---- confinement ---------------------------------------------------------------------------
+    def resolve(self, relative: str | Path, *, base: Path | None = None) -> Path:
+        """Resolve ``relative`` inside ``base`` (default: the workspace root); refuse anything outside."""
+        base = (base or self.root).resolve()
+        rel = Path(relative)
+        if rel.is_absolute():
+            raise WorkspaceError(
+                f"absolute paths are not allowed ({str(relative)!r}); give a path inside the workspace"
+            )
+        target = (base / rel).resolve()
+        if not target.is_relative_to(self.root) or not target.is_relative_to(base):
+            raise WorkspaceError(
+                f"path {str(relative)!r} leaves the workspace folder {base.relative_to(self.root.parent)}; "
+                "give a plain name without '..'"
+            )
+        return target
+
+    def named(self, name: str, *, base: Path, what: str) -> Path:
+        """A single path component (checkpoint, export or job name) inside ``base``."""
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise WorkspaceError(
+                f"{what} name {name!r} is not allowed: use 1-80 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit (no '/' or '..')"
+            )
+        return self.resolve(name, base=base)
+
+    def checkpoint_path(self, name: str) -> Path:
+        """``"<run>/<checkpoint>"`` -> runs/<run>/checkpoints/<checkpoint> (both parts validated)."""
+        run, sep, ck = name.partition("/") if isinstance(name, str) else ("", "", "")
+        if not sep:
+            raise WorkspaceError(
+                f"checkpoint name {name!r} needs the form '<run>/<checkpoint>', e.g. 'job-0001/update-0000100'; "
+                "list_checkpoints() shows the names"
+            )
+        return self.named(ck, base=self.run_dir(run) / "checkpoints", what="checkpoint")
+
+    def export_path(self, name: str) -> Path:
+        return self.named(name, base=self.exports_dir, what="export")
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.named(job_id, base=self.jobs_dir, what="job")
+
+    # ---- config ----------------------------------------------------------------------------------
+    def load_config_dict(self) -> dict[str, Any]:
+        """The stored config as a dict ({} when absent); a corrupt file is set aside, not fatal."""
+        if not self.config_path.exists():
+            return {}
+        try:
+            data = read_json(self.config_path)
+            if not isinstance(data, dict):
+                raise ValueError("config.json must hold a JSON object")
+            return data
+        except (OSError, ValueError) as err:
+            bad = self.config_path.with_name(f"config.json.bad-{int(time.time())}")
+            os.replace(self.config_path, bad)
+            log.warning("config.json unreadable (%s); moved to %s and using defaults", err, bad.name)
+            return {}
+
+    def load_config(self):
+        """The current RunConfig (defaults when none is stored or the stored one is invalid)."""
+        from bit_transformer.config import RunConfig
+
+        data = self.load_config_dict()
+        try:
+            cfg = RunConfig.model_validate(data)
+        except ValidationError as err:
+            bad = self.config_path.with_name(f"config.json.bad-{int(time.time())}")
+            os.replace(self.config_path, bad)
+            log.warning("config.json invalid (%s); moved to %s and using defaults", err, bad.name)
+            cfg = RunConfig()
+        if not self.config_path.exists():
+            self.save_config(cfg)
+        return cfg
+
+    def save_config(self, cfg) -> None:
+        atomic_write_json(self.config_path, cfg.model_dump(mode="json"))
+
+    # ---- state -----------------------------------------------------------------------------------
+    def load_state(self) -> ServerState:
+        if not self.state_path.exists():
+            return ServerState()
+        try:
+            return ServerState.model_validate(read_json(self.state_path))
+        except (OSError, ValueError) as err:
+            log.warning("state.json unreadable (%s); starting from an empty state", err)
+            return ServerState()
+
+    def save_state(self, state: ServerState) -> None:
+        atomic_write_json(self.state_path, state.model_dump(mode="json"))
+
+    def update_state(self, **changes: Any) -> ServerState:
+        with self._state_lock:  # tools and the job monitor thread both update it
+            state = self.load_state().model_copy(update=changes)
+            self.save_state(state)
+            return state
+
+    # ---- data paths ----------------------------------------------------------------------------------
+    def confine_path(self, pattern: str, field: str, *, check_files: bool = False) -> str:
+        """A data path or glob -> absolute, inside the workspace (relative ones are relative to the root)."""
+        if not isinstance(pattern, str) or not pattern or "\0" in pattern:
+            raise WorkspaceError(f"{field}: give a non-empty path")
+        if ".." in Path(pattern).parts:
+            raise WorkspaceError(f"{field}: {pattern!r} contains '..'; give a path inside the workspace {self.root}")
+        p = Path(os.path.expanduser(pattern))
+        p = Path(os.path.normpath(p if p.is_absolute() else self.root / p))
+        if not p.is_relative_to(self.root):
+            raise WorkspaceError(
+                f"{field}: {pattern!r} is outside the workspace {self.root}; copy the files into it (e.g. "
+                f"{self.root / 'data'}/) and give a path relative to the workspace, such as 'data/*.txt'"
+            )
+        if check_files:
+            matches = glob.glob(str(p), recursive=True) if glob.has_magic(str(p)) else [str(p)]
+            for m in matches:
+                if os.path.exists(m) and not Path(m).resolve().is_relative_to(self.root):
+                    raise WorkspaceError(f"{field}: {m!r} is a link that leaves the workspace")
+        return str(p)
+
+    def confine_data(self, data_cfg, *, check_files: bool = False):
+        """A DataConfig copy whose file paths (paths, local hf_data_files / hf_name) are absolute and inside."""
+        upd: dict[str, Any] = {}
+        if data_cfg.paths:
+            upd["paths"] = [self.confine_path(p, f"data.paths[{i}]", check_files=check_files)
+                            for i, p in enumerate(data_cfg.paths)]
+        files = data_cfg.hf_data_files
+        if files is not None:
+            def fix(v, where):
+                if isinstance(v, str):
+                    return v if "://" in v else self.confine_path(v, where, check_files=check_files)
+                return [fix(x, f"{where}[{i}]") for i, x in enumerate(v)]
+            if isinstance(files, dict):
+                upd["hf_data_files"] = {k: fix(v, f"data.hf_data_files.{k}") for k, v in files.items()}
+            else:
+                upd["hf_data_files"] = fix(files, "data.hf_data_files")
+        name = data_cfg.hf_name
+        if name.startswith(("/", ".", "~")):  # a local dataset directory, not a Hub id
+            upd["hf_name"] = self.confine_path(name, "data.hf_name", check_files=check_files)
+        return data_cfg.model_copy(update=upd) if upd else data_cfg
+
+    def confine_config(self, cfg, *, check_files: bool = False):
+        return cfg.model_copy(update={"data": self.confine_data(cfg.data, check_files=check_files)})
+
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the workspace root, for messages and results."""
+        try:
+            return str(path.resolve().relative_to(self.root))
+        except ValueError:
+            return str(path)

@@ -1,0 +1,63 @@
+"""JSON merge patch over RunConfig: routing, diffs, and errors that name every bad field."""
+
+from __future__ import annotations
+
+import pytest
+
+from bit_transformer.config import RunConfig
+from mcp_server.config_ops import PatchError, apply_patch, diff, merge_patch, normalize_patch
+
+
+def test_merge_patch_rfc7386():
+    assert merge_patch({"a": 1, "b": {"c": 2, "d": 3}}, {"b": {"c": None, "e": 4}, "f": 5}) == {
+        "a": 1, "b": {"d": 3, "e": 4}, "f": 5}
+    assert merge_patch({"a": 1}, {"a": [1, 2]}) == {"a": [1, 2]}
+
+
+def test_flat_and_dotted_keys_are_routed():
+    patch, problems = normalize_patch({"layers": 8, "model.d_model": 256, "batch_size": 64, "max_bytes": 1000})
+    assert problems == []
+    assert patch == {"model": {"layers": 8, "d_model": 256}, "train": {"batch_size": 64}, "data": {"max_bytes": 1000}}
+
+
+def test_apply_reports_changed_leaves():
+    new, changes = apply_patch(RunConfig(), {"model": {"layers": 2}, "amp": "none", "safety": {"burn_in": 3}})
+    assert new.model.layers == 2 and new.train.amp == "none" and new.train.safety.burn_in == 3
+    assert {p for p, _, _ in changes} == {"model.layers", "train.amp", "train.safety.burn_in"}
+    assert ("model.layers", 4, 2) in changes
+
+
+def test_null_resets_to_default():
+    cfg, _ = apply_patch(RunConfig(), {"model": {"chunk_size": 64}})
+    cfg, changes = apply_patch(cfg, {"model": {"chunk_size": None}})
+    assert cfg.model.chunk_size is None and changes == [("model.chunk_size", 64, None)]
+
+
+def test_every_bad_field_is_named():
+    with pytest.raises(PatchError) as err:
+        apply_patch(RunConfig(), {"model": {"d_model": -1, "lyers": 3}, "train": {"batch_size": 0, "amp": "fp8"},
+                                  "bogus": 1})
+    msg = str(err.value)
+    for needle in ("model.d_model", "model.lyers", "did you mean 'layers'", "train.batch_size", "train.amp",
+                   "bogus: unknown field", "nothing was changed"):
+        assert needle in msg, (needle, msg)
+
+
+def test_cross_field_error_says_how_to_fix():
+    with pytest.raises(PatchError, match=r"divisible by nhead \(8\); e.g. nhead="):
+        apply_patch(RunConfig(), {"d_model": 100})
+
+
+@pytest.mark.parametrize("patch", ["[1, 2]", "not json", 3, ["a"]])
+def test_non_object_patch_is_refused(patch):
+    with pytest.raises(PatchError, match="patch"):
+        apply_patch(RunConfig(), patch)
+
+
+def test_json_string_patch_is_accepted():
+    new, _ = apply_patch(RunConfig(), '{"model": {"layers": 3}}')
+    assert new.model.layers == 3
+
+
+def test_diff_nested():
+    assert diff({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}, "d": 4}) == [("a.c", 2, 3), ("d", None, 4)]
