@@ -6,7 +6,13 @@ phase of position t is simply t mod 9.
 
 Blocks are pre-norm; each exposes its two residual branches (``attn_branch``, ``ff_branch``) so that
 the stack can run them as ordinary residuals, with activation checkpointing, or as a reversible
-coupling (see ``reversible.py``).
+coupling (see ``reversible.py``). With ``act`` each block also owns a halting unit (see ``act.py``).
+
+Memory options: ``checkpointing`` recomputes each block in backward (``torch.utils.checkpoint``,
+non-reentrant); ``reversible`` recomputes every block's inputs from its outputs. Reversible wins when
+both are set: it already stores no per-block activations, so checkpointing is accepted and ignored.
+Setting ``model.efficient_backward = False`` runs the very same computation with ordinary autograd
+(no checkpointing, no custom backward): the reference the tests compare gradients against.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .act import ACTState, HaltingUnit
 from .attention import AttentionFacts, AttentionStats, SelfAttention
 from .config import FRAME_BITS, ModelConfig
+from .reversible import run_stack
 
 
 @dataclass
@@ -28,13 +36,13 @@ class ForwardTelemetry:
     """Raw per-forward measurements; ``telemetry.summarize`` turns them into K/C/S and friends."""
 
     attention: list[AttentionStats] = field(default_factory=list)  # one per layer
-    halting: torch.Tensor | None = None  # ACT: (B, T, layers) halting probability per layer
-    layers_used: torch.Tensor | None = None  # ACT: (B, T) layers each position computed
+    halting: torch.Tensor | None = None  # ACT: (B, T, layers) halting probability (0 after the halt)
+    layers_used: torch.Tensor | None = None  # ACT: (B, T) layers each position computed (float)
 
 
 class ModelOutput(NamedTuple):
     logits: torch.Tensor  # (B, T, 2): next-bit logits
-    ponder_cost: torch.Tensor  # scalar; zero without ACT
+    ponder_cost: torch.Tensor  # scalar, unscaled mean of N + R; zero without ACT. Loss adds ponder_weight * it
     telemetry: ForwardTelemetry | None
 
 
@@ -52,6 +60,7 @@ class Block(nn.Module):
             nn.Linear(cfg.ff_dim, cfg.d_model),
         )
         self.drop = nn.Dropout(cfg.dropout)
+        self.halt = HaltingUnit(cfg) if cfg.act else None  # ACT: halting probability after this block
 
     def attn_branch(self, x: torch.Tensor, stats: bool = False, maps: bool = False):
         y, info = self.attn(self.ln1(x), stats=stats, maps=maps)
@@ -86,6 +95,10 @@ class BitTransformerLM(nn.Module):
         for block in self.blocks:
             for proj in block.residual_projections:
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * cfg.layers))
+            if block.halt is not None:
+                block.halt.reset_parameters()  # _init zeroed its bias
+        # False: same computation with ordinary autograd (no checkpointing, no reversible backward).
+        self.efficient_backward = True
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -114,19 +127,55 @@ class BitTransformerLM(nn.Module):
         return ModelOutput(self.head(self.ln_f(h)), ponder, record)
 
     def _run_blocks(self, h: torch.Tensor, record: ForwardTelemetry | None) -> tuple[torch.Tensor, torch.Tensor]:
-        use_ckpt = self.cfg.checkpointing and self.training and torch.is_grad_enabled() and record is None
-        for block in self.blocks:
+        cfg = self.cfg
+        threshold = cfg.act_threshold if cfg.act else None
+        if cfg.reversible:  # reversible wins over checkpointing: it already recomputes every block
+            res = run_stack(
+                list(self.blocks), h, act_threshold=threshold, stats=record is not None,
+                maps=cfg.attn_logging, memory_efficient=self.efficient_backward,
+            )
             if record is not None:
-                y, info = block.attn_branch(h, stats=True, maps=self.cfg.attn_logging)
+                record.attention.extend(res.attention)
+                record.halting, record.layers_used = res.halting, res.layers_used
+            return res.out, res.ponder
+        use_ckpt = (
+            cfg.checkpointing and self.efficient_backward and self.training and torch.is_grad_enabled()
+            and record is None
+        )
+        act = ACTState(h, cfg.layers, threshold, keep_probs=record is not None) if cfg.act else None
+        for layer, block in enumerate(self.blocks):
+            if act is not None and not torch.is_grad_enabled() and act.all_halted():
+                break  # early exit: halted positions are frozen and weighted 0 by every later layer
+            if record is not None:
+                y, info = block.attn_branch(h, stats=True, maps=cfg.attn_logging)
                 record.attention.append(info)
-                h = h + y
-                h = h + block.ff_branch(h)
+                out = h + y
+                out = out + block.ff_branch(out)
             elif use_ckpt:
-                h = checkpoint(block, h, use_reentrant=False)
+                out = checkpoint(block, h, use_reentrant=False)
             else:
-                h = block(h)
-        return h, h.new_zeros(())
+                out = block(h)
+            if act is not None:
+                out = torch.where(act.running.unsqueeze(-1), out, h)  # halted positions stop updating
+                act.step(layer, out, block.halt(out))
+            h = out
+        if act is None:
+            return h, h.new_zeros(())
+        if record is not None:
+            record.halting, record.layers_used = act.halting_telemetry()
+        return act.acc, act.ponder()
 
     def attention_facts(self) -> list[AttentionFacts]:
         """How each layer computed attention in the last forward (backend, is_causal, masks)."""
         return [block.attn.facts for block in self.blocks]
+
+    def forward_compressed(self, rows, **kw) -> ModelOutput:
+        """Forward on RLE-compressed rows (``compression.compress_bits`` streams, a list or a 2-D tensor).
+
+        The rows are decoded losslessly first, so the logits equal ``self(raw_bits, **kw)``; every row
+        must decode to the same length.
+        """
+        from .compression import decompress_batch  # local: compression imports bits, keep model import-light
+
+        device = next(self.parameters()).device
+        return self(decompress_batch(rows).to(device), **kw)
