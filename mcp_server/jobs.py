@@ -224,7 +224,7 @@ class JobManager:
         if proc is None:
             return
         if force:
-            _kill(proc, signal.SIGKILL)
+            _kill_group(proc)
             return
         try:
             assert proc.stdin is not None
@@ -267,6 +267,15 @@ class JobManager:
 def _kill(proc: subprocess.Popen, sig: int) -> None:
     with contextlib.suppress(OSError):
         proc.send_signal(sig)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the worker and everything it started (DataLoader workers would otherwise be orphaned).
+
+    The worker leads its own session (``start_new_session``), so its process group id is its pid.
+    """
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _is_our_worker(pid: int, job_id: str) -> bool:

@@ -118,3 +118,40 @@ async def test_job_with_dataloader_workers_completes(tiny_ws):
         job = await call(c, "get_job", {"job_id": started["job_id"], "wait_s": 90})
         assert job["status"] == "completed", job.get("reason")
         assert job["progress"]["update"] == 2
+
+
+def _group_members(pgid: int) -> list[int]:
+    from pathlib import Path
+
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            members.append(int(stat.parent.name))
+    return members
+
+
+async def test_force_cancel_kills_dataloader_workers_too(tiny_ws):
+    import anyio
+
+    async with Client(new_server(tiny_ws)) as c:
+        await call(c, "patch_config", {"patch": {"train": {"num_workers": 1}}})
+        started = await call(c, "train", {"steps": 5000})
+        job_id = started["job_id"]
+        for _ in range(300):
+            job = await call(c, "get_job", {"job_id": job_id, "wait_s": 1})
+            if job["progress"]["update"] >= 1:
+                break
+        pid = json.loads((tiny_ws / "jobs" / job_id / "job.json").read_text())["pid"]
+        assert len(_group_members(pid)) >= 2, "expected the worker and its DataLoader worker"
+        await call(c, "cancel_job", {"job_id": job_id, "force": True})
+        # Orphaned DataLoader workers only notice a dead parent on their 5 s watchdog tick: a group kill
+        # must clear them well before that.
+        for _ in range(20):
+            if not _group_members(pid):
+                break
+            await anyio.sleep(0.1)
+        assert _group_members(pid) == [], "force-cancel left processes of the job behind"
