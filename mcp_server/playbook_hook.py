@@ -61,6 +61,11 @@ def list_recipes(scale: str = "smoke") -> list[dict[str, Any]]:
     return [_data(r) for r in _module().list_recipes(scale)]
 
 
+def export_recipes(scale: str = "smoke") -> list[dict[str, Any]]:
+    """Every recipe in full (steps, arguments, expectations), in order."""
+    return [_data(r) for r in _module().export_recipes(scale)]
+
+
 def get_recipe(task_id: str, scale: str = "smoke") -> dict[str, Any]:
     mod = _module()
     try:

@@ -56,10 +56,10 @@ def register(server: MCPServer, app) -> None:
         return json.dumps(rows, indent=2)
 
     @server.resource("bt://playbook", name="playbook", mime_type="application/json",
-                     description="The playbook recipes (smoke scale), in order.")
+                     description="The playbook recipes in full (smoke scale): steps, arguments, expectations.")
     def playbook_resource() -> str:
         try:
-            return json.dumps(hook.list_recipes("smoke"), indent=2)
+            return json.dumps(hook.export_recipes("smoke"), indent=2)
         except hook.PlaybookUnavailable as err:
             raise ResourceError(str(err)) from err
 

@@ -32,6 +32,7 @@ def fake_playbook(monkeypatch):
 
     mod.list_recipes = lambda scale="smoke": [{**r, "scale": scale} for r in RECIPES]
     mod.get_recipe = get_recipe
+    mod.export_recipes = lambda scale="smoke": [{**r, "scale": scale} for r in RECIPES]
     mod.render_prompt = lambda target, scale="smoke": f"PROMPT for {target} at {scale}"
     monkeypatch.setitem(sys.modules, "playbook", mod)
     return mod
@@ -60,6 +61,7 @@ async def test_with_playbook_tools_resources_prompts(tmp_path, fake_playbook):
         assert "scale" in error_text(await c.call_tool("playbook_list", {"scale": "huge"}))
         recipes = json.loads((await c.read_resource("bt://playbook")).contents[0].text)
         assert recipes[1]["id"] == "A"
+        assert recipes[0]["steps"] == [{"tool": "train", "args": {"steps": 4}}]  # full recipes, not summaries
         one = json.loads((await c.read_resource("bt://playbook/full/1")).contents[0].text)
         assert one["scale"] == "full"
         prompts = {p.name for p in (await c.list_prompts()).prompts}
