@@ -1,0 +1,304 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else, atomic on disk, no pickle.
+
+A checkpoint is a directory::
+
+    <root>/<name>/model.safetensors      model weights (state_dict)
+                  optimizer.safetensors  optimizer tensors; non-tensor parts in its JSON metadata
+                  extra.safetensors      extra tensors (the trainer's torch RNG states), optional
+                  meta.json              format, config, training state, scheduler state, file list
+    <root>/latest                        text file naming the newest complete checkpoint
+
+It is written into a hidden temporary directory, every file fsynced, then renamed into place (an
+existing checkpoint of the same name is swapped out, then removed); ``latest`` is replaced with
+``os.replace``. A crash therefore leaves either the old or the new checkpoint, never half of one.
+Loading uses ``safetensors`` and ``json`` only; ``torch.load`` is never called.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import RunConfig
+from .model import BitTransformerLM
+
+FORMAT = "bit-transformer-checkpoint/1"
+LATEST = "latest"
+
+
+class CheckpointInfo(BaseModel):
+    """What ``list_checkpoints`` reports and the trainer's 'checkpoint' event carries."""
+
+    name: str
+    path: str
+    update: int | None = None
+    epoch: int | None = None
+    val_loss: float | None = None
+    val_bpb: float | None = None
+    kind: str = "periodic"  # periodic | final | best | cancelled | manual
+    created_at: float = 0.0
+    params: int | None = None
+    is_latest: bool = False
+
+
+class LoadedCheckpoint(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    path: str
+    model: BitTransformerLM
+    config: RunConfig
+    state: dict[str, Any]
+    optimizer_state: dict[str, Any] | None
+    scheduler_state: dict[str, Any] | None
+    tensors: dict[str, torch.Tensor]
+    info: CheckpointInfo
+
+
+# --------------------------------------------------------------------------------------------- atomic files
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file + fsync + os.replace."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+# --------------------------------------------------------------------------------------------- optimizer
+
+
+def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """torch optimizer state_dict -> (tensors, safetensors string metadata)."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, pstate in state_dict["state"].items():
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    meta = {"param_groups": json.dumps(state_dict["param_groups"]), "scalars": json.dumps(scalars)}
+    return tensors, meta
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, t in tensors.items():
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = t
+    for pid, values in json.loads(meta.get("scalars", "{}")).items():
+        state.setdefault(int(pid), {}).update(values)
+    return {"state": state, "param_groups": json.loads(meta["param_groups"])}
+
+
+def _read_safetensors(path: Path, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), framework="pt", device=device) as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    # clone(): safetensors refuses tensors that share storage (e.g. views into one buffer).
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path), metadata=metadata)
+
+
+# --------------------------------------------------------------------------------------------- save / load
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)  # DDP
+
+
+def save_checkpoint(dir: str | Path, *, model: torch.nn.Module, config: RunConfig, optimizer=None,
+                    scheduler=None, state: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None,
+                    kind: str = "manual", update_latest: bool = True) -> Path:
+    """Atomically write a checkpoint directory at ``dir``; returns its path.
+
+    ``state`` must be JSON-serializable (step, epoch, data position, gate, RNG of python/numpy...).
+    ``scheduler`` is anything with a JSON ``state_dict()`` (see ``schedule.py``). ``tensors`` are
+    extra named tensors (e.g. torch RNG states). The parent's ``latest`` pointer names this
+    checkpoint unless ``update_latest`` is false.
+    """
+    target = Path(dir)
+    root = target.parent
+    root.mkdir(parents=True, exist_ok=True)
+    net = _unwrap(model)
+    model_cfg = getattr(net, "cfg", config.model)
+    config = config.model_copy(update={"model": model_cfg})
+    tmp = root / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        files = ["model.safetensors"]
+        _save_tensors(net.state_dict(), tmp / "model.safetensors")
+        if optimizer is not None:
+            opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+            _save_tensors(opt_tensors, tmp / "optimizer.safetensors", opt_meta)
+            files.append("optimizer.safetensors")
+        if tensors:
+            _save_tensors(tensors, tmp / "extra.safetensors")
+            files.append("extra.safetensors")
+        meta = {
+            "format": FORMAT,
+            "name": target.name,
+            "kind": kind,
+            "created_at": time.time(),
+            "params": sum(p.numel() for p in net.parameters()),
+            "qat": bool(getattr(net, "qat_prepared", False)),
+            "config": config.model_dump(mode="json"),
+            "state": state,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "files": files,
+            "torch": torch.__version__,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, allow_nan=True), encoding="utf-8")
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        _fsync_dir(tmp)
+        old = None
+        if target.exists():
+            old = root / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        _fsync_dir(root)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if update_latest:
+        write_text_atomic(root / LATEST, target.name + "\n")
+    return target
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint dir, a checkpoints root (follows ``latest``), or a run dir with ``checkpoints/``."""
+    p = Path(path)
+    if (p / "meta.json").is_file():
+        return p
+    for root in (p, p / "checkpoints"):
+        pointer = root / LATEST
+        if pointer.is_file():
+            target = root / pointer.read_text(encoding="utf-8").strip()
+            if (target / "meta.json").is_file():
+                return target
+    raise FileNotFoundError(
+        f"no checkpoint at {p}: expected a directory with meta.json, or a checkpoints root with a 'latest' file"
+    )
+
+
+def _read_meta(ckpt: Path) -> dict[str, Any]:
+    meta = json.loads((ckpt / "meta.json").read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{ckpt} is not a {FORMAT} checkpoint (format={meta.get('format')!r})")
+    return meta
+
+
+def _info(ckpt: Path, meta: dict[str, Any], latest: str | None = None) -> CheckpointInfo:
+    state = meta.get("state") or {}
+    return CheckpointInfo(
+        name=ckpt.name, path=str(ckpt), update=state.get("update"), epoch=state.get("epoch"),
+        val_loss=state.get("val_loss"), val_bpb=state.get("val_bpb"), kind=meta.get("kind", "manual"),
+        created_at=meta.get("created_at", 0.0), params=meta.get("params"), is_latest=ckpt.name == latest,
+    )
+
+
+def apply_qat(model: BitTransformerLM) -> BitTransformerLM:
+    """The one place that prepares a model for quantization-aware training (idempotent)."""
+    if getattr(model, "qat_prepared", False):
+        return model
+    from .quantization import prepare_qat  # lazy: optional module, owned by the quantization helper
+
+    model = prepare_qat(model) or model
+    model.qat_prepared = True  # recorded in meta.json so loading rebuilds the same structure
+    return model
+
+
+def build_model(config: RunConfig, qat: bool = False) -> BitTransformerLM:
+    """A fresh model of ``config.model``, QAT-prepared when ``qat``."""
+    model = BitTransformerLM(config.model)
+    return apply_qat(model) if qat else model
+
+
+def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Load everything a checkpoint holds (model rebuilt from its config; strict weight match)."""
+    ckpt = resolve_checkpoint(dir)
+    meta = _read_meta(ckpt)
+    config = RunConfig.model_validate(meta["config"])
+    model = build_model(config, qat=meta.get("qat", False))
+    weights, _ = _read_safetensors(ckpt / "model.safetensors")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {ckpt} does not match its config: missing={missing[:5]}, "
+                         f"unexpected={unexpected[:5]}")
+    model.to(device)
+    opt_state = None
+    if (ckpt / "optimizer.safetensors").is_file():
+        opt_state = _unflatten_optimizer(*_read_safetensors(ckpt / "optimizer.safetensors"))
+    tensors = _read_safetensors(ckpt / "extra.safetensors")[0] if (ckpt / "extra.safetensors").is_file() else {}
+    return LoadedCheckpoint(path=str(ckpt), model=model, config=config, state=meta.get("state") or {},
+                            optimizer_state=opt_state, scheduler_state=meta.get("scheduler"), tensors=tensors,
+                            info=_info(ckpt, meta))
+
+
+def load_model(dir: str | Path, device: str | torch.device = "cpu") -> tuple[BitTransformerLM, RunConfig]:
+    """Just the model (in eval mode) and its run config."""
+    loaded = load_checkpoint(dir, device)
+    loaded.model.eval()
+    return loaded.model, loaded.config
+
+
+def list_checkpoints(root: str | Path) -> list[CheckpointInfo]:
+    """Complete checkpoints under ``root`` (or ``root/checkpoints``), oldest first; temp dirs skipped."""
+    base = Path(root)
+    if not base.is_dir():
+        return []
+    if not any((d / "meta.json").is_file() for d in base.iterdir() if d.is_dir()) and (base / "checkpoints").is_dir():
+        base = base / "checkpoints"
+    latest = (base / LATEST).read_text(encoding="utf-8").strip() if (base / LATEST).is_file() else None
+    out = []
+    for d in sorted(base.iterdir()):
+        if d.is_dir() and not d.name.startswith(".") and (d / "meta.json").is_file():
+            try:
+                out.append(_info(d, _read_meta(d), latest))
+            except (ValueError, json.JSONDecodeError):
+                continue  # foreign or corrupt directory: not a checkpoint we can offer
+    return sorted(out, key=lambda i: (i.created_at, i.name))
+
+
+def prune_checkpoints(root: str | Path, keep: int, protect: tuple[str, ...] = ()) -> list[str]:
+    """Delete all but the newest ``keep`` periodic checkpoints (never 'latest' or ``protect``)."""
+    infos = [i for i in list_checkpoints(root) if i.kind == "periodic" and not i.is_latest and i.name not in protect]
+    doomed = infos[: max(0, len(infos) - max(0, keep - 1))]
+    for info in doomed:
+        shutil.rmtree(info.path, ignore_errors=True)
+    return [i.name for i in doomed]
