@@ -10,6 +10,7 @@ import math
 import os
 import random
 import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,13 +50,20 @@ def autocast(device: torch.device, precision: str):
 # ---------------------------------------------------------------------------------------------- compile
 
 
+def _import_dynamo():
+    with warnings.catch_warnings():  # torch's own import-time deprecation notices are not ours to show
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import torch._dynamo as dynamo
+    return dynamo
+
+
 def compile_support() -> tuple[bool, str]:
     """Whether torch.compile can run here, and why not when it cannot (task 8)."""
     version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
     if version < (2, 1):
         return False, f"torch {torch.__version__} < 2.1 has no usable torch.compile"
     try:
-        import torch._dynamo as dynamo
+        dynamo = _import_dynamo()
     except Exception as exc:  # pragma: no cover - broken installs
         return False, f"torch._dynamo failed to import: {exc}"
     if not dynamo.is_dynamo_supported():
@@ -81,8 +89,10 @@ def compile_blocks(model: nn.Module, requested: bool, warmup=None) -> tuple[bool
     if not targets:
         return False, "skipped: model has no blocks with attn/ff submodules to compile"
     try:
-        for m in targets:
-            m.compile(dynamic=None)
+        with warnings.catch_warnings():  # torch's import-time deprecation notices are not ours to show
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for m in targets:
+                m.compile(dynamic=None)
         if warmup is not None:
             warmup()
     except Exception as exc:
