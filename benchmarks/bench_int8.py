@@ -1,0 +1,299 @@
+"""INT8 export vs fp32 on held-out text: file size, CPU forward throughput, bits per byte.
+
+    .venv/bin/python -m benchmarks.bench_int8 --steps 600            # trains the model first (GPU if any)
+    .venv/bin/python -m benchmarks.bench_int8 --init benchmarks/results/int8_fp32.safetensors
+
+Model: the playbook's task B shape (8 layers x 128, 8 heads, causal, chunk_size 128, reversible,
+checkpointing, 576-bit windows), trained for ``--steps`` updates on Tiny Shakespeare (first 90% of the
+bytes; ``../shared/data`` when present, else ``--data``, else the built-in corpus) so its bits per byte
+mean something. ``--init`` skips training (a safetensors state dict this script saved before).
+
+Measured on CPU, fp32 and the INT8 model loaded back from its artifact, side by side in one process:
+- size: the fp32 state dict as safetensors vs the INT8 artifact directory (weights + config JSON);
+- forward throughput (bits/s) on a batch (16 x 576) and a single sequence (1 x 576), ``torch.inference_mode``,
+  the two models interleaved, median of ``--repeats``, for each ``--threads`` setting;
+- bits per byte (evaluate.evaluate_bits, all 9 positions) on the first ``--eval-bytes`` of the validation split.
+Writes ``benchmarks/results/int8.json`` and ``int8.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+
+from bit_transformer.bits import bytes_to_bits
+from bit_transformer.config import FRAME_BITS, ModelConfig
+from bit_transformer.evaluate import evaluate_bits
+from bit_transformer.model import BitTransformerLM
+from bit_transformer.quantization import convert_qat, export_int8, load_int8, prepare_qat
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SHARED = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+# ---------------------------------------------------------------------------------------- shared helpers
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=None, help="text file (default: shared Tiny Shakespeare, else builtin)")
+    p.add_argument("--steps", type=int, default=600, help="training updates")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--nhead", type=int, default=8)
+    p.add_argument("--chunk-size", type=int, default=128)
+    p.add_argument("--seq-len", type=int, default=576)
+    p.add_argument("--dropout", type=float, default=0.0, help="short runs do not overfit; task B leaves it default")
+    p.add_argument("--device", default="auto", help="training device: auto (cuda if available), cpu, cuda")
+    p.add_argument("--eval-bytes", type=int, default=32768, help="score the first N validation bytes")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def load_text(path: Path | None) -> tuple[bytes, bytes, str]:
+    """(train bytes, validation bytes, source): the last 10% of the bytes validate."""
+    if path is None and SHARED.is_file():
+        path = SHARED
+    if path is not None:
+        data, source = path.read_bytes(), str(path)
+    else:
+        from bit_transformer.data import builtin_text
+
+        data, source = builtin_text().encode("utf-8"), "builtin"
+    cut = len(data) - len(data) // 10
+    return data[:cut], data[cut:], source
+
+
+def model_config(a: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(layers=a.layers, d_model=a.d_model, nhead=a.nhead, chunk_size=a.chunk_size,
+                       max_seq_len=a.seq_len, reversible=True, checkpointing=True, dropout=a.dropout,
+                       full_attn_logging=False)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def lr_at(step: int, total: int, peak: float) -> float:
+    """Linear warmup over 5% of the updates, then cosine down to 10% of the peak."""
+    warm = max(1, total // 20)
+    if step < warm:
+        return peak * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
+
+
+def batch_at(bits: np.ndarray, step: int, batch: int, seq_len: int, seed: int) -> torch.Tensor:
+    """Frame-aligned windows of seq_len + 1 bits; a function of (seed, step) so runs can branch and agree."""
+    rng = np.random.default_rng([seed, step])
+    starts = rng.integers(0, (bits.size - seq_len - 1) // FRAME_BITS, size=batch) * FRAME_BITS
+    return torch.from_numpy(bits[starts[:, None] + np.arange(seq_len + 1)[None, :]].astype(np.int64))
+
+
+def train(model: BitTransformerLM, bits: np.ndarray, *, start: int, stop: int, total: int, a: argparse.Namespace,
+          opt: torch.optim.Optimizer, device: torch.device, log: str = "") -> list[float]:
+    """Updates start..stop-1 of a `total`-update cosine schedule; returns the losses."""
+    model.train()
+    amp = device.type == "cuda"
+    losses = []
+    for step in range(start, stop):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total, a.lr)
+        w = batch_at(bits, step, a.batch_size, a.seq_len, a.seed).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(w[:, :-1])
+        loss = F.cross_entropy(out.logits.float().reshape(-1, 2), w[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if log and (step % 100 == 0 or step == stop - 1):
+            print(f"[{log}] step {step} loss {loss.item():.4f} ({loss.item() * 9 / math.log(2):.3f} bpb)", flush=True)
+    return losses
+
+
+def new_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+
+
+def bpb(model: torch.nn.Module, val_bits: np.ndarray, eval_bytes: int) -> float:
+    with torch.inference_mode():
+        report = evaluate_bits(model, val_bits, max_bytes=eval_bytes, batch_size=16, telemetry=False,
+                               compressors=False)
+    return report.bits_per_byte
+
+
+def cpu_copy(model: BitTransformerLM) -> BitTransformerLM:
+    out = BitTransformerLM(model.cfg)
+    out.load_state_dict({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
+    return out.eval()
+
+
+def env_info() -> dict:
+    cpu = platform.processor()
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
+        cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {"torch": torch.__version__, "cpu": cpu, "cpu_count": os.cpu_count(), "load_avg": load,
+            "engine": torch.backends.quantized.engine, "cuda": torch.cuda.get_device_name(0)
+            if torch.cuda.is_available() else None}
+
+
+# ---------------------------------------------------------------------------------------- timing
+def time_forward(models: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median seconds per forward; models interleaved (order alternating) so load drift hits both alike."""
+    times: dict[str, list[float]] = {k: [] for k in models}
+    names = list(models)
+    with torch.inference_mode():
+        for m in models.values():
+            m(x)
+            m(x)
+        for r in range(repeats):
+            for name in names if r % 2 == 0 else names[::-1]:
+                t0 = time.perf_counter()
+                models[name](x)
+                times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+LINEAR_OPS = {"aten::addmm", "aten::mm", "quantized::linear_dynamic"}
+
+
+def linear_share(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Share of a forward's CPU op time spent in the linear layers (profiler self time): the Amdahl limit."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        model(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(x)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if e.key in LINEAR_OPS) / max(total, 1e-9)
+
+
+def get_model(a: argparse.Namespace, train_bits: np.ndarray) -> tuple[BitTransformerLM, dict]:
+    cfg = model_config(a)
+    if a.init is not None:
+        model = BitTransformerLM(cfg)
+        model.load_state_dict(safetensors.torch.load_file(str(a.init)))
+        return model.eval(), {"init": str(a.init)}
+    device = resolve_device(a.device)
+    torch.manual_seed(a.seed)
+    model = BitTransformerLM(cfg).to(device)
+    t0 = time.perf_counter()
+    losses = train(model, train_bits, start=0, stop=a.steps, total=a.steps, a=a, opt=new_optimizer(model, a.lr),
+                   device=device, log="fp32")
+    return cpu_copy(model), {"steps": a.steps, "train_s": round(time.perf_counter() - t0, 1), "device": str(device),
+                             "final_train_loss": float(np.mean(losses[-20:]))}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(p)
+    p.add_argument("--init", type=Path, default=None, help="fp32 safetensors state dict: skip training")
+    p.add_argument("--threads", default="0", help="comma list of torch thread counts; 0 = torch's default")
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    a = p.parse_args(argv)
+    train_text, val_text, source = load_text(a.data)
+    train_bits, val_bits = bytes_to_bits(train_text), bytes_to_bits(val_text)
+    model, training = get_model(a, train_bits)
+    a.out.mkdir(parents=True, exist_ok=True)
+    if a.init is None:
+        safetensors.torch.save_file(model.state_dict(), str(a.out / "int8_fp32.safetensors"))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_file = Path(tmp) / "model.safetensors"
+        safetensors.torch.save_file(model.state_dict(), str(fp32_file))
+        fp32_bytes = fp32_file.stat().st_size
+        info = export_int8(model, Path(tmp) / "int8")
+        int8, _ = load_int8(Path(tmp) / "int8")  # measure what a deployment loads, not the in-memory copy
+
+    default_threads = torch.get_num_threads()
+    speed = []
+    for t in [int(s) for s in a.threads.split(",")]:
+        torch.set_num_threads(t or default_threads)
+        row = {"threads": torch.get_num_threads(), "batch_shape": [16, a.seq_len], "single_shape": [1, a.seq_len]}
+        for label, shape in (("batch", (16, a.seq_len)), ("single", (1, a.seq_len))):
+            x = torch.from_numpy(val_bits[: shape[0] * shape[1]].reshape(shape).astype(np.int64))
+            med = time_forward({"fp32": model, "int8": int8}, x, a.repeats)
+            row[label] = {"fp32_bits_per_s": x.numel() / med["fp32"], "int8_bits_per_s": x.numel() / med["int8"],
+                          "speedup": med["fp32"] / med["int8"], "fp32_ms": med["fp32"] * 1e3,
+                          "int8_ms": med["int8"] * 1e3}
+        xb = torch.from_numpy(val_bits[: 16 * a.seq_len].reshape(16, a.seq_len).astype(np.int64))
+        row["linear_share_fp32"], row["linear_share_int8"] = linear_share(model, xb), linear_share(int8, xb)
+        speed.append(row)
+        print(f"threads {row['threads']}: batch x{row['batch']['speedup']:.2f}, single x{row['single']['speedup']:.2f}",
+              flush=True)
+    torch.set_num_threads(default_threads)
+
+    b32, b8 = bpb(model, val_bits, a.eval_bytes), bpb(int8, val_bits, a.eval_bytes)
+    # Where the error comes from: the same int8 weights with float activations (no dynamic input rounding).
+    weights_only = convert_qat(prepare_qat(copy.deepcopy(model), activations=False))
+    bw = bpb(weights_only, val_bits, a.eval_bytes)
+    result = {
+        "model": model.cfg.model_dump(), "params": model.num_parameters(), "data": source,
+        "eval_bytes": min(a.eval_bytes, len(val_text)), "training": training, "env": env_info(),
+        "size": {"fp32_bytes": fp32_bytes, "int8_bytes": info.artifact_bytes,
+                 "ratio": fp32_bytes / info.artifact_bytes},
+        "speed": speed,
+        "bpb": {"fp32": b32, "int8": b8, "change_pct": 100 * (b8 - b32) / b32, "int8_weights_only": bw,
+                "weights_only_change_pct": 100 * (bw - b32) / b32},
+        "int8_backend": getattr(int8, "int8_backend", None),
+    }
+    (a.out / "int8.json").write_text(json.dumps(result, indent=1))
+    md = markdown(result)
+    (a.out / "int8.md").write_text(md)
+    print(md)
+    return result
+
+
+def markdown(r: dict) -> str:
+    s, b = r["size"], r["bpb"]
+    lines = [
+        f"INT8 vs fp32: {r['model']['layers']}x{r['model']['d_model']} ({r['params']:,} params), {r['env']['cpu']}, "
+        f"torch {r['env']['torch']}, engine {r['env']['engine']}, backend {r['int8_backend']}",
+        "",
+        "| metric | fp32 | int8 | ratio | target |",
+        "| --- | ---: | ---: | ---: | --- |",
+        f"| file size (bytes) | {s['fp32_bytes']:,} | {s['int8_bytes']:,} | {s['ratio']:.2f}x smaller | >= 3.5x |",
+    ]
+    for row in r["speed"]:
+        for label in ("batch", "single"):
+            v, shape = row[label], "x".join(map(str, row[label + "_shape"]))
+            lines.append(f"| forward {shape}, {row['threads']} threads (bits/s) | {v['fp32_bits_per_s']:,.0f} | "
+                         f"{v['int8_bits_per_s']:,.0f} | {v['speedup']:.2f}x faster | "
+                         f"{'>= 2x' if label == 'batch' else '-'} |")
+    for row in r["speed"]:
+        share = row["linear_share_fp32"]
+        lines.append(f"| linear layers' share of the batch forward, {row['threads']} threads | {share:.0%} | "
+                     f"{row['linear_share_int8']:.0%} | <= {1 / max(1 - share, 1e-9):.2f}x possible | - |")
+    lines.append(f"| bits per byte ({r['eval_bytes']:,} val bytes) | {b['fp32']:.4f} | {b['int8']:.4f} | "
+                 f"{b['change_pct']:+.2f}% | within 2% |")
+    lines.append(f"| ... int8 weights only, float activations | {b['fp32']:.4f} | {b['int8_weights_only']:.4f} | "
+                 f"{b['weights_only_change_pct']:+.2f}% | - |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,385 @@
+"""INT8 export for CPU inference, and quantization-aware training (QAT) that targets the same format.
+
+Scheme (shared by export, the loader and QAT, so they agree bit for bit on the integers):
+
+- Weights of the block linears (q/k/v, attention output, both feed-forward layers): int8, per output
+  channel, symmetric: ``scale = max|w_row| / 127`` (1.0 for an all-zero row), ``q = round(w / scale)``
+  in [-127, 127], zero point 0 (stored anyway, as the format's explicit statement).
+- Embeddings (bit, position, phase): int8 per row, same rule; dequantized to float32 at load time. They
+  are weight-only (a look-up, no matmul), quantized to keep the file small: the position table is a
+  big share of a small model.
+- Activations: dynamic. At inference the kernel quantizes each linear's input per tensor (asymmetric
+  uint8, 7-bit range on x86/fbgemm/onednn, which avoid int16 overflow that way) from that call's min/max.
+- Everything else (LayerNorms, biases, the 2-way head, ACT halting units) stays float32: < 1% of the
+  weights, and the head/halting units make the logits and discrete halting decisions.
+
+Artifact: a directory (written to a temporary sibling, then renamed) holding ``model.int8.safetensors``
+(int8 weights, float32 scales, int8 zero points, float32 rest; the config is repeated in its metadata so
+the file alone suffices) and ``config.json``. No pickle anywhere: safetensors + JSON.
+
+Loading rebuilds a BitTransformerLM whose block linears are ``torch.ao.nn.quantized.dynamic.Linear``
+modules, packed from the stored integers, so CPU inference runs real int8 GEMMs (fbgemm / onednn).
+Where no quantized engine exists (``backend='reference'``, or torch without one), ``Int8Linear``
+emulates the same numerics in float32 (same integers, same 7-bit dynamic activation rounding).
+
+QAT: ``prepare_qat`` swaps those linears (and embeddings) for subclasses that fake-quantize their
+weights with exactly the rule above and a straight-through estimator; the linears also fake-quantize
+their input the way the dynamic kernel will (per tensor, 7-bit). That activation part is where most of
+the INT8 error comes from (measured: ~2% of the output scale per linear, vs ~0.5% from the weights), so
+it is on by default (``activations=False`` to switch it off). State-dict keys are unchanged, so QAT
+checkpoints load into plain models and vice versa.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import json
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel
+from safetensors import safe_open
+from torch import nn
+
+from .config import ModelConfig, RunConfig
+from .model import BitTransformerLM
+
+FORMAT = "bit-transformer-int8"
+VERSION = 1
+WEIGHTS = "model.int8.safetensors"
+CONFIG = "config.json"
+QMAX = 127
+Backend = Literal["auto", "dynamic", "reference"]
+
+
+# ----------------------------------------------------------------------------------------- the rule
+def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 q, float32 scale per row): symmetric per-row int8, the one rule everyone uses."""
+    w = w.detach().float()
+    scale = w.abs().amax(dim=1) / QMAX
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(w / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
+    return q, scale
+
+
+def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
+    """w snapped to its int8 grid in the forward pass; identity gradient (straight-through)."""
+    q, scale = quantize_rows(w)
+    return w + (q.to(w.dtype) * scale[:, None].to(w.dtype) - w).detach()
+
+
+def act_levels(engine: str | None = None) -> int:
+    """Activation levels of the dynamic kernel: 127 (7-bit, reduce_range) except qnnpack's 255."""
+    return 255 if (engine or torch.backends.quantized.engine) == "qnnpack" else 127
+
+
+def fake_quant_act(x: torch.Tensor, levels: int = 127) -> torch.Tensor:
+    """Per-tensor asymmetric dynamic quantization as the int8 kernel does it; straight-through gradient."""
+    d = x.detach().float()
+    lo, hi = d.min().clamp(max=0.0), d.max().clamp(min=0.0)
+    scale = ((hi - lo) / levels).clamp(min=1e-12)
+    zp = torch.round(-lo / scale).clamp(0, levels)
+    snapped = (torch.round(d / scale).add_(zp).clamp_(0, levels) - zp) * scale
+    return x + (snapped.to(x.dtype) - x).detach()
+
+
+# ----------------------------------------------------------------------------------------- QAT
+class QATLinear(nn.Linear):
+    """nn.Linear training against its int8 export: fake-quantized weight (and input)."""
+
+    quant_input: bool = True
+    levels: int = 127
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quant_input:
+            x = fake_quant_act(x, self.levels)
+        return F.linear(x, fake_quant_weight(self.weight), self.bias)
+
+
+class QATEmbedding(nn.Embedding):
+    """nn.Embedding whose table is fake-quantized per row, as exported."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return F.embedding(idx, fake_quant_weight(self.weight))
+
+
+def quant_targets(model: nn.Module) -> tuple[list[str], list[str]]:
+    """(linear names, embedding names) that the INT8 format quantizes."""
+    linears = [n for n, m in model.named_modules() if n.startswith("blocks.") and ".halt" not in n
+               and (isinstance(m, nn.Linear) or _is_int8_linear(m))]
+    embeddings = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+    return linears, embeddings
+
+
+def _swap(module: nn.Module, cls: type, **attrs) -> nn.Module:
+    """The same parameters (same objects: an existing optimizer keeps working) under another class."""
+    new = cls.__new__(cls)
+    new.__dict__.update(module.__dict__)
+    new.__dict__.update(attrs)
+    return new
+
+
+def prepare_qat(model: BitTransformerLM, *, activations: bool = True) -> BitTransformerLM:
+    """Insert fake quantization in place (weights; inputs of the block linears when ``activations``)."""
+    linears, embeddings = quant_targets(model)
+    levels = act_levels()
+    for name in linears:
+        m = model.get_submodule(name)
+        if not isinstance(m, QATLinear):
+            model.set_submodule(name, _swap(m, QATLinear, quant_input=activations, levels=levels))
+    for name in embeddings:
+        m = model.get_submodule(name)
+        if not isinstance(m, QATEmbedding):
+            model.set_submodule(name, _swap(m, QATEmbedding))
+    model.qat_prepared = True
+    return model
+
+
+def convert_qat(model: BitTransformerLM) -> BitTransformerLM:
+    """A plain float model with every QAT weight snapped to its int8 grid (a copy; the input is kept).
+
+    Its export re-derives exactly the integers the fake quantization used (the scales to within 1 ulp),
+    so ``export_int8(convert_qat(m))`` and ``export_int8(m)`` give the same INT8 model.
+    """
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, m in list(out.named_modules()):
+            if isinstance(m, QATLinear | QATEmbedding):
+                base = nn.Linear if isinstance(m, QATLinear) else nn.Embedding
+                plain = _swap(m, base)
+                plain.__dict__.pop("quant_input", None)
+                plain.__dict__.pop("levels", None)
+                plain.weight.copy_(fake_quant_weight(plain.weight))
+                out.set_submodule(name, plain)
+    out.qat_prepared = False
+    return out
+
+
+# ----------------------------------------------------------------------------------------- int8 modules
+class Int8Linear(nn.Module):
+    """Reference int8 linear in float32: same integers and same dynamic input rounding as the kernel."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, levels: int = 127):
+        super().__init__()
+        self.in_features, self.out_features, self.levels = q.shape[1], q.shape[0], levels
+        self.register_buffer("weight_int8", q)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", bias)
+        self.register_buffer("_w", q.float() * scale[:, None], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(fake_quant_act(x, self.levels), self._w.to(x.dtype), self.bias)
+
+
+def _is_int8_linear(m: nn.Module) -> bool:
+    return isinstance(m, Int8Linear) or (type(m).__name__ == "Linear" and hasattr(m, "_packed_params"))
+
+
+def dynamic_available() -> bool:
+    """True when this torch has a quantized engine that runs dynamic int8 linears."""
+    engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    if not engines:
+        return False
+    try:
+        importlib.import_module("torch.ao.nn.quantized.dynamic")
+    except ImportError:  # pragma: no cover - removed in some future torch
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Quantized-tensor constructors warn about a future deprecation; the loader stays usable until then."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*quantiz.*deprecated.*")
+        yield
+
+
+def _dynamic_linear(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    import torch.ao.nn.quantized.dynamic as nnqd
+
+    if torch.backends.quantized.engine == "none":  # pick one the build has, keep it for this process
+        torch.backends.quantized.engine = next(e for e in torch.backends.quantized.supported_engines if e != "none")
+    out_f, in_f = q.shape
+    with _quiet():
+        qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros(out_f, dtype=torch.long), 0)
+        mod = nnqd.Linear(in_f, out_f, bias_=bias is not None, dtype=torch.qint8)
+        mod.set_weight_bias(qw, bias)
+    return mod
+
+
+# ----------------------------------------------------------------------------------------- tensors
+def int8_tensors(model: BitTransformerLM) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """Every tensor of the artifact (int8 + float32) and the layout (which modules are quantized)."""
+    linears, embeddings = quant_targets(model)
+    out: dict[str, torch.Tensor] = {}
+    for name in linears:
+        m = model.get_submodule(name)
+        if isinstance(m, Int8Linear):
+            q, scale, bias = m.weight_int8, m.scale, m.bias
+        elif _is_int8_linear(m):  # a packed torch.ao dynamic linear: read its integers back
+            qw = m.weight()
+            q, scale, bias = qw.int_repr(), qw.q_per_channel_scales().float(), m.bias()
+        else:
+            (q, scale), bias = quantize_rows(m.weight), m.bias
+        out.update(_qentries(name + ".weight", q, scale))
+        if bias is not None:
+            out[name + ".bias"] = bias.detach().float()
+    for name in embeddings:
+        out.update(_qentries(name + ".weight", *quantize_rows(model.get_submodule(name).weight)))
+    skip = {n + ".weight" for n in embeddings} | {n + s for n in linears for s in (".weight", ".bias")}
+    for key, t in model.state_dict().items():
+        if key not in skip and not any(key.startswith(n + ".") for n in linears):
+            out[key] = t.detach().float()
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}, {"linear": linears, "embedding": embeddings}
+
+
+def _qentries(key: str, q: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {key + ".int8": q.to(torch.int8), key + ".scale": scale.float(),
+            key + ".zero_point": torch.zeros(q.shape[0], dtype=torch.int8)}
+
+
+def _build(cfg: ModelConfig, tensors: dict[str, torch.Tensor], layout: dict[str, list[str]],
+           backend: Backend) -> BitTransformerLM:
+    use_dynamic = backend == "dynamic" or (backend == "auto" and dynamic_available())
+    with torch.random.fork_rng(devices=[]):  # the throwaway init must not move the caller's RNG
+        model = BitTransformerLM(cfg)
+    plain = dict(tensors)
+    for name in layout["embedding"]:
+        q, scale = plain.pop(name + ".weight.int8"), plain.pop(name + ".weight.scale")
+        plain.pop(name + ".weight.zero_point")
+        plain[name + ".weight"] = q.float() * scale[:, None]
+    qlin = {}
+    for name in layout["linear"]:
+        q, scale = plain.pop(name + ".weight.int8"), plain.pop(name + ".weight.scale")
+        plain.pop(name + ".weight.zero_point")
+        qlin[name] = (q, scale, plain.pop(name + ".bias", None))
+    missing, unexpected = model.load_state_dict(plain, strict=False)  # floats first, then swap the linears in
+    missing = [k for k in missing if k.rsplit(".", 1)[0] not in qlin]
+    if missing or unexpected:
+        raise ValueError(f"INT8 artifact does not match its config: missing={missing[:5]}, "
+                         f"unexpected={unexpected[:5]}")
+    for name, (q, scale, bias) in qlin.items():
+        mod = _dynamic_linear(q, scale, bias) if use_dynamic else Int8Linear(q, scale, bias, act_levels())
+        model.set_submodule(name, mod)
+    model.int8_backend = "dynamic" if use_dynamic else "reference"
+    return model.eval()
+
+
+def quantize_int8(model: BitTransformerLM, *, backend: Backend = "auto") -> BitTransformerLM:
+    """The in-memory INT8 model (what ``load_int8`` of this model's export returns)."""
+    tensors, layout = int8_tensors(model)
+    return _build(model.cfg, tensors, layout, backend)
+
+
+# ----------------------------------------------------------------------------------------- artifact
+class Int8Info(BaseModel):
+    """What export_int8 wrote."""
+
+    path: str
+    files: list[str]
+    artifact_bytes: int
+    fp32_bytes: int
+    size_ratio: float
+    quantized_linears: int
+    quantized_embeddings: int
+    int8_params: int
+    fp32_params: int
+    scheme: str = "weights int8 per-channel symmetric (zero point 0); activations dynamic per-tensor"
+    engine: str
+    from_qat: bool
+
+
+def export_int8(model: BitTransformerLM, path: str | Path, *, config: RunConfig | None = None) -> Int8Info:
+    """Write the INT8 artifact directory atomically; ``config`` (a RunConfig) is stored when given."""
+    target = Path(path)
+    if target.suffix == ".safetensors":
+        raise ValueError(f"{target}: give a directory for the INT8 artifact (it holds {WEIGHTS} and {CONFIG})")
+    if target.exists() and not _is_artifact(target) and (target.is_file() or any(target.iterdir())):
+        raise FileExistsError(f"{target} exists and is not an INT8 artifact: choose a new path")
+    tensors, layout = int8_tensors(model)
+    meta = {"format": FORMAT, "version": VERSION, "model": model.cfg.model_dump(mode="json"),
+            "run": config.model_dump(mode="json") if config is not None else None, "layout": layout,
+            "act_levels": act_levels(), "from_qat": bool(getattr(model, "qat_prepared", False)),
+            "torch": torch.__version__}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        header = {"format": FORMAT, "config": json.dumps(meta)}  # the file alone is loadable too
+        safetensors.torch.save_file(tensors, str(tmp / WEIGHTS), metadata=header)
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if target.exists():
+            old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fp32 = {k: v.detach().float().cpu().contiguous() for k, v in _plain_state(model).items()}
+    fp32_bytes = len(safetensors.torch.save(fp32))
+    size = sum(f.stat().st_size for f in target.iterdir())
+    n_int8 = sum(t.numel() for k, t in tensors.items() if k.endswith(".int8"))
+    return Int8Info(
+        path=str(target), files=sorted(f.name for f in target.iterdir()), artifact_bytes=size,
+        fp32_bytes=fp32_bytes, size_ratio=fp32_bytes / size, quantized_linears=len(layout["linear"]),
+        quantized_embeddings=len(layout["embedding"]), int8_params=n_int8,
+        fp32_params=sum(t.numel() for k, t in tensors.items() if t.dtype == torch.float32 and not k.endswith(".scale")),
+        engine=torch.backends.quantized.engine, from_qat=meta["from_qat"],
+    )
+
+
+def _plain_state(model: BitTransformerLM) -> dict[str, torch.Tensor]:
+    """The float state dict of ``model`` (an int8 model's linears dequantized), for the fp32 size."""
+    if not any(_is_int8_linear(m) for m in model.modules()):
+        return model.state_dict()
+    tensors, layout = int8_tensors(model)
+    out = {k: v for k, v in tensors.items() if k.rsplit(".", 1)[-1] not in ("int8", "scale", "zero_point")}
+    for name in layout["linear"] + layout["embedding"]:
+        out[name + ".weight"] = tensors[name + ".weight.int8"].float() * tensors[name + ".weight.scale"][:, None]
+    return out
+
+
+def _is_artifact(path: Path) -> bool:
+    try:
+        return json.loads((path / CONFIG).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def load_int8(path: str | Path, *, backend: Backend = "auto") -> tuple[BitTransformerLM, RunConfig | ModelConfig]:
+    """Rebuild the INT8 model from an artifact directory (or its .safetensors file) for CPU inference.
+
+    Returns (model in eval mode, the stored RunConfig if the export had one, else its ModelConfig).
+    """
+    p = Path(path)
+    weights = p / WEIGHTS if p.is_dir() else p
+    if not weights.is_file():
+        raise FileNotFoundError(f"no INT8 artifact at {p}: expected a directory with {WEIGHTS}")
+    if p.is_dir() and (p / CONFIG).is_file():
+        meta = json.loads((p / CONFIG).read_text(encoding="utf-8"))
+    else:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("config", "{}"))
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{p} is not a {FORMAT} artifact (format={meta.get('format')!r})")
+    if meta.get("version", 0) > VERSION:
+        raise ValueError(f"{p} has INT8 format version {meta['version']}; this code reads up to {VERSION}")
+    cfg = ModelConfig.model_validate(meta["model"])
+    model = _build(cfg, safetensors.torch.load_file(str(weights)), meta["layout"], backend)
+    return model, (RunConfig.model_validate(meta["run"]) if meta.get("run") else cfg)
