@@ -9,34 +9,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from bit_transformer.baselines import compressor_bpb
 from bit_transformer.bits import text_to_bits
 from bit_transformer.config import FRAME_BITS, ModelConfig
 from bit_transformer.evaluate import evaluate_bits, evaluate_text, window_starts
-from bit_transformer.model import BitTransformerLM, ModelOutput
+from bit_transformer.model import BitTransformerLM
+
+from .rule_model import RuleModel
 
 SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 if not SHAKESPEARE.exists():
     SHAKESPEARE = Path("/work/shared/data/tinyshakespeare/input.txt")
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 2
 
-
-
-class FakeModel(nn.Module):
-    """A stand-in with a hand-written predictor: ``rule(x) -> logits (B, T, 2)``."""
-
-    def __init__(self, rule, max_seq_len: int = 72):
-        super().__init__()
-        self.cfg = ModelConfig(layers=1, d_model=8, nhead=1, max_seq_len=max_seq_len)
-        self.rule = rule
-        self.dummy = nn.Parameter(torch.zeros(()))
-        self.calls: list[torch.Tensor] = []
-
-    def forward(self, bits, *, return_telemetry=False):
-        self.calls.append(bits.clone())
-        return ModelOutput(self.rule(bits).float(), bits.new_zeros((), dtype=torch.float32), None)
 
 
 def uniform(x):
@@ -59,7 +45,7 @@ def tiny_model(seed: int = 0) -> BitTransformerLM:
 
 
 def test_uniform_predictor_costs_exactly_nine_bits_per_byte():
-    report = evaluate_text(FakeModel(uniform), TEXT, compressors=False, telemetry=False)
+    report = evaluate_text(RuleModel(uniform), TEXT, compressors=False, telemetry=False)
     assert report.bits_per_byte == pytest.approx(9.0)
     assert report.data_bits_per_byte == pytest.approx(8.0)
     assert report.parity_bits_per_byte == pytest.approx(1.0)
@@ -98,13 +84,13 @@ def test_bits_per_byte_equals_hand_computation():
 @pytest.mark.parametrize(("n_bytes", "seq_len", "context"), [(1, 72, 0), (8, 72, 0), (9, 72, 9), (50, 72, 0),
                                                              (50, 72, 27), (50, 70, 54), (33, 9, 0)])
 def test_every_bit_scored_exactly_once(n_bytes, seq_len, context):
-    model = FakeModel(uniform)
+    model = RuleModel(uniform)
     bits = text_to_bits(("abcdefgh" * 10)[:n_bytes])
     report = evaluate_bits(model, bits, seq_len=seq_len, context_bits=context, batch_size=4,
                            compressors=False, telemetry=False)
     assert report.n_predictions == len(bits) - 1
     assert report.seq_len % 9 == 0
-    for x in model.calls:  # windows are frame-aligned and never longer than seq_len
+    for x in model.inputs:  # windows are frame-aligned and never longer than seq_len
         assert x.shape[1] <= report.seq_len
     starts = window_starts(len(bits), report.seq_len, context)
     assert all(s % FRAME_BITS == 0 for s in starts)
@@ -116,8 +102,8 @@ def test_context_bits_give_every_scored_bit_warm_context():
     # context only the first window does.
     text = "a" * 100
     n_windows = len(window_starts(900, 72, 0))
-    cold = evaluate_text(FakeModel(copy_previous_frame), text, seq_len=72, compressors=False, telemetry=False)
-    warm = evaluate_text(FakeModel(copy_previous_frame), text, seq_len=72, context_bits=9, compressors=False,
+    cold = evaluate_text(RuleModel(copy_previous_frame), text, seq_len=72, compressors=False, telemetry=False)
+    warm = evaluate_text(RuleModel(copy_previous_frame), text, seq_len=72, context_bits=9, compressors=False,
                          telemetry=False)
     assert cold.bits_per_byte * cold.n_predictions / 9 == pytest.approx(8 * n_windows, rel=1e-4)
     assert warm.bits_per_byte * warm.n_predictions / 9 == pytest.approx(8, rel=1e-4)
@@ -149,14 +135,14 @@ def test_bf16_autocast_close_to_fp32():
 
 
 def test_max_bytes_limits_bits_and_compressor_input():
-    report = evaluate_text(FakeModel(uniform), TEXT, max_bytes=20, telemetry=False)
+    report = evaluate_text(RuleModel(uniform), TEXT, max_bytes=20, telemetry=False)
     assert report.n_bytes == 20
     # 20 bytes of English cost gzip more than 8 bits each (header + no context), never 0.
     assert report.compressors["gzip"] > 8
 
 
 def test_bad_arguments_are_explained():
-    model = FakeModel(uniform, max_seq_len=72)
+    model = RuleModel(uniform, max_seq_len=72)
     bits = text_to_bits(TEXT)
     with pytest.raises(ValueError, match="max_seq_len"):
         evaluate_bits(model, bits, seq_len=90)

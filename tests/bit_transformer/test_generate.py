@@ -6,28 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from bit_transformer.bits import bits_to_text, parity_errors, text_to_bits
 from bit_transformer.config import ModelConfig, SafetyConfig
 from bit_transformer.generate import generate, sample_bit, window_start
-from bit_transformer.model import BitTransformerLM, ModelOutput
+from bit_transformer.model import BitTransformerLM
 
-
-class RuleModel(nn.Module):
-    """Fake model with a hand-written next-bit rule; records every input it is given."""
-
-    def __init__(self, rule, max_seq_len: int = 72):
-        super().__init__()
-        self.cfg = ModelConfig(layers=1, d_model=8, nhead=1, max_seq_len=max_seq_len)
-        self.rule = rule
-        self.dummy = nn.Parameter(torch.zeros(()))
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, bits, *, return_telemetry=False):
-        assert bits.shape[1] <= self.cfg.max_seq_len
-        self.inputs.append(bits.clone())
-        return ModelOutput(self.rule(bits).float(), torch.zeros(()), None)
+from .rule_model import RuleModel
 
 
 def wrong_parity(x):

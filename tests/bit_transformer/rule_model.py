@@ -1,0 +1,25 @@
+"""A stand-in model with a hand-written next-bit rule, for exact evaluation and generation tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bit_transformer.config import ModelConfig
+from bit_transformer.model import ModelOutput
+
+
+class RuleModel(nn.Module):
+    """``rule(bits) -> logits (B, T, 2)``; records every input it is given in ``inputs``."""
+
+    def __init__(self, rule, max_seq_len: int = 72):
+        super().__init__()
+        self.cfg = ModelConfig(layers=1, d_model=8, nhead=1, max_seq_len=max_seq_len)
+        self.rule = rule
+        self.dummy = nn.Parameter(torch.zeros(()))  # gives the model a device and dtype
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, bits, *, return_telemetry=False):
+        assert bits.shape[1] <= self.cfg.max_seq_len
+        self.inputs.append(bits.clone())
+        return ModelOutput(self.rule(bits).float(), torch.zeros(()), None)
