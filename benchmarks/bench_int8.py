@@ -11,8 +11,12 @@ mean something. ``--init`` skips training (a safetensors state dict this script 
 Measured on CPU, fp32 and the INT8 model loaded back from its artifact, side by side in one process:
 - size: the fp32 state dict as safetensors vs the INT8 artifact directory (weights + config JSON);
 - forward throughput (bits/s) on a batch (16 x 576) and a single sequence (1 x 576), ``torch.inference_mode``,
-  the two models interleaved, median of ``--repeats``, for each ``--threads`` setting;
-- bits per byte (evaluate.evaluate_bits, all 9 positions) on the first ``--eval-bytes`` of the validation split.
+  fp32 and the INT8 model packed for each of ``--engines`` interleaved, median of ``--repeats``, for each
+  ``--threads`` setting; plus timing-only rows for the same weights with full (fused-kernel) attention and for
+  ``--timing-shapes`` models, and the share of the fp32 forward spent in linear layers (profiler): INT8 only
+  speeds those up, so 1 / (1 - share) bounds the possible speed-up;
+- bits per byte (evaluate.evaluate_bits, all 9 positions) on the first ``--eval-bytes`` of the validation
+  split, for the INT8 model and for int8 weights with float activations (where the error comes from).
 Writes ``benchmarks/results/int8.json`` and ``int8.md``.
 """
 
@@ -39,7 +43,7 @@ from bit_transformer.bits import bytes_to_bits
 from bit_transformer.config import FRAME_BITS, ModelConfig
 from bit_transformer.evaluate import evaluate_bits
 from bit_transformer.model import BitTransformerLM
-from bit_transformer.quantization import convert_qat, export_int8, load_int8, prepare_qat
+from bit_transformer.quantization import convert_qat, export_int8, load_int8, prepare_qat, quantize_int8
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -207,12 +211,55 @@ def get_model(a: argparse.Namespace, train_bits: np.ndarray) -> tuple[BitTransfo
                              "final_train_loss": float(np.mean(losses[-20:]))}
 
 
+def full_attention(model: BitTransformerLM) -> BitTransformerLM:
+    """The same weights with chunk_size=None (SDPA's fused causal kernel): timing only, a different function."""
+    out = BitTransformerLM(model.cfg.model_copy(update={"chunk_size": None}))
+    out.load_state_dict(model.state_dict())
+    return out.eval()
+
+
+def time_all(a, model: BitTransformerLM, artifact: Path, val_bits: np.ndarray, engines: list[str]) -> list[dict]:
+    """Rows of (threads, variant, shape): fp32 and the INT8 model packed for each engine, interleaved."""
+    variants = [("as configured", model, None)]
+    if model.cfg.chunk_size is not None:
+        variants.append(("full attention (fused SDPA), timing only", full_attention(model), None))
+    for spec in filter(None, a.timing_shapes.split(",")):  # wider/deeper models: where do linears dominate?
+        layers, width = (int(v) for v in spec.split("x"))
+        with torch.random.fork_rng(devices=[]):
+            wide = BitTransformerLM(model.cfg.model_copy(update={"layers": layers, "d_model": width}))
+        variants.append((f"{layers}x{width} untrained, timing only", wide.eval(), None))
+    int8 = {}
+    for name, fp, _ in variants:
+        int8[name] = {e: load_int8(artifact, engine=e)[0] if fp is model else quantize_int8(fp, engine=e)
+                      for e in engines}
+    default_threads, rows = torch.get_num_threads(), []
+    for t in [int(v) for v in a.threads.split(",")]:
+        torch.set_num_threads(t or default_threads)
+        for name, fp, _ in variants:
+            models = {"fp32": fp, **{f"int8[{e}]": m for e, m in int8[name].items()}}
+            xb = torch.from_numpy(val_bits[: 16 * a.seq_len].reshape(16, a.seq_len).astype(np.int64))
+            shares = {k: linear_share(m, xb) for k, m in models.items()}
+            for shape in ((16, a.seq_len), (1, a.seq_len)):
+                x = torch.from_numpy(val_bits[: shape[0] * shape[1]].reshape(shape).astype(np.int64))
+                med = time_forward(models, x, a.repeats)
+                rows.append({"threads": torch.get_num_threads(), "variant": name, "shape": list(shape),
+                             "bits_per_s": {k: x.numel() / v for k, v in med.items()},
+                             "speedup": {k: med["fp32"] / v for k, v in med.items() if k != "fp32"},
+                             "linear_share": shares})
+                best = max(rows[-1]["speedup"].values())
+                print(f"threads {rows[-1]['threads']} {name} {shape}: best int8 x{best:.2f}", flush=True)
+    torch.set_num_threads(default_threads)
+    return rows
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p)
     p.add_argument("--init", type=Path, default=None, help="fp32 safetensors state dict: skip training")
     p.add_argument("--threads", default="0", help="comma list of torch thread counts; 0 = torch's default")
+    p.add_argument("--engines", default="x86,onednn", help="quantized engines to pack the INT8 model for")
     p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--timing-shapes", default="16x256", help="extra LAYERSxWIDTH models timed (random weights)")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
     train_text, val_text, source = load_text(a.data)
@@ -221,31 +268,16 @@ def main(argv=None) -> dict:
     a.out.mkdir(parents=True, exist_ok=True)
     if a.init is None:
         safetensors.torch.save_file(model.state_dict(), str(a.out / "int8_fp32.safetensors"))
+    supported = torch.backends.quantized.supported_engines
+    engines = [e for e in a.engines.split(",") if e in supported] or [torch.backends.quantized.engine]
 
     with tempfile.TemporaryDirectory() as tmp:
         fp32_file = Path(tmp) / "model.safetensors"
         safetensors.torch.save_file(model.state_dict(), str(fp32_file))
         fp32_bytes = fp32_file.stat().st_size
         info = export_int8(model, Path(tmp) / "int8")
-        int8, _ = load_int8(Path(tmp) / "int8")  # measure what a deployment loads, not the in-memory copy
-
-    default_threads = torch.get_num_threads()
-    speed = []
-    for t in [int(s) for s in a.threads.split(",")]:
-        torch.set_num_threads(t or default_threads)
-        row = {"threads": torch.get_num_threads(), "batch_shape": [16, a.seq_len], "single_shape": [1, a.seq_len]}
-        for label, shape in (("batch", (16, a.seq_len)), ("single", (1, a.seq_len))):
-            x = torch.from_numpy(val_bits[: shape[0] * shape[1]].reshape(shape).astype(np.int64))
-            med = time_forward({"fp32": model, "int8": int8}, x, a.repeats)
-            row[label] = {"fp32_bits_per_s": x.numel() / med["fp32"], "int8_bits_per_s": x.numel() / med["int8"],
-                          "speedup": med["fp32"] / med["int8"], "fp32_ms": med["fp32"] * 1e3,
-                          "int8_ms": med["int8"] * 1e3}
-        xb = torch.from_numpy(val_bits[: 16 * a.seq_len].reshape(16, a.seq_len).astype(np.int64))
-        row["linear_share_fp32"], row["linear_share_int8"] = linear_share(model, xb), linear_share(int8, xb)
-        speed.append(row)
-        print(f"threads {row['threads']}: batch x{row['batch']['speedup']:.2f}, single x{row['single']['speedup']:.2f}",
-              flush=True)
-    torch.set_num_threads(default_threads)
+        int8, _ = load_int8(Path(tmp) / "int8")  # what a deployment loads, not the in-memory copy
+        speed = time_all(a, model, Path(tmp) / "int8", val_bits, engines)
 
     b32, b8 = bpb(model, val_bits, a.eval_bytes), bpb(int8, val_bits, a.eval_bytes)
     # Where the error comes from: the same int8 weights with float activations (no dynamic input rounding).
@@ -256,7 +288,7 @@ def main(argv=None) -> dict:
         "eval_bytes": min(a.eval_bytes, len(val_text)), "training": training, "env": env_info(),
         "size": {"fp32_bytes": fp32_bytes, "int8_bytes": info.artifact_bytes,
                  "ratio": fp32_bytes / info.artifact_bytes},
-        "speed": speed,
+        "speed": speed, "engines": engines,
         "bpb": {"fp32": b32, "int8": b8, "change_pct": 100 * (b8 - b32) / b32, "int8_weights_only": bw,
                 "weights_only_change_pct": 100 * (bw - b32) / b32},
         "int8_backend": getattr(int8, "int8_backend", None),
@@ -269,29 +301,32 @@ def main(argv=None) -> dict:
 
 
 def markdown(r: dict) -> str:
-    s, b = r["size"], r["bpb"]
+    s, b, env = r["size"], r["bpb"], r["env"]
     lines = [
-        f"INT8 vs fp32: {r['model']['layers']}x{r['model']['d_model']} ({r['params']:,} params), {r['env']['cpu']}, "
-        f"torch {r['env']['torch']}, engine {r['env']['engine']}, backend {r['int8_backend']}",
+        f"INT8 vs fp32: {r['model']['layers']}x{r['model']['d_model']} ({r['params']:,} params, chunk_size "
+        f"{r['model']['chunk_size']}), {env['cpu']} ({env['cpu_count']} CPUs, load {env['load_avg']}), "
+        f"torch {env['torch']}, backend {r['int8_backend']}",
         "",
         "| metric | fp32 | int8 | ratio | target |",
         "| --- | ---: | ---: | ---: | --- |",
         f"| file size (bytes) | {s['fp32_bytes']:,} | {s['int8_bytes']:,} | {s['ratio']:.2f}x smaller | >= 3.5x |",
+        f"| bits per byte ({r['eval_bytes']:,} val bytes) | {b['fp32']:.4f} | {b['int8']:.4f} | "
+        f"{b['change_pct']:+.2f}% | within 2% |",
+        f"| ... int8 weights only, float activations | {b['fp32']:.4f} | {b['int8_weights_only']:.4f} | "
+        f"{b['weights_only_change_pct']:+.2f}% | - |",
+        "",
+        "| forward (bits/s, median) | threads | fp32 | " + " | ".join(f"int8 {e}" for e in r["engines"])
+        + " | linear share fp32 / int8 | target |",
+        "| --- | ---: | ---: | " + " | ".join("---:" for _ in r["engines"]) + " | ---: | --- |",
     ]
     for row in r["speed"]:
-        for label in ("batch", "single"):
-            v, shape = row[label], "x".join(map(str, row[label + "_shape"]))
-            lines.append(f"| forward {shape}, {row['threads']} threads (bits/s) | {v['fp32_bits_per_s']:,.0f} | "
-                         f"{v['int8_bits_per_s']:,.0f} | {v['speedup']:.2f}x faster | "
-                         f"{'>= 2x' if label == 'batch' else '-'} |")
-    for row in r["speed"]:
-        share = row["linear_share_fp32"]
-        lines.append(f"| linear layers' share of the batch forward, {row['threads']} threads | {share:.0%} | "
-                     f"{row['linear_share_int8']:.0%} | <= {1 / max(1 - share, 1e-9):.2f}x possible | - |")
-    lines.append(f"| bits per byte ({r['eval_bytes']:,} val bytes) | {b['fp32']:.4f} | {b['int8']:.4f} | "
-                 f"{b['change_pct']:+.2f}% | within 2% |")
-    lines.append(f"| ... int8 weights only, float activations | {b['fp32']:.4f} | {b['int8_weights_only']:.4f} | "
-                 f"{b['weights_only_change_pct']:+.2f}% | - |")
+        bps, sp, share = row["bits_per_s"], row["speedup"], row["linear_share"]
+        int8_cells = " | ".join(f"{bps[f'int8[{e}]']:,.0f} ({sp[f'int8[{e}]']:.2f}x)" for e in r["engines"])
+        best_share = min((share[f"int8[{e}]"] for e in r["engines"]), default=0.0)
+        batch = row["shape"][0] > 1
+        lines.append(f"| {row['shape'][0]}x{row['shape'][1]}, {row['variant']} | {row['threads']} | "
+                     f"{bps['fp32']:,.0f} | {int8_cells} | {share['fp32']:.0%} / {best_share:.0%} | "
+                     f"{'>= 2x' if batch and row['variant'] == 'as configured' else '-'} |")
     return "\n".join(lines) + "\n"
 
 

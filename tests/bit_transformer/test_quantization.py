@@ -86,6 +86,16 @@ def test_in_memory_int8_uses_real_int8_modules_and_stays_close():
     assert 0 < rel < 0.05, rel  # int8 error is there, and small
     # the float reference backend computes the same numbers as the int8 kernels
     assert (logits(quantize_int8(model, backend="reference"), x) - out).abs().max() < 1e-4
+    # packing for another engine gives the same numbers and leaves the process's engine alone
+    engine = torch.backends.quantized.engine
+    other = next((e for e in ("onednn", "fbgemm", "x86") if e in torch.backends.quantized.supported_engines
+                  and e != engine), None)
+    if other is not None:
+        q2 = quantize_int8(model, engine=other)
+        assert q2.int8_engine == other and torch.backends.quantized.engine == engine
+        assert (logits(q2, x) - out).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="not available"):
+        quantize_int8(model, engine="no-such-engine")
 
 
 ROUND_TRIP = textwrap.dedent("""
