@@ -84,6 +84,21 @@ def test_chunked_path_uses_window_mask_not_dense(sdpa_spy):
     assert layer.facts.chunked and not layer.facts.dense_mask
 
 
+def test_causal_chunks_without_overlap_need_no_mask(sdpa_spy):
+    # Independent square causal blocks: chunks fold into the batch of heads, SDPA gets is_causal only.
+    layer = _layer(chunk_size=8, overlap=0)
+    x = torch.randn(2, 21, 16)
+    with torch.no_grad():
+        y, _ = layer(x)
+    call = sdpa_spy.calls[-1]
+    assert call["is_causal"] is True and call["attn_mask"] is None
+    assert call["q_shape"] == (2, 2 * 3, 8, 8)  # (B, heads x chunks, chunk, head_dim)
+    assert layer.facts.chunked and layer.facts.is_causal and not layer.facts.dense_mask
+    with torch.no_grad():
+        ref, _ = _reference(layer, x, 8, 0, True)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+
+
 # ---- task 10: masks come from a cache keyed by shape ---------------------------------------------------------
 
 
