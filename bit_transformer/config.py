@@ -115,6 +115,11 @@ class TrainConfig(_Strict):
     patience: int = Field(3, ge=1, description="progressive_plateau: evaluations without improvement.")
     min_delta: float = Field(1e-3, ge=0.0, description="progressive_plateau: improvement that counts.")
     plateau_scale_up: bool = Field(False, description="progressive_plateau: ask for a scale-up on plateau.")
+    plateau_grow_layers: int = Field(
+        0, ge=0, le=64,
+        description="progressive_plateau with plateau_scale_up: grow the model by this many layers (function-"
+        "preserving) at each plateau and keep training; 0 only signals the request.",
+    )
     compress_prob: float = Field(0.0, ge=0.0, le=1.0, description="Final probability of a compressed sample.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     compile: bool = Field(False, description="torch.compile the blocks where supported.")

@@ -10,7 +10,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .config import RunConfig
 from .model import BitTransformerLM
@@ -65,6 +65,16 @@ class EvalMetrics(BaseModel):
     val_loss: float
     val_bpb: float
     gate: GateDecision
+
+
+class GrowthEvent(BaseModel):
+    """A plateau's scale-up request answered in place (``plateau_grow_layers``)."""
+
+    update: int
+    layers: int = Field(description="Depth after growing.")
+    params_before: int
+    params_after: int
+    max_logit_change: float = Field(description="Largest logit change on the scale-up probe (new blocks: identities).")
 
 
 class TrainResult(BaseModel):

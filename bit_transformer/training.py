@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import threading
 import time
@@ -51,12 +52,15 @@ from .runtime import (
 from .safety import GateDecision, SafetyGate
 from .schedule import PlateauSignal, build_schedule
 from .train_loss import LN2, eval_indices, micro_batch_loss, validation_loss
-from .train_types import EvalMetrics, StepMetrics, TrainPlan, TrainResult, plan_training, warmup_updates
+from .train_types import EvalMetrics, GrowthEvent, StepMetrics, TrainPlan, TrainResult, plan_training, warmup_updates
 
 __all__ = ["EvalMetrics", "StepMetrics", "TrainPlan", "TrainResult", "Trainer", "plan_training"]
 
 Callback = Callable[[str, BaseModel], None]
 MAX_BAD_UPDATES = 3  # consecutive non-finite updates that stop a run
+
+
+log = logging.getLogger(__name__)
 
 
 class Trainer:
@@ -316,10 +320,35 @@ class Trainer:
         signal: PlateauSignal | None = self.schedule.observe(self.update - 1, loss)
         if signal is not None and signal.scale_up_requested:
             self._emit("plateau", signal)
+            if self.cfg.train.plateau_grow_layers:
+                self._grow(self.cfg.train.plateau_grow_layers)
         if math.isfinite(loss) and (self.best_loss is None or loss < self.best_loss):
             self.best_loss = loss
             self._save("best")
         return decision
+
+    def _grow(self, extra_layers: int) -> None:
+        """Answer a plateau's scale-up request in place: deeper model, fresh optimizer, same schedule.
+
+        New blocks start as identities, so the loss does not jump; the schedule keeps its horizon and its
+        plateau state (the LR was just lowered). Not done under DDP or compile, whose wrappers would
+        have to be rebuilt on every rank: there the request stays a signal.
+        """
+        from .scale import scale_up  # scale imports the model; only needed here
+
+        if self.dist.enabled or self.plan.compile_ran:
+            log.warning("plateau scale-up skipped: not supported with DDP or torch.compile (signal only)")
+            return
+        before = self.model.num_parameters()
+        grown, model_cfg, report = scale_up(self.model, self.model.cfg, layers=self.model.cfg.layers + extra_layers)
+        self.model = self.net = self.ddp = grown.to(self.device)
+        self.net.train()
+        self.cfg = self.cfg.model_copy(update={"model": model_cfg})
+        self.optimizer = self._optimizer()
+        self.plan.params = self.model.num_parameters()
+        self._emit("scale_up", GrowthEvent(update=self.update, layers=model_cfg.layers, params_before=before,
+                                           params_after=self.plan.params,
+                                           max_logit_change=report.max_logit_change))
 
     def _state(self, boundary: _Group | None) -> tuple[dict, dict]:
         b = boundary or _Group(size=0, rng=capture_rng(self.np_rng), position=self.position, epoch=self.epoch,

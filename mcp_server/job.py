@@ -89,6 +89,8 @@ class Job:
         elif kind == "plateau":
             self.plateaus += 1
             rec["plateau"] = data
+        elif kind == "scale_up" and isinstance(data, dict):
+            rec.setdefault("growth", []).append(data)
         elif kind == "telemetry":
             self.telemetry = data
         elif kind == "runtime":

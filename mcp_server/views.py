@@ -118,6 +118,9 @@ class JobView(BaseModel):
     checkpoint: str | None = Field(None, description="The job's newest checkpoint name.")
     checkpoints: list[str] = Field(default_factory=list)
     plateaus: int = Field(0, description="progressive_plateau events seen.")
+    growth: list[dict[str, Any]] = Field(
+        default_factory=list, description="In-run scale-ups answering plateaus (train.plateau_grow_layers)."
+    )
     result: dict[str, Any] | None = Field(None, description="The trainer's TrainResult when finished.")
     runtime: dict[str, Any] | None = Field(None, description="Attention facts, mask cache counters, torch version.")
     log_tail: str | None = Field(None, description="End of worker.log when the job failed.")

@@ -47,7 +47,8 @@ def job_view(job: Job, history: int = 50) -> JobView:
         last_eval=EvalView.model_validate(rec["last_eval"]) if rec.get("last_eval") else None,
         evals=[EvalView.model_validate(e) for e in evals], history=hist, data=rec.get("data"),
         loader_len=rec.get("loader_len"), checkpoint=rec.get("checkpoint"), checkpoints=checkpoints,
-        plateaus=job.plateaus, result=rec.get("result"), runtime=rec.get("runtime"), log_tail=rec.get("log_tail"),
+        plateaus=job.plateaus, growth=rec.get("growth", []), result=rec.get("result"), runtime=rec.get("runtime"),
+        log_tail=rec.get("log_tail"),
         next=_next_hint(job, rec),
     )
 

@@ -249,6 +249,24 @@ def test_progressive_plateau_drops_lr_and_asks_for_scale_up(tmp_path, text):
     assert max(lrs[4:6]) == pytest.approx(3e-3 / math.sqrt(2)) and lrs[4] < lrs[3]  # re-warm after the drop
 
 
+def test_plateau_grows_the_model_in_place_and_resume_keeps_the_growth(tmp_path, text):
+    events: list = []
+    tr, res = run(tmp_path, text, events=events, lr_schedule="progressive_plateau", patience=1, min_delta=100.0,
+                  plateau_scale_up=True, plateau_grow_layers=1, eval_every=2, warmup_frac=0.0, fit={"steps": 8})
+    assert res.status == "completed", res.reason
+    grown = [p for e, p in events if e == "scale_up"]
+    assert [g.layers for g in grown] == [2, 3, 4]  # one layer per plateau (evals 2, 3, 4), starting from 1
+    assert all(g.max_logit_change < 1e-5 for g in grown)  # new blocks start as identities
+    assert grown[-1].params_after > grown[0].params_before
+    assert len(tr.model.blocks) == 4 and tr.cfg.model.layers == 4
+    assert all(math.isfinite(s.loss) for s in steps(events))
+    # The grown architecture is what the checkpoint holds, so resuming continues the deep model.
+    tr2, res2 = run(tmp_path, text, lr_schedule="progressive_plateau", patience=1, min_delta=100.0,
+                    plateau_scale_up=True, eval_every=2, warmup_frac=0.0, fit={"steps": 10, "resume": True})
+    assert res2.status == "completed", res2.reason
+    assert len(tr2.model.blocks) == 4 and res2.updates_done == 10
+
+
 # ------------------------------------------------------------------------------------------------ cancel / resume
 
 
