@@ -16,11 +16,12 @@ output, second FF linear) gets its new rows as A times its old rows, which keeps
 - D' = k D: A repeats the stream k times. Mean and variance over D' equal those over D, so every LayerNorm
   gives the same outputs on the old dims (exact, eps included). Readers of the stream (q/k/v, first FF
   linear, head, ACT halting) get zero weights on the new dims.
-- otherwise: every new dim holds the mean of the old dims. Then the mean over D' is unchanged, the
-  variance becomes D/D' of the old one, and scaling each LayerNorm's old gains by sqrt(D/D') undoes
-  that; the new dims normalise to exactly 0, so LayerNorm-fed readers may keep random weights on them
-  (which breaks the symmetry of the identical new dims). Exact except for LayerNorm's eps, which acts as
-  eps * D'/D (relative logit change ~ eps (D'/D - 1) / (2 var), tiny for a trained stream).
+- otherwise: every new dim holds the mean of the old dims, and the whole stream is scaled by
+  c = sqrt(D'/D) (every writer's rows and biases). Then the mean over D' is c times the old mean and the
+  variance over D' equals the old one (c^2 * D/D' = 1), so LayerNorm's eps acts exactly as before; scaling
+  each LayerNorm's old gains by 1/c undoes the factor c on the centred values. The new dims normalise to
+  exactly 0, so LayerNorm-fed readers may keep random weights on them (which breaks the symmetry of the
+  identical new dims); ACT's halting units read the raw stream, so their weights are divided by c.
 
 Attention: old heads keep their q/k/v rows. Added heads are fresh and their output columns are zero.
 When head_dim grows, the new query dims of old heads are zero and the old query rows are scaled by
@@ -70,7 +71,7 @@ class ScaleReport(BaseModel):
     params_after: int
     new_layers: list[int] = Field(description="Indices of the added (identity) blocks.")
     stream_growth: Literal["none", "repeat", "mean"] = Field(
-        description="How new residual dims were filled: repeat (D' = k D, exact) or mean (exact up to LN eps)."
+        description="How new residual dims were filled: repeat (D' = k D) or mean (stream scaled by sqrt(D'/D))."
     )
     exact: list[str] = Field(description="Parts whose function is preserved exactly (up to float rounding).")
     approximate: list[str] = Field(description="Parts that are preserved only approximately, or not at all.")
@@ -92,7 +93,7 @@ class _Widen:
         self.old, self.new, self.fresh = old, new, fresh
         D, Dn = old.d_model, new.d_model
         self.mode = "none" if Dn == D else ("repeat" if Dn % D == 0 else "mean")
-        self.gain = math.sqrt(D / Dn) if self.mode == "mean" else 1.0
+        self.c = math.sqrt(Dn / D) if self.mode == "mean" else 1.0  # stream scale; LayerNorm gains get 1/c
         # Old (part, head, j) -> new row of qkv; old (head, j) -> new column of attn.out.
         h = torch.arange(old.nhead)[:, None] * new.head_dim + torch.arange(old.head_dim)[None, :]
         self.head_idx = h.reshape(-1)
@@ -107,7 +108,7 @@ class _Widen:
             return torch.cat([t] * (self.new.d_model // self.old.d_model), dim=dim)
         extra = self.new.d_model - self.old.d_model
         mean = t.mean(dim=dim, keepdim=True)
-        return torch.cat([t, mean.expand(*t.shape[:dim], extra, *t.shape[dim + 1 :])], dim=dim)
+        return self.c * torch.cat([t, mean.expand(*t.shape[:dim], extra, *t.shape[dim + 1 :])], dim=dim)
 
     def reader(self, name: str, w: torch.Tensor, rows: torch.Tensor | None, normed: bool) -> torch.Tensor:
         """A linear reading the stream: old weights at (rows, :D); new-dim columns zero unless they read a
@@ -131,7 +132,7 @@ class _Widen:
         if self.mode == "repeat":
             return {prefix + ".weight": self.stream(g, 0), prefix + ".bias": self.stream(b, 0)}
         extra = self.new.d_model - self.old.d_model
-        return {prefix + ".weight": torch.cat([g * self.gain, g.new_ones(extra)]),
+        return {prefix + ".weight": torch.cat([g / self.c, g.new_ones(extra)]),
                 prefix + ".bias": torch.cat([b, b.new_zeros(extra)])}
 
     def vector(self, name: str, b: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -170,8 +171,8 @@ def _grow_block(w: _Widen, sd: dict[str, torch.Tensor], old_p: str, new_p: str) 
     out[f"{new_p}.ff.2.weight"] = w.writer(sd[f"{old_p}.ff.2.weight"], hidden, n.ff_dim)
     out[f"{new_p}.ff.2.bias"] = w.stream(sd[f"{old_p}.ff.2.bias"], 0)
     if f"{old_p}.halt.proj.weight" in sd:  # ACT reads the raw stream: new-dim weights must be 0
-        out[f"{new_p}.halt.proj.weight"] = w.reader(f"{new_p}.halt.proj.weight", sd[f"{old_p}.halt.proj.weight"],
-                                                    None, normed=False)
+        out[f"{new_p}.halt.proj.weight"] = w.reader(f"{new_p}.halt.proj.weight",
+                                                    sd[f"{old_p}.halt.proj.weight"] / w.c, None, normed=False)
         out[f"{new_p}.halt.proj.bias"] = sd[f"{old_p}.halt.proj.bias"].clone()
     return out
 
@@ -312,9 +313,8 @@ def _notes(old: ModelConfig, new: ModelConfig, mode: str, deeper: bool) -> tuple
         exact.append(f"d_model {old.d_model}->{new.d_model}: stream repeated x{new.d_model // old.d_model}, "
                      "LayerNorm statistics unchanged")
     elif mode == "mean":
-        exact.append(f"d_model {old.d_model}->{new.d_model}: new dims hold the stream mean, LayerNorm gains "
-                     f"scaled by sqrt({old.d_model}/{new.d_model})")
-        approx.append(f"LayerNorm eps acts as eps*{new.d_model}/{old.d_model} after growth (tiny logit change)")
+        exact.append(f"d_model {old.d_model}->{new.d_model}: new dims hold the stream mean, stream scaled by "
+                     f"sqrt({new.d_model}/{old.d_model}) and LayerNorm gains by its inverse (eps included)")
     if new.nhead > old.nhead or new.head_dim > old.head_dim:
         exact.append(f"attention {old.nhead}x{old.head_dim} -> {new.nhead}x{new.head_dim}: old heads kept, "
                      "new heads/dims write zero, queries rescaled for the new 1/sqrt(head_dim)")
