@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
@@ -12,10 +11,6 @@ from .conftest import TRAIN_STEPS, call, error_text, new_server
 
 pytestmark = pytest.mark.anyio
 FINAL = f"job-0001/update-{TRAIN_STEPS:07d}"
-
-
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(f"bit_transformer.{module}") is not None
 
 
 async def test_evaluate_val_and_text(trained_ws):
@@ -93,7 +88,6 @@ async def test_load_checkpoint_sets_model_config_and_next_run(trained_ws):
         assert "fresh=true" in msg and FINAL in msg
 
 
-@pytest.mark.skipif(not _has("quantization"), reason="bit_transformer.quantization not built yet")
 async def test_export_int8(trained_ws):
     async with Client(new_server(trained_ws)) as c:
         out = await call(c, "export_int8", {"eval_bytes": 200})
@@ -107,7 +101,6 @@ async def test_export_int8(trained_ws):
         assert "not allowed" in error_text(await c.call_tool("export_int8", {"name": "../x"}))
 
 
-@pytest.mark.skipif(not _has("scale"), reason="bit_transformer.scale not built yet")
 async def test_scale_up_rebuilds_plan_and_next_run(trained_ws):
     async with Client(new_server(trained_ws)) as c:
         out = await call(c, "scale_up", {"layers": 4})
