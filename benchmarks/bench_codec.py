@@ -9,7 +9,6 @@ Writes benchmarks/results/bench_codec.json and prints a markdown table. Each dir
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -19,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.report import write_report
 from bit_transformer.bits import bits_to_bytes, bits_to_text, bytes_to_bits, text_to_bits
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_MB_S = 50.0
 
 
@@ -105,9 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
     result = run(args.mb, args.repeats)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_codec.json").write_text(json.dumps(result, indent=2))
-    print(markdown(result))
+    write_report("bench_codec", result, markdown(result))
     return result
 
 

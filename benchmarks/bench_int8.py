@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import math
 import os
 import platform
@@ -39,6 +38,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
+from benchmarks.report import write_report
 from bit_transformer.bits import bytes_to_bits
 from bit_transformer.config import FRAME_BITS, ModelConfig
 from bit_transformer.evaluate import evaluate_bits
@@ -293,10 +293,7 @@ def main(argv=None) -> dict:
                 "weights_only_change_pct": 100 * (bw - b32) / b32},
         "int8_backend": getattr(int8, "int8_backend", None),
     }
-    (a.out / "int8.json").write_text(json.dumps(result, indent=1))
-    md = markdown(result)
-    (a.out / "int8.md").write_text(md)
-    print(md)
+    write_report("int8", result, markdown(result), a.out)
     return result
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from benchmarks.bench_int8 import (
     resolve_device,
     train,
 )
+from benchmarks.report import write_report
 from bit_transformer.bits import bytes_to_bits
 from bit_transformer.model import BitTransformerLM
 from bit_transformer.quantization import convert_qat, export_int8, load_int8, prepare_qat
@@ -106,10 +106,7 @@ def main(argv=None) -> dict:
     result = {"model": cfg.model_dump(), "steps": n, "qat_from_step": branch, "batch_size": a.batch_size,
               "data": source, "eval_bytes": min(a.eval_bytes, len(val_text)), "device": str(device),
               "timings_s": {k: round(v, 1) for k, v in timings.items()}, "env": env_info(), "rows": rows}
-    (a.out / "qat.json").write_text(json.dumps(result, indent=1))
-    md = markdown(result)
-    (a.out / "qat.md").write_text(md)
-    print(md)
+    write_report("qat", result, markdown(result), a.out)
     return result
 
 

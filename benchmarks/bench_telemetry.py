@@ -12,19 +12,17 @@ benchmarks/results/bench_telemetry.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from benchmarks.report import write_report
 from bit_transformer.config import ModelConfig
 from bit_transformer.model import BitTransformerLM
 from bit_transformer.telemetry import summarize
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = {
     "unchunked (maps on)": {"chunk_size": None},
     "chunked 128 (maps off)": {"chunk_size": 128, "overlap": 32},
@@ -124,9 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seq-len", type=int, default=576)
     args = ap.parse_args(argv)
     result = run(args.device, args.repeats, args.batch, args.seq_len)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_telemetry.json").write_text(json.dumps(result, indent=2))
-    print(markdown(result))
+    write_report("bench_telemetry", result, markdown(result))
     return result
 
 
