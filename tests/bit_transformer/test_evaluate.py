@@ -16,7 +16,7 @@ from bit_transformer.config import FRAME_BITS, ModelConfig
 from bit_transformer.evaluate import evaluate_bits, evaluate_text, window_starts
 from bit_transformer.model import BitTransformerLM
 
-from .rule_model import RuleModel
+from .rule_model import RuleModel, copy_previous_frame
 
 SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 if not SHAKESPEARE.exists():
@@ -29,14 +29,6 @@ def uniform(x):
     return torch.zeros(*x.shape, 2)
 
 
-def copy_previous_frame(x):
-    """Predict bit t+1 = bit t-8 (the same phase one frame back), confidently; uniform without it."""
-    logits = torch.zeros(*x.shape, 2)
-    prev = torch.full_like(x, -1)
-    prev[:, 8:] = x[:, :-8]
-    known = prev >= 0
-    logits[known] = F.one_hot(prev[known], 2).float() * 40 - 20
-    return logits
 
 
 def tiny_model(seed: int = 0) -> BitTransformerLM:

@@ -12,7 +12,7 @@ from bit_transformer.config import ModelConfig, SafetyConfig
 from bit_transformer.generate import generate, sample_bit, window_start
 from bit_transformer.model import BitTransformerLM
 
-from .rule_model import RuleModel
+from .rule_model import RuleModel, copy_previous_frame
 
 
 def wrong_parity(x):
@@ -28,13 +28,6 @@ def wrong_parity(x):
     return logits
 
 
-def copy_previous_frame(x):
-    logits = torch.zeros(*x.shape, 2)
-    prev = torch.full_like(x, -1)
-    prev[:, 8:] = x[:, :-8]
-    known = prev >= 0
-    logits[known] = F.one_hot(prev[known], 2).float() * 40 - 20
-    return logits
 
 
 def always_one(x):
