@@ -141,13 +141,15 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def save_checkpoint(dir: str | Path, *, model: torch.nn.Module, config: RunConfig, optimizer=None,
                     scheduler=None, state: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None,
-                    kind: str = "manual", update_latest: bool = True) -> Path:
+                    kind: str = "manual", update_latest: bool = True, model_state: dict | None = None,
+                    optimizer_state: dict | None = None) -> Path:
     """Atomically write a checkpoint directory at ``dir``; returns its path.
 
     ``state`` must be JSON-serializable (step, epoch, data position, gate, RNG of python/numpy...).
     ``scheduler`` is anything with a JSON ``state_dict()`` (see ``schedule.py``). ``tensors`` are
     extra named tensors (e.g. torch RNG states). The parent's ``latest`` pointer names this
-    checkpoint unless ``update_latest`` is false.
+    checkpoint unless ``update_latest`` is false. ``model_state`` / ``optimizer_state`` replace
+    ``model.state_dict()`` / ``optimizer.state_dict()`` when the caller gathered them (sharded training).
     """
     target = Path(dir)
     root = target.parent
@@ -159,9 +161,11 @@ def save_checkpoint(dir: str | Path, *, model: torch.nn.Module, config: RunConfi
     tmp.mkdir()
     try:
         files = ["model.safetensors"]
-        _save_tensors(net.state_dict(), tmp / "model.safetensors")
-        if optimizer is not None:
-            opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        _save_tensors(model_state if model_state is not None else net.state_dict(), tmp / "model.safetensors")
+        if optimizer_state is None and optimizer is not None:
+            optimizer_state = optimizer.state_dict()
+        if optimizer_state is not None:
+            opt_tensors, opt_meta = _flatten_optimizer(optimizer_state)
             _save_tensors(opt_tensors, tmp / "optimizer.safetensors", opt_meta)
             files.append("optimizer.safetensors")
         if tensors:

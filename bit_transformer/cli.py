@@ -79,9 +79,13 @@ def _run_config(cfg) -> RunConfig:
 
 
 def cmd_train(args: argparse.Namespace, flags: dict[str, str]) -> int:
+    from .runtime import dist_env
     from .training import Trainer
 
-    out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    info = dist_env()
+    # Under torchrun every rank must agree on the run directory: name it after the launch's run id.
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID") if info.enabled else None
+    out = Path(args.out or Path("runs") / (run_id or time.strftime("%Y%m%d-%H%M%S")))
     base, model = None, None
     if args.init and args.resume:
         raise UsageError("--init starts a new run from a checkpoint's weights; --resume continues this run: pick one")
@@ -97,7 +101,7 @@ def cmd_train(args: argparse.Namespace, flags: dict[str, str]) -> int:
                          "(use scale-up to grow a model)")
     out.mkdir(parents=True, exist_ok=True)
     cancel = threading.Event()
-    bar = None if args.quiet else ProgressBar()
+    bar = None if args.quiet or not info.is_main else ProgressBar()
     previous = None
     if threading.current_thread() is threading.main_thread():
 
@@ -114,6 +118,8 @@ def cmd_train(args: argparse.Namespace, flags: dict[str, str]) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+    if not info.is_main:  # rank 0 reports for the whole run
+        return EXIT.get(result.status, 1)
     if args.json:
         _print_json(result)
     else:

@@ -133,6 +133,10 @@ class TrainConfig(_Strict):
     save_every: int = Field(200, ge=1, description="Optimizer updates between checkpoints.")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="Multi-process strategy under torchrun: 'ddp' replicates the model; 'fsdp' shards "
+        "parameters, gradients and optimizer state (FSDP2, torch >= 2.6). Ignored in a single process.",
+    )
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
     keep_checkpoints: int = Field(
         3, ge=1, description="Periodic checkpoints kept on disk (plus `best` and the one `latest` names)."

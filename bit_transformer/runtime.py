@@ -142,6 +142,33 @@ def init_distributed(info: DistInfo, device: torch.device) -> bool:
     return True
 
 
+def release_distributed(together: bool = True) -> None:
+    """Leave the process group; ``together`` waits for every rank first.
+
+    A rank that tears its group down while another still runs (rank 0 writing the final checkpoint) can
+    abort in gloo's C++ teardown, so a normal end waits at a barrier. A failed rank must not wait (its
+    peers may be blocked in a collective it will never join): it leaves at once and they error out.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if together:
+        with contextlib.suppress(Exception):  # a peer that already failed must not mask this rank's result
+            dist.barrier()
+    dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def local_main_first(info: DistInfo):
+    """Run the body on each machine's local rank 0 first, then on the other ranks (e.g. building a cache)."""
+    if info.enabled and info.local_rank != 0:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if info.enabled and info.local_rank == 0:
+            dist.barrier()
+
+
 def broadcast_float(value: float, info: DistInfo, device: torch.device) -> float:
     """Rank 0's value on every rank (identity when single-process)."""
     if not info.enabled:

@@ -41,6 +41,8 @@ class TrainPlan(BaseModel):
     bits_per_update: int = 0
     resumed_from: str | None = None  # checkpoint this run continued from (fit(resume=True))
     start_update: int = 0
+    resume_note: str | None = None  # e.g. the checkpoint came from a different number of processes
+    distributed: str | None = None  # 'ddp' / 'fsdp' when world_size > 1
 
 
 class StepMetrics(BaseModel):
@@ -111,7 +113,8 @@ def plan_training(cfg: RunConfig, n_train_windows: int, *, steps: int | None = N
     return TrainPlan(
         micro_batches_per_epoch=micro, accum_steps=t.accum_steps, updates_per_epoch=per_epoch, epochs=n_epochs,
         total_updates=total, scheduler_horizon=total, precision=precision, precision_reason=why,
-        device=str(device), compile_requested=t.compile, world_size=world_size, batch_size=t.batch_size,
+        device=str(device), compile_requested=t.compile, world_size=world_size,
+        distributed=t.distributed if world_size > 1 else None, batch_size=t.batch_size,
         seq_len=cfg.model.max_seq_len, params=params if params is not None else _count_params(cfg),
         n_train_windows=n_train_windows, warmup_updates=warmup_updates(t.warmup_frac, total), lr_schedule=t.lr_schedule,
         bits_per_update=t.batch_size * cfg.model.max_seq_len * t.accum_steps * world_size,

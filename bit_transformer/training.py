@@ -10,7 +10,6 @@ update. Events go to ``callback(event, payload)`` and, as JSON lines, to ``out_d
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -37,6 +36,7 @@ from .checkpoint import (
 )
 from .config import FRAME_BITS, RunConfig
 from .model import BitTransformerLM
+from .parallel import Parallel
 from .runtime import (
     EpochBatchSampler,
     any_rank,
@@ -46,6 +46,8 @@ from .runtime import (
     compile_blocks,
     dist_env,
     init_distributed,
+    local_main_first,
+    release_distributed,
     resolve_device,
     restore_rng,
 )
@@ -64,10 +66,15 @@ log = logging.getLogger(__name__)
 
 
 class Trainer:
-    """Trains ``model`` (or a fresh one from ``cfg.model``) on ``corpus`` (or ``cfg.data``)."""
+    """Trains ``model`` (or a fresh one from ``cfg.model``) on ``corpus`` (or ``cfg.data``, cached in ``cache_dir``).
+
+    Under torchrun each rank constructs its own Trainer; the process group is joined here, so the corpus
+    cache is built by one process per machine while the others wait.
+    """
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, *, corpus=None, model: BitTransformerLM | None = None,
-                 callback: Callback | None = None, cancel: threading.Event | None = None):
+                 callback: Callback | None = None, cancel: threading.Event | None = None,
+                 cache_dir: str | Path | None = None):
         from .data import load_corpus  # lazy: data.py pulls in the text sources
 
         self.out_dir = Path(out_dir)
@@ -79,7 +86,11 @@ class Trainer:
         if model is not None:  # e.g. after scale_up: the model's architecture wins
             cfg = cfg.model_copy(update={"model": model.cfg})
         self.cfg = cfg
-        self.corpus = corpus if corpus is not None else load_corpus(cfg.data, self.out_dir / "cache")
+        self._owns_group = init_distributed(self.dist, self.device)
+        if corpus is None:
+            with local_main_first(self.dist):  # one process per machine builds the cache; the others read it
+                corpus = load_corpus(cfg.data, cache_dir or self.out_dir / "cache")
+        self.corpus = corpus
         self._datasets()
         torch.manual_seed(cfg.train.seed)
         if model is None:
@@ -115,9 +126,11 @@ class Trainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._metrics = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        failed = False
         try:
             return self._fit(steps, epochs, resume)
         except Exception as exc:
+            failed = True
             if self.dist.is_main:
                 (self.out_dir / "train_error.txt").write_text(traceback.format_exc(), encoding="utf-8")
             result = TrainResult(status="failed", reason=f"{type(exc).__name__}: {exc}", plan=self.plan,
@@ -129,7 +142,7 @@ class Trainer:
                 self._metrics.close()
                 self._metrics = None
             if getattr(self, "_owns_group", False):
-                torch.distributed.destroy_process_group()
+                release_distributed(together=not failed)  # a failed rank leaves at once: peers then error out
                 self._owns_group = False
 
     def _setup(self, steps, epochs, resume: bool):
@@ -149,7 +162,7 @@ class Trainer:
                                   world_size=self.dist.world_size, params=self.model.num_parameters())
         if loaded is not None:
             self.plan.resumed_from, self.plan.start_update = loaded.path, int(loaded.state["update"])
-        self._owns_group = init_distributed(self.dist, self.device)
+        self._owns_group = init_distributed(self.dist, self.device) or self._owns_group
         self.net = self.model.to(self.device)
         self.net.train()
         sample = [self.train_set[i][0] for i in range(min(t.batch_size, len(self.train_set)))]
@@ -163,10 +176,8 @@ class Trainer:
 
         ran, why = compile_blocks(self.net, t.compile, warmup)
         self.plan.compile_ran, self.plan.compile_reason = ran, why
-        self.ddp = self.net
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        self.parallel = Parallel(self.net, t.distributed, self.dist, self.device)
+        self.ddp = self.parallel.module
         self.optimizer = self._optimizer()
         self.schedule = build_schedule(t, self.plan.total_updates)
         self.gate = SafetyGate(t.safety)
@@ -181,13 +192,21 @@ class Trainer:
             return
         st = loaded.state
         if loaded.optimizer_state is not None:
-            self.optimizer.load_state_dict(loaded.optimizer_state)
+            self.parallel.load_optimizer_state(self.optimizer, loaded.optimizer_state)
         if loaded.scheduler_state:
             self.schedule.load_state_dict(loaded.scheduler_state)
         if st.get("gate"):
             self.gate.load_state_dict(st["gate"])
         self.update, self.epoch, self.position = st["update"], st["epoch"], st["position"]
         self.micro_step = st.get("micro_step", 0)
+        saved_world = int(st.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            # The epoch's order is a function of (seed, epoch, world size): continue at the same share of
+            # the epoch's samples, on an update boundary, in this world size's order.
+            self.position = self.position * saved_world // self.dist.world_size // t.accum_steps * t.accum_steps
+            self.plan.resume_note = (f"checkpoint written by {saved_world} process(es), resumed by "
+                                     f"{self.dist.world_size}: the epoch's remaining data order is re-drawn")
+            log.warning(self.plan.resume_note)
         self.best_loss = st.get("best_val_loss")
         self._last_ckpt = loaded.path
         self._last_saved_update = self.update
@@ -266,9 +285,7 @@ class Trainer:
         t = self.cfg.train
         rows = self.np_rng.random(inputs.shape[0]) < group.p if group.p > 0 else None
         last = len(group.losses) + 1 == group.size
-        # DDP: all-reduce gradients only on the group's last micro-batch.
-        sync = contextlib.nullcontext() if last or not self.dist.enabled else self.ddp.no_sync()
-        with sync:
+        with self.parallel.grad_sync(last):  # all-reduce gradients only on the group's last micro-batch
             parts = micro_batch_loss(self.ddp, inputs.to(self.device, non_blocking=True),
                                      targets.to(self.device, non_blocking=True), cfg=t,
                                      ponder_weight=self.net.cfg.ponder_weight, compress=rows,
@@ -284,9 +301,12 @@ class Trainer:
         self.micro_step += 1
 
     def _update(self, group: _Group, clock: _Clock) -> tuple[StepMetrics, bool]:
-        """Clip, set the LR of this update, step (unless non-finite), report."""
-        loss = sum(group.losses) / group.size
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.train.grad_clip))
+        """Clip, set the LR of this update, step (unless non-finite), report (statistics averaged over ranks)."""
+        raw_s, raw_n = sum(v * k for v, k in group.raw), sum(k for _, k in group.raw)
+        comp_s, comp_n = sum(v * k for v, k in group.comp), sum(k for _, k in group.comp)
+        loss, ponder = self.parallel.mean_over_ranks([sum(group.losses) / group.size, group.ponder])
+        raw_s, raw_n, comp_s, comp_n = self.parallel.sum_over_ranks([raw_s, raw_n, comp_s, comp_n])
+        grad_norm = self.parallel.clip_grad_norm(self.cfg.train.grad_clip)
         lr = self.schedule.apply(self.optimizer, self.update)
         ok = math.isfinite(loss) and math.isfinite(grad_norm)
         if ok:
@@ -297,8 +317,9 @@ class Trainer:
         done = self.update - clock.start_update
         metrics = StepMetrics(
             update=self.update, micro_step=self.micro_step, epoch=self.epoch, loss=loss,
-            raw_loss=_wmean(group.raw), compressed_loss=_wmean(group.comp), lr=lr, compress_prob=group.p,
-            ponder_cost=group.ponder, grad_norm=grad_norm, bits_per_s=clock.bits / max(clock.train_s, 1e-9),
+            raw_loss=raw_s / raw_n if raw_n else None, compressed_loss=comp_s / comp_n if comp_n else None, lr=lr,
+            compress_prob=group.p, ponder_cost=ponder, grad_norm=grad_norm,
+            bits_per_s=clock.bits / max(clock.train_s, 1e-9),
             elapsed_s=time.perf_counter() - clock.t0,
             eta_s=(self.plan.total_updates - self.update) * clock.train_s / done, precision=self.plan.precision,
         )
@@ -308,7 +329,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ eval / save
     def _evaluate(self, val_idx: list[int]) -> GateDecision:
         loss = float("nan")
-        if self.dist.is_main:
+        if self.dist.is_main or self.parallel.sharded:  # a sharded model needs every rank in its forward
             loss = validation_loss(self.net, self.val_set, val_idx, self.cfg.train.batch_size, self.device,
                                    self.plan.precision)
         loss = broadcast_float(loss, self.dist, self.device)  # every rank keeps identical gate/schedule state
@@ -342,6 +363,7 @@ class Trainer:
         before = self.model.num_parameters()
         grown, model_cfg, report = scale_up(self.model, self.model.cfg, layers=self.model.cfg.layers + extra_layers)
         self.model = self.net = self.ddp = grown.to(self.device)
+        self.parallel = Parallel(self.net, self.cfg.train.distributed, self.dist, self.device)
         self.net.train()
         self.cfg = self.cfg.model_copy(update={"model": model_cfg})
         self.optimizer = self._optimizer()
@@ -364,18 +386,22 @@ class Trainer:
         return state, rng_t
 
     def _save(self, kind: str, boundary: _Group | None = None) -> None:
-        if not self.dist.is_main:
-            return
+        """Write a checkpoint from rank 0; every rank calls this (a sharded model is gathered collectively)."""
         if kind in ("periodic", "final") and self._last_saved_update == self.update:
             return
         ev = self.last_eval
         if ev is not None and ev.update == self.update and not math.isfinite(ev.val_loss):
             return  # never replace the last good checkpoint with a diverged state
+        model_state, optimizer_state = self.parallel.full_state(self.optimizer)
+        if not self.dist.is_main:
+            if kind != "best":
+                self._last_saved_update = self.update
+            return
         state, tensors = self._state(boundary)
         name = "best" if kind == "best" else f"update-{self.update:07d}"
-        path = save_checkpoint(self.ckpt_root / name, model=self.net, config=self.cfg, optimizer=self.optimizer,
-                               scheduler=self.schedule, state=state, tensors=tensors, kind=kind,
-                               update_latest=kind != "best")
+        path = save_checkpoint(self.ckpt_root / name, model=self.net, config=self.cfg, model_state=model_state,
+                               optimizer_state=optimizer_state, scheduler=self.schedule, state=state, tensors=tensors,
+                               kind=kind, update_latest=kind != "best")
         if kind != "best":
             self._last_ckpt, self._last_saved_update = str(path), self.update
             prune_checkpoints(self.ckpt_root, self.cfg.train.keep_checkpoints)
@@ -415,7 +441,3 @@ def _cosine_ramp(update: int, end: float, warmup: int) -> float:
 
     return float(cosine_ramp(update, 0.0, end, warmup))
 
-
-def _wmean(pairs: list[tuple[float, int]]) -> float | None:
-    n = sum(k for _, k in pairs)
-    return sum(v * k for v, k in pairs) / n if n else None

@@ -147,7 +147,7 @@ class JobManager:
             log_f = open(job_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
             try:
                 job.proc = subprocess.Popen(
-                    [self.python, "-m", "mcp_server.worker", str(job_dir)],
+                    worker_command(self.python, job_dir, int(request.get("processes") or 1)),
                     stdin=subprocess.PIPE, stdout=log_f, stderr=subprocess.STDOUT,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
                     start_new_session=True,  # a Ctrl-C to the server's terminal must not kill it mid-step
@@ -264,6 +264,18 @@ class JobManager:
             await anyio.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
 
 
+def worker_command(python: str, job_dir: Path, processes: int = 1) -> list[str]:
+    """The worker's command line: the worker itself, or torchrun starting ``processes`` of it on this machine.
+
+    torchrun (PyTorch's launcher) sets RANK/WORLD_SIZE/MASTER_ADDR for each copy; ``--standalone`` picks
+    a free local rendezvous port, so concurrent servers never collide.
+    """
+    worker = ["-m", "mcp_server.worker", str(job_dir)]
+    if processes <= 1:
+        return [python, *worker]
+    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *worker]
+
+
 def _kill(proc: subprocess.Popen, sig: int) -> None:
     with contextlib.suppress(OSError):
         proc.send_signal(sig)
@@ -272,10 +284,27 @@ def _kill(proc: subprocess.Popen, sig: int) -> None:
 def _kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL the worker and everything it started (DataLoader workers would otherwise be orphaned).
 
-    The worker leads its own session (``start_new_session``), so its process group id is its pid.
+    The worker leads its own session (``start_new_session``), so its process group id is its pid. Under
+    torchrun each rank leads a session of its own too, so the launcher's children are killed first.
     """
+    for child in _children(proc.pid):
+        with contextlib.suppress(OSError):
+            os.killpg(child, signal.SIGKILL)
     with contextlib.suppress(OSError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    """Direct child pids of ``pid`` (Linux /proc; empty elsewhere)."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:  # threads come and go: read each one's list on its own
+        with contextlib.suppress(OSError, ValueError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
 
 def _is_our_worker(pid: int, job_id: str) -> bool:

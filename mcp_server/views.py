@@ -36,8 +36,10 @@ class PlanView(Open):
     compile_requested: bool | None = None
     compile_ran: bool | None = None
     compile_reason: str | None = None
-    world_size: int | None = None
-    batch_size: int | None = None
+    world_size: int | None = Field(None, description="Training processes (train(processes=N)).")
+    distributed: str | None = Field(None, description="'ddp' or 'fsdp' when world_size > 1.")
+    resume_note: str | None = Field(None, description="Set when resuming changed something, e.g. the process count.")
+    batch_size: int | None = Field(None, description="Per process; an update sees batch_size x accum x world_size.")
     seq_len: int | None = None
     params: int | None = None
 

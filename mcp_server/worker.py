@@ -74,7 +74,10 @@ def _runtime_facts(model: Any) -> dict[str, Any]:
 def run(job_dir: Path) -> int:
     request = json.loads((job_dir / "request.json").read_text(encoding="utf-8"))
     threads = os.environ.get("BT_TORCH_THREADS")
-    events = EventWriter(job_dir / "metrics.jsonl")
+    # Under torchrun (train(processes=N)) every rank runs this; rank 0 reports for the job, the
+    # others only report their own errors.
+    rank = int(os.environ.get("RANK", "0"))
+    events = EventWriter(job_dir / "metrics.jsonl") if rank == 0 else _ErrorsOnly(job_dir / "metrics.jsonl", rank)
     cancel = threading.Event()
     why: list[str] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -94,13 +97,9 @@ def run(job_dir: Path) -> int:
 
         cfg = RunConfig.model_validate(request["config"])
         t0 = time.perf_counter()
-        corpus = load_corpus(cfg.data, request["cache_dir"])
-        events.emit("data", {
-            "source_id": corpus.source_id, "content_hash": corpus.content_hash, "n_bytes": corpus.n_bytes,
-            "train_bytes": corpus.n_train_bytes, "val_bytes": corpus.n_val_bytes, "cache_hit": corpus.cache_hit,
-            "cache_note": corpus.cache_note, "cache_path": Path(corpus.cache_path).name,
-            "load_s": round(time.perf_counter() - t0, 4),
-        })
+        corpus = None
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # multi-process: the Trainer loads it, local rank 0 first
+            corpus = load_corpus(cfg.data, request["cache_dir"])
         model = None
         if request.get("init_checkpoint"):
             from bit_transformer.checkpoint import load_model
@@ -117,9 +116,16 @@ def run(job_dir: Path) -> int:
                 if sample is not None:
                     events.emit("telemetry", {"update": getattr(payload, "update", None), **sample})
 
-        trainer = Trainer(cfg, Path(request["out_dir"]), corpus=corpus, model=model, callback=callback,
-                          cancel=cancel)
+        trainer = Trainer(cfg, Path(request["out_dir"]), corpus=corpus, cache_dir=request["cache_dir"], model=model,
+                          callback=callback, cancel=cancel)
+        corpus = trainer.corpus
         holder.append(trainer)
+        events.emit("data", {
+            "source_id": corpus.source_id, "content_hash": corpus.content_hash, "n_bytes": corpus.n_bytes,
+            "train_bytes": corpus.n_train_bytes, "val_bytes": corpus.n_val_bytes, "cache_hit": corpus.cache_hit,
+            "cache_note": corpus.cache_note, "cache_path": Path(corpus.cache_path).name,
+            "load_s": round(time.perf_counter() - t0, 4),
+        })
         events.emit("loader", _loader_facts(trainer, cfg))
         result = trainer.fit(steps=request.get("steps"), epochs=request.get("epochs"),
                              resume=bool(request.get("resume")))
@@ -137,6 +143,18 @@ def run(job_dir: Path) -> int:
         events.close()
 
 
+class _ErrorsOnly(EventWriter):
+    """A non-zero rank's writer: its errors reach the job (tagged with the rank); all else is rank 0's."""
+
+    def __init__(self, path: Path, rank: int):
+        super().__init__(path)
+        self.rank = rank
+
+    def emit(self, event: str, data: Any = None) -> None:
+        if event == "error":
+            super().emit(event, {**data, "reason": f"rank {self.rank}: {data.get('reason')}"})
+
+
 def _loader_facts(trainer: Any, cfg: Any) -> dict[str, Any]:
     """len(DataLoader(train windows, batch_size)) measured independently of the plan (task 1)."""
     from torch.utils.data import DataLoader
@@ -151,6 +169,9 @@ def _telemetry_sample(trainer: Any, windows: int = 2) -> dict[str, Any] | None:
 
     from bit_transformer.telemetry import summarize
 
+    parallel = getattr(trainer, "parallel", None)
+    if parallel is not None and parallel.sharded:
+        return None  # a sharded model's forward needs every rank; the sample is rank 0's alone
     ds = getattr(trainer, "val_set", None) or trainer.train_set
     net = getattr(trainer, "net", None) or trainer.model
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Annotated, Any
 
@@ -111,20 +112,25 @@ def register(server: MCPServer, app) -> None:
                                       "optimizer, schedule and data position).")] = False,
         fresh: Annotated[bool, Field(description="Start from a freshly initialised model even if scale_up/"
                                      "load_checkpoint chose a model for the next run.")] = False,
+        processes: Annotated[int, Field(ge=1, le=64, description="Data-parallel training processes on this machine, "
+                                        "launched with torchrun (train.distributed picks DDP or FSDP2; gloo on CPU, "
+                                        "nccl on GPUs). train.batch_size is per process.")] = 1,
         wait_s: WaitS = 0.0,
     ) -> JobView:
         """Start training in a background worker process and return its job id, status and plan (steps per epoch,
         total optimizer updates, precision, compile status). One job at a time. Without steps/epochs the config's
         train.steps or train.epochs apply. Checkpoints go to runs/<run>/; the trainer prunes older periodic
-        checkpoints of that run beyond train.keep_checkpoints."""
+        checkpoints of that run beyond train.keep_checkpoints. processes=N trains data-parallel on N local
+        processes; a checkpoint resumes with any process count."""
         if steps is not None and epochs is not None:
             raise ToolError("give steps or epochs, not both")
+        _check_processes(processes, app.config())
         busy = jobs.active()
         if busy is not None:
             raise ToolError(f"job {busy.id} is {busy.status} (update {busy.update()}/{busy.total_updates() or '?'}); "
                             f"one training job at a time: wait with get_job('{busy.id}', wait_s=30) or "
                             f"cancel_job('{busy.id}') first")
-        request = _request(app, steps, epochs, resume, fresh)
+        request = {**_request(app, steps, epochs, resume, fresh), "processes": processes}
         try:
             job = jobs.start(request)
         except JobBusyError as err:
@@ -178,6 +184,24 @@ def register(server: MCPServer, app) -> None:
         jobs.cancel(job, force=force)
         await wait(job, wait_s, ctx)
         return job_view(job)
+
+
+def _check_processes(processes: int, cfg) -> None:
+    """Refuse process counts this machine cannot run (one core, or one GPU, per process)."""
+    if processes == 1:
+        return
+    import torch
+
+    gpus = torch.cuda.device_count() if cfg.train.device != "cpu" else 0
+    if gpus:
+        if processes > gpus:
+            raise ToolError(f"processes={processes} but this machine has {gpus} GPU(s): use processes<={gpus}, "
+                            "one per GPU")
+        return
+    cores = os.cpu_count() or 1
+    if processes > cores:
+        raise ToolError(f"processes={processes} exceeds this machine's {cores} CPU core(s): use processes<={cores} "
+                        "(each process needs at least one core)")
 
 
 def _request(app, steps: int | None, epochs: int | None, resume: bool, fresh: bool) -> dict[str, Any]:
