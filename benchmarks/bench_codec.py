@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.report import write_report
+from benchmarks.report import RESULTS, write_report
 from bit_transformer.bits import bits_to_bytes, bits_to_text, bytes_to_bits, text_to_bits
 
 GOAL_MB_S = 50.0
@@ -79,6 +79,7 @@ def run(mb: float = 16.0, repeats: int = 5) -> dict:
         "decode_mb_per_s": dec,
         "meets_goal": enc >= GOAL_MB_S and dec >= GOAL_MB_S,
         "rows": rows,
+        "summary": f"encode {enc:.0f} MB/s, decode {dec:.0f} MB/s (goal >= {GOAL_MB_S:.0f} MB/s each way)",
         "machine": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
                     "processor": platform.processor() or platform.machine()},
     }
@@ -102,9 +103,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=float, default=16.0, help="MiB of text to code")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     result = run(args.mb, args.repeats)
-    write_report("bench_codec", result, markdown(result))
+    write_report("bench_codec", result, markdown(result), args.out)
     return result
 
 

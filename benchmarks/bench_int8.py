@@ -293,8 +293,19 @@ def main(argv=None) -> dict:
                 "weights_only_change_pct": 100 * (bw - b32) / b32},
         "int8_backend": getattr(int8, "int8_backend", None),
     }
+    result["summary"] = summary(result)
     write_report("int8", result, markdown(result), a.out)
     return result
+
+
+def summary(r: dict) -> str:
+    """One line for the suite table: size, bits-per-byte change and the batch forward speed-up."""
+    rows = [row for row in r["speed"] if row["variant"] == "as configured" and row["shape"][0] > 1]
+    speed = ", ".join(f"{e} {x:.2f}x" for e, x in rows[-1]["speedup"].items()) if rows else "not timed"
+    steps = r["training"].get("steps", "?")
+    return (f"{r['size']['ratio']:.2f}x smaller, bits/byte {r['bpb']['change_pct']:+.2f}% "
+            f"({r['bpb']['fp32']:.2f} -> {r['bpb']['int8']:.2f} after {steps} updates), "
+            f"batch forward vs fp32: {speed}")
 
 
 def markdown(r: dict) -> str:

@@ -68,6 +68,8 @@ def worker(job: dict) -> dict:
     from bit_transformer import BitTransformerLM, ModelConfig
 
     device = torch.device(job["device"])
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
     cfg = ModelConfig(layers=job["depth"], d_model=job["d_model"], nhead=job["nhead"], max_seq_len=job["seq"],
                       dropout=job["dropout"], **CONFIGS[job["config"]])
     torch.manual_seed(0)
@@ -152,6 +154,25 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(results: list[dict]) -> str:
+    """One line for the suite table: memory and time vs standard at the deepest depth measured."""
+    ok = [r for r in results if "error" not in r]
+    failed = len(results) - len(ok)
+    if not ok:
+        return f"all {failed} configurations failed"
+    depth = max(r["depth"] for r in ok)
+    at = {r["config"]: r for r in ok if r["depth"] == depth}
+    std = at.get("standard")
+    if std is None:
+        return f"no standard run at depth {depth}"
+    parts = [f"{name} {r['peak_mb'] / std['peak_mb']:.2f}x memory / {r['step_s'] / std['step_s']:.2f}x time"
+             for name, r in at.items() if name != "standard"]
+    first = ok[0]
+    return (f"peak training memory vs standard at {depth} layers (d {first['d_model']}, {first['batch']}x"
+            f"{first['seq']} bits, {first['device']}): " + ", ".join(parts)
+            + (f"; {failed} configurations failed" if failed else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -165,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dropout", type=float, default=None, help="default: 0.1 on cuda, 0.0 on cpu (see above)")
     ap.add_argument("--amp", choices=["none", "bf16"], default="none")
     ap.add_argument("--steps", type=int, default=None, help="timed steps after the warm-up (cpu 1, cuda 3)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in each worker (0: torch's default)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per configuration")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "memory.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -180,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     for depth in depths:
         for name in args.configs:
             job = dict(config=name, depth=depth, d_model=args.d_model, nhead=args.nhead, seq=args.seq,
-                       batch=args.batch, dropout=dropout, amp=args.amp, device=args.device, steps=steps)
+                       batch=args.batch, dropout=dropout, amp=args.amp, device=args.device, steps=steps,
+                       threads=args.threads)
             r = run_job(job, args.timeout)
             results.append(r)
             msg = r.get("error") or f"peak {r['peak_mb']:.0f} MB, step {r['step_s']:.3f} s"
@@ -190,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "device": args.device,
             "dropout": dropout, "amp": args.amp, "steps": steps, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    args.out.write_text(json.dumps({"meta": meta, "results": results, "summary": summary(results)}, indent=2))
+    args.out.with_suffix(".md").write_text(table(results) + "\n\n" + summary(results) + "\n")
     print(f"\nwrote {args.out}")
     return 0 if all("error" not in r for r in results) else 1
 

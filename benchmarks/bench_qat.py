@@ -106,6 +106,8 @@ def main(argv=None) -> dict:
     result = {"model": cfg.model_dump(), "steps": n, "qat_from_step": branch, "batch_size": a.batch_size,
               "data": source, "eval_bytes": min(a.eval_bytes, len(val_text)), "device": str(device),
               "timings_s": {k: round(v, 1) for k, v in timings.items()}, "env": env_info(), "rows": rows}
+    result["summary"] = "bits/byte gap of int8 to fp32: " + ", ".join(
+        f"{r['variant']} {r['gap_pct']:+.3f}%" for r in rows if r["gap_pct"] is not None) + f" ({n} updates)"
     write_report("qat", result, markdown(result), a.out)
     return result
 

@@ -187,6 +187,9 @@ def main(argv=None) -> dict:
         "load_average_start": load_start,
         "load_average_end": load_end,
     }
+    comp = ", ".join(f"{k} {v:.2f}" for k, v in out["compressors"].items())
+    out["summary"] = (f"{out['val_bits_per_byte']:.2f} bits/byte after {out['train_seconds'] / 60:.0f} CPU-min "
+                      f"({out['updates']} updates); {comp}")
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "bench_quality.json").write_text(json.dumps(out, indent=1))
     rows = [("BitTransformerLM (this run)", out["val_bits_per_byte"])] + [

@@ -124,18 +124,28 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def summary(res: dict) -> str:
+    busy = res["training"]
+    return (f"first tools/list after {res['startup_s']['median']:.2f} s (median of {len(res['startup_s']['runs'])}); "
+            "p50/p95 while a job trains: " + ", ".join(
+                f"{t} {s['p50_ms']:.1f}/{s['p95_ms']:.1f} ms" for t, s in busy.items())
+            + f" ({res['training_job']['updates_during_measurement']} updates trained meanwhile)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=100, help="Rounds of the three calls per phase.")
     p.add_argument("--seconds", type=float, default=15.0, help="Minimum time measured while training.")
     p.add_argument("--startups", type=int, default=3)
     p.add_argument("--keep-workspace", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     res = anyio.run(run, args)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_server.json").write_text(json.dumps(res, indent=2) + "\n")
+    res["summary"] = summary(res)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_server.json").write_text(json.dumps(res, indent=2) + "\n")
     md = table(res)
-    (RESULTS / "bench_server.md").write_text(md + "\n")
+    (args.out / "bench_server.md").write_text(md + "\n")
     print(md)
 
 

@@ -15,10 +15,11 @@ import argparse
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
-from benchmarks.report import write_report
+from benchmarks.report import RESULTS, write_report
 from bit_transformer.config import ModelConfig
 from bit_transformer.model import BitTransformerLM
 from bit_transformer.telemetry import summarize
@@ -94,6 +95,8 @@ def run(device: str = "auto", repeats: int = 15, batch: int = 8, seq_len: int = 
         "model": "layers=4 d_model=128 nhead=8 (eval, no grad)",
         "repeats": repeats,
         "rows": rows,
+        "summary": "forward with telemetry / without: " + ", ".join(
+            f"{r['overhead_ratio']:.2f}x {r['shape']}" for r in rows) + f" ({dev.type}, {batch}x{seq_len} bits)",
     }
 
 
@@ -120,9 +123,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=576)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = run(args.device, args.repeats, args.batch, args.seq_len)
-    write_report("bench_telemetry", result, markdown(result))
+    write_report("bench_telemetry", result, markdown(result), args.out)
     return result
 
 
