@@ -154,3 +154,8 @@ def test_local_main_first_is_a_no_op_in_one_process():
     with local_main_first(DistInfo()):
         ran.append(1)
     assert ran == [1]
+
+
+def test_fsdp_on_an_unsupported_device_names_the_fix():
+    ok, why = fsdp_support(torch.device("meta"))
+    assert not ok and "distributed='ddp'" in why
