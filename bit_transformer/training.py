@@ -60,6 +60,8 @@ __all__ = ["EvalMetrics", "StepMetrics", "TrainPlan", "TrainResult", "Trainer", 
 
 Callback = Callable[[str, BaseModel], None]
 MAX_BAD_UPDATES = 3  # consecutive non-finite updates that stop a run
+# How gloo / NCCL report a collective whose peer process died (e.g. killed for memory).
+PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted")
 
 
 log = logging.getLogger(__name__)
@@ -133,7 +135,7 @@ class Trainer:
             failed = True
             if self.dist.is_main:
                 (self.out_dir / "train_error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-            result = TrainResult(status="failed", reason=f"{type(exc).__name__}: {exc}", plan=self.plan,
+            result = TrainResult(status="failed", reason=self._failure_reason(exc), plan=self.plan,
                                  updates_done=getattr(self, "update", 0), checkpoint=getattr(self, "_last_ckpt", None))
             self._emit("done", result)
             return result
@@ -144,6 +146,15 @@ class Trainer:
             if getattr(self, "_owns_group", False):
                 release_distributed(together=not failed)  # a failed rank leaves at once: peers then error out
                 self._owns_group = False
+
+    def _failure_reason(self, exc: Exception) -> str:
+        text = f"{type(exc).__name__}: {exc}"
+        if self.dist.enabled and any(m in str(exc) for m in PEER_LOST):
+            ckpt = getattr(self, "_last_ckpt", None)
+            return (f"another training process stopped (rank {self.dist.rank} lost its connection to a peer: "
+                    f"{text[:300]}); its own log names the cause. Resume continues from "
+                    + (f"its checkpoint {Path(ckpt).name}" if ckpt else "the last checkpoint") + ".")
+        return text
 
     def _setup(self, steps, epochs, resume: bool):
         cfg, t = self.cfg, self.cfg.train

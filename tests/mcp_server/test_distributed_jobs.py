@@ -84,6 +84,27 @@ async def test_force_cancel_kills_every_rank(tiny_ws):
         assert not any(os.path.exists(f"/proc/{p}") and "Z" not in _state(p) for p in ranks)
 
 
+async def test_a_rank_that_dies_fails_the_job_at_once_and_keeps_the_checkpoint(tiny_ws):
+    """E.g. the out-of-memory killer takes rank 1: rank 0's next collective errors; nothing hangs."""
+    import signal
+    import time
+
+    async with Client(new_server(tiny_ws)) as c:
+        started = await call(c, "train", {"steps": 4000, "processes": 2})
+        job_id = started["job_id"]
+        await _until_update(c, job_id, 4)  # save_every=3: a checkpoint exists
+        rank0 = json.loads((tiny_ws / "jobs" / job_id / "job.json").read_text())["pid"]
+        other = next(p for p in _workers(_launcher(tiny_ws, job_id)) if p != rank0)
+        t0 = time.monotonic()
+        os.kill(other, signal.SIGKILL)
+        job = await call(c, "get_job", {"job_id": job_id, "wait_s": 60})
+        assert time.monotonic() - t0 < 30
+    assert job["status"] == "failed"
+    assert "another training process stopped" in job["reason"] and "Resume continues from" in job["reason"]
+    assert job["checkpoint"] and job["checkpoint"].rsplit("/", 1)[-1] in job["reason"]
+    assert str(tiny_ws) not in job["reason"]  # agents see workspace names, never host paths
+
+
 def _state(pid: int) -> str:
     try:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
