@@ -17,19 +17,11 @@ from bit_transformer.cli import build_parser, main
 from bit_transformer.cli_flags import build_run_config, data_spec
 from bit_transformer.config import ModelConfig, RunConfig, SafetyConfig, TrainConfig
 from bit_transformer.progress import ProgressBar
+from tests.seed_commands import SEED_FLAGS
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--layers", "2", "--d_model", "32", "--nhead", "4", "--max_seq_len", "72", "--batch_size", "4",
         "--amp", "none", "--eval_every", "2", "--eval_batches", "2", "--dropout", "0"]
-PLAYBOOK = {  # the seed playbook's Phase 2 commands, flags verbatim
-    "A": "--layers 8 --d_model 256 --nhead 8 --causal true --chunk_size 128 --act true --reversible true "
-         "--checkpointing true --batch_size 64 --accum_steps 2 --amp bf16 --lr_schedule progressive_plateau "
-         "--full_attn_logging false",
-    "B": "--layers 8 --d_model 128 --nhead 8 --causal true --chunk_size 128 --quantization int8 --qat true "
-         "--reversible true --checkpointing true --batch_size 128 --accum_steps 1 --amp bf16",
-    "C": "--layers 16 --d_model 256 --nhead 8 --causal true --chunk_size 128 --act true --reversible true "
-         "--checkpointing true --batch_size 48 --accum_steps 3 --amp bf16 --lr_schedule progressive_plateau",
-}
 
 
 def corpus_text() -> str:
@@ -73,9 +65,9 @@ def test_python_m_help_lists_every_subcommand():
         assert cmd in proc.stdout
 
 
-@pytest.mark.parametrize("task", sorted(PLAYBOOK))
+@pytest.mark.parametrize("task", sorted(SEED_FLAGS))
 def test_playbook_flags_parse_verbatim(task):
-    cfg = parse_train(shlex.split(PLAYBOOK[task]))
+    cfg = parse_train(shlex.split(SEED_FLAGS[task]))
     m, t = cfg.model, cfg.train
     assert m.nhead == 8 and m.causal is True and m.chunk_size == 128
     assert m.reversible is True and m.checkpointing is True and t.amp == "bf16"

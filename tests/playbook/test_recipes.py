@@ -16,18 +16,10 @@ import playbook
 from playbook import expect as ex
 from playbook.model import OPS, SCALES, ResolvedRecipe
 from playbook.recipes import UnknownTask, export_recipes, get_recipe, list_recipes, load_recipes, normalize_id, select
+from tests.seed_commands import SEED_FLAGS
 
 ORDER = [str(i) for i in range(1, 13)] + ["A", "B", "C"]
 ARCH = ("layers", "d_model", "nhead", "causal", "chunk_size", "act", "reversible", "checkpointing", "full_attn_logging")
-SEED_FLAGS = {  # the seed playbook's Phase 2 commands, verbatim
-    "A": "--layers 8 --d_model 256 --nhead 8 --causal true --chunk_size 128 --act true --reversible true "
-         "--checkpointing true --batch_size 64 --accum_steps 2 --amp bf16 --lr_schedule progressive_plateau "
-         "--full_attn_logging false",
-    "B": "--layers 8 --d_model 128 --nhead 8 --causal true --chunk_size 128 --quantization int8 --qat true "
-         "--reversible true --checkpointing true --batch_size 128 --accum_steps 1 --amp bf16",
-    "C": "--layers 16 --d_model 256 --nhead 8 --causal true --chunk_size 128 --act true --reversible true "
-         "--checkpointing true --batch_size 48 --accum_steps 3 --amp bf16 --lr_schedule progressive_plateau",
-}
 
 
 def _flags(text: str) -> dict:
