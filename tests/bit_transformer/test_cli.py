@@ -199,7 +199,6 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 
 def test_scale_up_writes_a_bigger_checkpoint(trained, capsys):
-    pytest.importorskip("bit_transformer.scale")
     out = trained.tmp / "grown"
     assert main(["scale-up", "--checkpoint", str(trained.run), "--layers", "3", "--out", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -225,7 +224,6 @@ def test_scale_up_writes_a_bigger_checkpoint(trained, capsys):
 
 
 def test_export_int8_then_evaluate_the_artifact(trained, capsys):
-    pytest.importorskip("bit_transformer.quantization")
     out = trained.tmp / "int8"
     assert main(["export-int8", "--checkpoint", str(trained.run), "--out", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -196,7 +196,7 @@ def test_bf16_autocast_runs_and_is_reported(tmp_path, text, monkeypatch):
 
 
 def test_compression_ramp_follows_the_cosine_and_tracks_losses_separately(tmp_path, text):
-    compression = pytest.importorskip("bit_transformer.compression")
+    from bit_transformer import compression
     events: list = []
     _, res = run(tmp_path, text, windows=40, events=events, compress_prob=0.8, warmup_frac=0.5, fit={"steps": 10})
     assert res.status == "completed", res.reason
@@ -409,7 +409,6 @@ def test_loss_adds_ponder_and_telemetry_terms(text):
 
 
 def test_qat_run_checkpoints_and_resumes_with_the_real_module(tmp_path, text):
-    pytest.importorskip("bit_transformer.quantization")
     from bit_transformer.checkpoint import load_model
 
     tr, res = run(tmp_path, text, quantization="int8", qat=True, fit={"steps": 2})
