@@ -79,26 +79,31 @@ def _update(job: Job, model: nn.Module, opt, batches: Batches, train: TrainConfi
     return float(loss.detach())
 
 
-def probe_rate(job: Job, train: TrainConfig, updates: int, seed: int) -> float:
+def probe_rate(job: Job, train: TrainConfig, updates: int, seed: int,
+               clock: Callable[[], float] = time.perf_counter) -> float:
     """Seconds per update, measured on a throw-away copy (the real run starts from the untouched model)."""
     model = copy.deepcopy(job.model).train()
     opt = make_optimizer(model, train)
     batches = Batches(job.n_windows, train.batch_size, seed + 1)
     _update(job, model, opt, batches, train)  # warm-up: allocations, first-call costs
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(updates):
         _update(job, model, opt, batches, train)
-    return (time.perf_counter() - t0) / updates
+    return (clock() - t0) / updates
 
 
 def train_for_budget(job: Job, train: TrainConfig, budget_s: float, *, probe_updates: int = 30,
                      replan_every: float = 0.1, eval_at: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),
                      curve_bytes: int | None = 16384, final_bytes: int | None = None, seed: int = 0,
-                     log: Callable[[str], None] = print) -> dict:
-    """Train ``job.model`` for ``budget_s`` seconds of training time; returns the curve and final score."""
-    t_probe = time.perf_counter()
-    per_update = probe_rate(job, train, probe_updates, seed)
-    probe_s = time.perf_counter() - t_probe
+                     log: Callable[[str], None] = print, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Train ``job.model`` for ``budget_s`` seconds of training time; returns the curve and final score.
+
+    ``clock`` is read for every time decision (probe, re-plans, curve points, the hard stop); tests pass a
+    deterministic stand-in so what they assert does not depend on the machine's speed or load.
+    """
+    t_probe = clock()
+    per_update = probe_rate(job, train, probe_updates, seed, clock)
+    probe_s = clock() - t_probe
     horizon = max(1, math.floor(budget_s * 0.95 / per_update))
     log(f"[{job.name}] probe {per_update * 1e3:.1f} ms/update -> planning {horizon} updates in {budget_s:.0f} s")
     model = job.model.train()
@@ -108,21 +113,21 @@ def train_for_budget(job: Job, train: TrainConfig, budget_s: float, *, probe_upd
     marks = sorted(set(eval_at)) or [1.0]
     replans = [k * replan_every * budget_s for k in range(1, math.ceil(1 / replan_every))] if replan_every else []
     curve, losses, window, train_s, update, n_replans = [], [], [], 0.0, 0, 0
-    eval_s = 0.0
+    eval_s, last_lr, since = 0.0, float("nan"), (0, 0.0)  # since: (update, train_s) at the last re-plan
 
     def evaluate(max_bytes: int | None) -> float:
         nonlocal eval_s
-        t = time.perf_counter()
+        t = clock()
         bpb = job.evaluate(model, max_bytes)
         model.train()
-        eval_s += time.perf_counter() - t
+        eval_s += clock() - t
         return bpb
 
     while update < schedule.horizon and train_s < budget_s:
-        t0 = time.perf_counter()
-        schedule.apply(opt, update)
+        t0 = clock()
+        last_lr = schedule.apply(opt, update)
         window.append(_update(job, model, opt, batches, train))
-        train_s += time.perf_counter() - t0
+        train_s += clock() - t0
         update += 1
         if len(window) >= max(1, schedule.horizon // 200):  # ~200 training-loss points per run
             losses.append({"train_s": round(train_s, 2), "update": update,
@@ -130,7 +135,10 @@ def train_for_budget(job: Job, train: TrainConfig, budget_s: float, *, probe_upd
             window = []
         if replans and train_s >= replans[0]:
             replans = [r for r in replans if r > train_s]
-            rate = update / train_s
+            # The rate since the previous re-plan, not the run's average: after a slow-down the average
+            # lags, the plan overshoots, and the hard stop then cuts the schedule before it anneals.
+            rate = (update - since[0]) / max(train_s - since[1], 1e-9)
+            since = (update, train_s)
             horizon = update + max(1, math.floor(rate * (budget_s - train_s) * 0.98))
             schedule, n_replans = build_schedule(train, horizon), n_replans + 1
         while marks and marks[0] < 1.0 and train_s >= marks[0] * budget_s:
@@ -138,9 +146,9 @@ def train_for_budget(job: Job, train: TrainConfig, budget_s: float, *, probe_upd
             curve.append({"train_s": round(train_s, 2), "update": update, "val_bpb": evaluate(curve_bytes)})
             log(f"[{job.name}] {train_s:.0f}s update {update}/{schedule.horizon}: curve val {curve[-1]['val_bpb']:.3f}")
     curve.append({"train_s": round(train_s, 2), "update": update, "val_bpb": evaluate(curve_bytes)})
-    t_final = time.perf_counter()
+    t_final = clock()
     final = job.evaluate(model, final_bytes)
-    final_eval_s = time.perf_counter() - t_final
+    final_eval_s = clock() - t_final
     log(f"[{job.name}] done: {update} updates in {train_s:.0f} s, val {final:.4f} bits/byte "
         f"(final eval {final_eval_s:.0f} s)")
     return {"updates": update, "planned_updates": schedule.horizon, "replans": n_replans,
@@ -148,4 +156,5 @@ def train_for_budget(job: Job, train: TrainConfig, budget_s: float, *, probe_upd
             "probe_s_per_update": per_update, "curve_eval_seconds": round(eval_s, 1),
             "final_eval_seconds": round(final_eval_s, 1), "epochs": batches.epochs + batches.pos / job.n_windows,
             "completed_schedule": update >= schedule.horizon, "val_bits_per_byte": final,
+            "final_lr": last_lr, "schedule_final_lr": schedule.final_lr,
             "curve": curve, "train_loss": losses}

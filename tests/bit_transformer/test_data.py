@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import time
 from pathlib import Path
 
 import numpy as np
@@ -348,19 +347,14 @@ def test_loader_with_a_spawned_worker_reopens_the_memmap(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(got, want, strict=True))
 
 
-def test_tiny_shakespeare_encode_speed_and_split(tmp_path, spy_encoder):
+def test_tiny_shakespeare_encodes_splits_and_caches(tmp_path, spy_encoder):
     if not SHAKESPEARE.exists():
         pytest.skip(f"Tiny Shakespeare not present at {SHAKESPEARE} (shared data is optional)")
     raw = SHAKESPEARE.read_bytes()
-    t0 = time.perf_counter()
-    bits = bytes_to_bits(raw)
-    encode_s = time.perf_counter() - t0
-    assert encode_s < 1.0, f"encoding {len(raw)} bytes took {encode_s:.3f}s"
+    bits = bytes_to_bits(raw)  # its speed is a benchmark claim (benchmarks/bench_codec.py), not a test's
     c = load_corpus(_files_cfg(SHAKESPEARE), tmp_path)
     assert c.n_bytes == 1_115_394 and c.n_train_bytes == 1_003_854 and c.n_val_bytes == 111_540
     assert np.array_equal(c.val, bits[1_003_854 * FRAME_BITS :])
     assert _decode(c.val) == raw[-111_540:]
-    t0 = time.perf_counter()
     again = load_corpus(_files_cfg(SHAKESPEARE), tmp_path)
-    assert again.cache_hit and len(spy_encoder) == 1
-    assert time.perf_counter() - t0 < 1.0
+    assert again.cache_hit and len(spy_encoder) == 1  # the cache answered: nothing was encoded again
