@@ -141,6 +141,15 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(
         3, ge=1, description="Periodic checkpoints kept on disk (plus `best` and the one `latest` names)."
     )
+    objective: Literal["next_bit", "denoise"] = Field(
+        "next_bit", description="next_bit: predict each bit from the bits before it (needs model.causal=true). "
+        "denoise: masked bit diffusion with a bidirectional model (needs model.causal=false); its bits per byte "
+        "is an upper bound (NELBO).",
+    )
+    diffusion_schedule: Literal["linear", "cosine", "exponential"] = Field(
+        "linear", description="denoise: how the share of masked bits grows with diffusion time (training noise "
+        "levels and the sampler's steps; the bound itself does not depend on it).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -181,6 +190,30 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+
+    @model_validator(mode="after")
+    def _check_objective(self) -> RunConfig:
+        objective, causal = self.train.objective, self.model.causal
+        if objective == "next_bit" and not causal:
+            raise ValueError(
+                "train.objective='next_bit' needs model.causal=true: with bidirectional attention every position "
+                "sees the bit it must predict. Set model.causal=true, or train.objective='denoise' for a "
+                "bidirectional denoising model"
+            )
+        if objective == "denoise":
+            problems = []
+            if causal:
+                problems.append("needs model.causal=false (set it, or use train.objective='next_bit')")
+            if self.model.max_seq_len % FRAME_BITS:
+                problems.append(f"needs model.max_seq_len to be a multiple of {FRAME_BITS} (whole frames), got "
+                                f"{self.model.max_seq_len}")
+            if self.train.compress_prob:
+                problems.append("does not train on compressed streams: set train.compress_prob=0")
+            if self.train.lambda_K or self.train.lambda_C or self.train.lambda_S:
+                problems.append("has no next-bit telemetry loss: set train.lambda_K/lambda_C/lambda_S to 0")
+            if problems:
+                raise ValueError("train.objective='denoise' " + "; ".join(problems))
+        return self
 
 
 def _largest_divisor(n: int, at_most: int) -> int:

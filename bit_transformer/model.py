@@ -99,6 +99,11 @@ class BitTransformerLM(nn.Module):
                 block.halt.reset_parameters()  # _init zeroed its bias
         # False: same computation with ordinary autograd (no checkpointing, no reversible backward).
         self.efficient_backward = True
+        # Denoising models (causal=false) also read MASK (2), a hidden bit, with a vector of its own. Made
+        # last so that a causal and a bidirectional model of one seed share every other initial weight.
+        self.mask_emb = None if cfg.causal else nn.Embedding(1, cfg.d_model)
+        if self.mask_emb is not None:
+            nn.init.normal_(self.mask_emb.weight, std=0.02)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -116,7 +121,13 @@ class BitTransformerLM(nn.Module):
         if length > self.cfg.max_seq_len:
             raise ValueError(f"input has {length} bits but max_seq_len is {self.cfg.max_seq_len}")
         pos = torch.arange(length, device=bits.device)
-        h = self.bit_emb(bits.long()) + self.pos_emb(pos) + self.phase_emb(pos % FRAME_BITS)
+        bits = bits.long()
+        if self.mask_emb is None:
+            tok = self.bit_emb(bits)
+        else:  # MASK positions take the mask vector; their (unknown) bit value never enters
+            hidden = (bits == 2).unsqueeze(-1)
+            tok = torch.where(hidden, self.mask_emb.weight[0], self.bit_emb(bits.clamp(max=1)))
+        h = tok + self.pos_emb(pos) + self.phase_emb(pos % FRAME_BITS)
         return self.drop(h)
 
     def forward(self, bits: torch.Tensor, *, return_telemetry: bool = False) -> ModelOutput:

@@ -64,6 +64,8 @@ def compressed_rows(inputs: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, t
 def micro_batch_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, cfg: TrainConfig,
                      ponder_weight: float, compress: np.ndarray | None, precision: str) -> LossParts:
     """Loss of one micro-batch; ``compress`` is a bool per row (True: train on the compressed form)."""
+    if cfg.objective == "denoise":
+        return denoise_batch_loss(model, inputs, cfg=cfg, ponder_weight=ponder_weight, precision=precision)
     device = inputs.device
     B = inputs.shape[0]
     rows = torch.as_tensor(compress, device=device) if compress is not None and compress.any() else None
@@ -96,6 +98,21 @@ def micro_batch_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torc
     return LossParts(loss, raw_ce, comp_ce, float(ponder.detach()), n_raw, n_comp)
 
 
+def denoise_batch_loss(model: torch.nn.Module, inputs: torch.Tensor, *, cfg: TrainConfig, ponder_weight: float,
+                       precision: str, generator: torch.Generator | None = None) -> LossParts:
+    """The denoising objective of one micro-batch: its NELBO in nats per bit position (see ``diffusion``).
+
+    Each row gets its own diffusion time (stratified over the batch) and mask; the targets are the clean
+    inputs themselves, so ``targets`` (the next-bit shift) is not used."""
+    from .diffusion import nelbo
+
+    with autocast(inputs.device, precision):
+        per_row, _, out, _ = nelbo(model, inputs, schedule=cfg.diffusion_schedule, generator=generator)
+    ce = per_row.sum() / inputs.numel()
+    ponder = out.ponder_cost.float()
+    return LossParts(ce + ponder_weight * ponder, float(ce.detach()), None, float(ponder.detach()), inputs.shape[0], 0)
+
+
 def eval_indices(n_windows: int, n_samples: int) -> list[int]:
     """A fixed, evenly spread subset of validation windows, identical at every evaluation."""
     if n_windows <= n_samples:
@@ -105,16 +122,29 @@ def eval_indices(n_windows: int, n_samples: int) -> list[int]:
 
 @torch.no_grad()
 def validation_loss(model: torch.nn.Module, dataset: Dataset, indices: list[int], batch_size: int,
-                    device: torch.device, precision: str) -> float:
-    """Mean next-bit CE (nats per bit) over ``indices`` of ``dataset``; bpb = loss * 9 / ln 2."""
+                    device: torch.device, precision: str, *, objective: str = "next_bit",
+                    schedule: str = "linear") -> float:
+    """Mean next-bit CE (nats per bit) over ``indices`` of ``dataset``; bpb = loss * 9 / ln 2.
+
+    ``objective='denoise'``: the NELBO per bit position instead, with the same noise at every validation
+    (a fixed generator), so successive figures differ only by the model."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    noise = torch.Generator().manual_seed(0)
     try:
         for start in range(0, len(indices), batch_size):
             items = [dataset[i] for i in indices[start : start + batch_size]]
             x = torch.stack([a for a, _ in items]).to(device)
             y = torch.stack([b for _, b in items]).to(device)
+            if objective == "denoise":
+                from .diffusion import nelbo
+
+                with autocast(device, precision):
+                    per_row = nelbo(model, x, schedule=schedule, generator=noise)[0]  # type: ignore[arg-type]
+                total += float(per_row.sum())
+                count += x.numel()
+                continue
             with autocast(device, precision):
                 logits = model(x).logits
             ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")

@@ -342,7 +342,8 @@ class Trainer:
         loss = float("nan")
         if self.dist.is_main or self.parallel.sharded:  # a sharded model needs every rank in its forward
             loss = validation_loss(self.net, self.val_set, val_idx, self.cfg.train.batch_size, self.device,
-                                   self.plan.precision)
+                                   self.plan.precision, objective=self.cfg.train.objective,
+                                   schedule=self.cfg.train.diffusion_schedule)
         loss = broadcast_float(loss, self.dist, self.device)  # every rank keeps identical gate/schedule state
         decision = self.gate.observe(loss=loss)
         self.last_eval = EvalMetrics(update=self.update, val_loss=loss, val_bpb=loss * FRAME_BITS / LN2, gate=decision)

@@ -97,7 +97,7 @@ def test_every_config_field_is_a_flag():
 
 
 def test_booleans_take_true_or_false_only(capsys):
-    assert parse_train(["--causal", "FALSE", "--act", "True"]).model.causal is False
+    assert parse_train(["--causal", "FALSE", "--objective", "denoise", "--act", "True"]).model.causal is False
     with pytest.raises(SystemExit) as exc:
         main(["train", "--act", "maybe"])
     assert exc.value.code == 2
