@@ -208,7 +208,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model, cfg = load_any_model(args.checkpoint)
     safety = cfg.train.safety if isinstance(cfg, RunConfig) else None
     result = generate(model, args.prompt, max_bytes=args.max_bytes, temperature=args.temperature, top_p=args.top_p,
-                      seed=args.seed, safety=safety)
+                      seed=args.seed, safety=safety, mode=args.mode, steps=args.steps)
     if args.json:
         _print_json(result)
         return 0
@@ -309,6 +309,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
     gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     gen.add_argument("--top_p", type=float, default=1.0)
     gen.add_argument("--seed", type=int)
+    gen.add_argument("--mode", choices=("auto", "causal", "diffusion"), default="auto",
+                     help="auto: the model's own (diffusion for a denoising model)")
+    gen.add_argument("--steps", type=int, default=32, help="diffusion: unmasking rounds (more: slower, better)")
     gen.add_argument("--json", action="store_true")
 
     sc = sub.add_parser("scale-up", help="grow depth/width from a checkpoint", allow_abbrev=False)

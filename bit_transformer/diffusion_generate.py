@@ -134,5 +134,5 @@ def generate_diffusion(
         text=text, prompt=prompt, full_text=prompt + text, new_bytes=len(raw),
         parity_ok=not bool(parity_errors(bits).any()),
         replaced=text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd"),
-        seed=seed, C=C, S=S, telemetry=summary, verdict=verdict,
+        seed=seed, C=C, S=S, telemetry=summary, verdict=verdict, mode="diffusion",
     )

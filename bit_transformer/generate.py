@@ -40,6 +40,7 @@ class GenerationResult(BaseModel):
     S: float | None = Field(None, description="Symbiosis of predicted vs sampled data bits.")
     telemetry: TelemetrySummary
     verdict: GateDecision
+    mode: str = Field("causal", description="causal (bit by bit) or diffusion (a denoising model's rounds).")
 
 
 def window_start(n_bits: int, max_len: int) -> int:
@@ -77,13 +78,31 @@ def generate(
     seed: int | None = None,
     safety: SafetyConfig | None = None,
     gate: SafetyGate | None = None,
+    mode: str = "auto",
+    steps: int = 32,
 ) -> GenerationResult:
     """Continue ``prompt`` by ``max_bytes`` bytes.
+
+    ``mode``: ``causal`` samples bit by bit (causal models), ``diffusion`` unmasks a whole window in
+    ``steps`` rounds (denoising models, see ``diffusion_generate``), ``auto`` picks the model's own.
 
     ``seed`` makes the output reproducible (same model, prompt and settings -> same text). The verdict
     comes from ``gate`` when given (its EMA and burn-in carry over between calls); otherwise from a
     fresh gate built from ``safety`` with burn-in 0, because a single generation is judged on its own.
     """
+    causal = getattr(model.cfg, "causal", True)
+    if mode not in ("auto", "causal", "diffusion"):
+        raise ValueError(f"mode must be 'auto', 'causal' or 'diffusion', got {mode!r}")
+    if mode == "diffusion" or (mode == "auto" and not causal):
+        from .diffusion_generate import generate_diffusion  # local: it imports this module
+
+        if top_p != 1.0:
+            raise ValueError("top_p applies to causal sampling only: leave it at 1 with mode='diffusion'")
+        return generate_diffusion(model, prompt, max_bytes=max_bytes, steps=steps, temperature=temperature,
+                                  seed=seed, safety=safety, gate=gate)
+    if not causal:
+        raise ValueError("mode='causal' needs a causal model; this one is a denoising model (model.causal=false): "
+                         "use mode='diffusion'")
     if max_bytes < 0:
         raise ValueError("max_bytes must be >= 0")
     if not 0.0 < top_p <= 1.0:

@@ -251,8 +251,9 @@ def scale_up(
     pos = sd["pos_emb.weight"]
     reps = -(-new_cfg.max_seq_len // cfg.max_seq_len)
     out["pos_emb.weight"] = w.stream(pos.repeat(reps, 1)[: new_cfg.max_seq_len], 1)
-    for name in ("bit_emb.weight", "phase_emb.weight"):
-        out[name] = w.stream(sd[name], 1)
+    for name in ("bit_emb.weight", "phase_emb.weight", "mask_emb.weight"):  # mask_emb: denoising models only
+        if name in sd:
+            out[name] = w.stream(sd[name], 1)
     out.update(w.layer_norm("ln_f", sd))
     out["head.weight"] = w.reader("head.weight", sd["head.weight"], None, normed=True)
     out["head.bias"] = sd["head.bias"].clone()

@@ -78,6 +78,9 @@ def register(server: MCPServer, app) -> None:
         top_p: Annotated[float, Field(gt=0.0, le=1.0, description="Nucleus sampling mass.")] = 1.0,
         seed: Annotated[int | None, Field(ge=0, le=2**63 - 1, description="Seed for reproducible output.")] = None,
         checkpoint: Checkpoint = None,
+        mode: Annotated[Literal["auto", "causal", "diffusion"], Field(
+            description="auto: the model's own; diffusion needs a denoising model.")] = "auto",
+        steps: Annotated[int, Field(ge=1, le=1024, description="diffusion: unmasking rounds.")] = 32,
     ) -> GenerateResult:
         """Continue a prompt with parity-constrained sampling (every byte decodes); returns the text, K/C/S
         telemetry and the safety gate's verdict."""
@@ -86,7 +89,7 @@ def register(server: MCPServer, app) -> None:
         with engine.lock:
             name, model, _ = engine.model(checkpoint)
             result = gen(model, prompt, max_bytes=max_bytes, temperature=temperature, top_p=top_p, seed=seed,
-                         safety=app.config().train.safety)
+                         safety=app.config().train.safety, mode=mode, steps=steps)
         data = result.model_dump(mode="json")
         app.ws.update_state(last_generation={"checkpoint": name, "time": time.time(), "C": data.get("C"),
                                              "S": data.get("S"), "telemetry": data.get("telemetry"),

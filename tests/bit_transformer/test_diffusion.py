@@ -162,3 +162,38 @@ def test_parity_mask_shape():
     m[0, 10] = True
     assert parity_masked(m)[0].nonzero().flatten().tolist() == [17]
     assert sample_times(4).min() > 0 and sample_times(4).max() <= 1
+
+
+@pytest.mark.parametrize("options", [
+    {"reversible": True, "act": True}, {"checkpointing": True, "chunk_size": 18, "overlap": 9}, {"act": True},
+], ids=["reversible-act", "checkpointing-chunked", "act"])
+def test_denoising_works_with_the_memory_and_attention_options(options):
+    cfg = denoise_config(layers=2, **options)
+    model = BitTransformerLM(cfg.model).train()
+    clean = torch.randint(0, 2, (4, SEQ), generator=torch.Generator().manual_seed(0))
+    parts = denoise_batch_loss(model, clean, cfg=cfg.train, ponder_weight=0.01, precision="fp32",
+                               generator=torch.Generator().manual_seed(1))
+    parts.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.efficient_backward = False  # the same computation with plain autograd
+    denoise_batch_loss(model, clean, cfg=cfg.train, ponder_weight=0.01, precision="fp32",
+                       generator=torch.Generator().manual_seed(1)).loss.backward()
+    assert grads and "mask_emb.weight" in grads
+    for n, p in model.named_parameters():
+        if n in grads:
+            torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-6)
+
+
+def test_a_denoising_model_scales_up_and_exports_to_int8(tmp_path: Path):
+    from bit_transformer.quantization import export_int8, load_int8
+    from bit_transformer.scale import scale_up
+
+    model = _train_on("abcd" * 500, updates=20).eval()
+    grown_model = scale_up(model, layers=2, d_model=48)[0]
+    bits = torch.from_numpy(text_to_bits("abcdabcd").astype("int64"))[None]
+    noisy, _ = corrupt(bits, torch.tensor([0.5]), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(grown_model.eval()(noisy).logits, model(noisy).logits, rtol=1e-4, atol=1e-4)
+    export_int8(model, tmp_path / "q")
+    q = load_int8(tmp_path / "q")[0]
+    assert (q(noisy).logits.argmax(-1) == model(noisy).logits.argmax(-1)).float().mean() > 0.9
