@@ -37,6 +37,8 @@ class StepResult(BaseModel):
     job_id: str | None = None
     job_end: str | None = Field(None, description="A job that did not complete: its status and reason.")
     elapsed_s: float = 0.0
+    calls: int = Field(0, description="Tool calls this step made (a training step polls get_job).")
+    result_bytes: int = Field(0, description="Compact JSON bytes of the tool results it received.")
     checks: list[CheckResult] = Field(default_factory=list)
 
 
@@ -48,11 +50,22 @@ class RecipeResult(BaseModel):
     reason: str | None = Field(None, description="Why it failed, was refused or errored.")
     override: str | None = Field(None, description="Set when failed preconditions were overridden.")
     elapsed_s: float = 0.0
+    calls: int = 0
+    result_bytes: int = Field(0, description="Compact JSON bytes of every tool result of the recipe.")
+    tool_def_bytes: int = Field(0, description="calls x the model-visible tools/list bytes: a host re-sends the "
+                                "tool definitions with every model turn, one turn per call.")
+    context_bytes: int = Field(0, description="result_bytes + tool_def_bytes: the recipe's cost to an agent.")
     steps: list[StepResult] = Field(default_factory=list)
 
     @property
     def checks(self) -> list[CheckResult]:
         return [c for s in self.steps for c in s.checks]
+
+    def account(self, tools_list_bytes: int) -> None:
+        self.calls = sum(s.calls for s in self.steps)
+        self.result_bytes = sum(s.result_bytes for s in self.steps)
+        self.tool_def_bytes = self.calls * tools_list_bytes
+        self.context_bytes = self.result_bytes + self.tool_def_bytes
 
 
 class RunReport(BaseModel):
@@ -63,10 +76,22 @@ class RunReport(BaseModel):
     elapsed_s: float = 0.0
     ok: bool = False
     counts: dict[str, int] = Field(default_factory=dict)
+    tools_count: int = 0
+    tools_list_bytes: int = Field(0, description="tools/list 'tools' array, compact JSON, every tool.")
+    tools_list_bytes_model: int = Field(0, description="The same without app-only tools (what the model sees).")
+    calls: int = 0
+    result_bytes: int = Field(0, description="All tool results received, compact JSON bytes.")
+    tool_def_bytes: int = Field(0, description="Tool definitions an agent would be sent: calls x model-visible "
+                                "tools/list bytes.")
+    context_bytes: int = Field(0, description="result_bytes + tool_def_bytes.")
     recipes: list[RecipeResult] = Field(default_factory=list)
 
     def finish(self, elapsed_s: float) -> RunReport:
         self.elapsed_s = round(elapsed_s, 2)
+        self.calls = sum(r.calls for r in self.recipes)
+        self.result_bytes = sum(r.result_bytes for r in self.recipes)
+        self.tool_def_bytes = sum(r.tool_def_bytes for r in self.recipes)
+        self.context_bytes = self.result_bytes + self.tool_def_bytes
         self.counts = {s: sum(r.status == s for r in self.recipes) for s in ("passed", "failed", "refused", "error",
                                                                           "skipped")}
         self.ok = bool(self.recipes) and all(r.status == "passed" for r in self.recipes)
@@ -105,7 +130,7 @@ W = 60  # width of the check column
 def table(report: RunReport, *, verbose: bool = False) -> str:
     """The pass/fail table: per recipe its result and time, then its key checks (all with verbose) and every
     failed one, with measured and expected values."""
-    head = ("task", "result", "time", "checks", "check", "measured", "expected")
+    head = ("task", "result", "time", "checks", "check", "measured", "expected", "calls", "result KB", "context KB")
     rows: list[tuple[str, ...]] = []
     for r in report.recipes:
         shown = [c for c in r.checks if verbose or c.key or not c.ok]
@@ -114,12 +139,13 @@ def table(report: RunReport, *, verbose: bool = False) -> str:
                   "skipped": "SKIP"}[r.status]
         if r.override and r.status == "passed":
             result = "PASS*"
-        rows.append((r.id, result, f"{r.elapsed_s:.1f}s", f"{n_ok}/{len(r.checks)}", r.title[:W], "", ""))
+        rows.append((r.id, result, f"{r.elapsed_s:.1f}s", f"{n_ok}/{len(r.checks)}", r.title[:W], "", "",
+                     str(r.calls), _kb(r.result_bytes), _kb(r.context_bytes)))
         for c in shown:
             mark = "" if c.ok else ("!! " if not c.precondition else "?? ")
-            rows.append(("", "", "", "", (mark + _label(c))[:W], short(c.measured, 22), _expected(c)))
+            rows.append(("", "", "", "", (mark + _label(c))[:W], short(c.measured, 22), _expected(c), "", "", ""))
         if r.reason and r.status != "passed":
-            rows.append(("", "", "", "", ("-> " + r.reason)[:300], "", ""))
+            rows.append(("", "", "", "", ("-> " + r.reason)[:300], "", "", "", "", ""))
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     widths[4] = min(widths[4], W)
 
@@ -137,4 +163,12 @@ def table(report: RunReport, *, verbose: bool = False) -> str:
                  f"{c.get('failed', 0)} failed, {c.get('refused', 0)} refused, {c.get('error', 0)} errors "
                  f"in {report.elapsed_s:.1f} s  (!! = failed check, ?? = failed precondition, "
                  "PASS* = passed with a precondition overridden)")
+    lines.append(f"agent context: tools/list {_kb(report.tools_list_bytes_model)} KB model-visible "
+                 f"({_kb(report.tools_list_bytes)} KB all {report.tools_count} tools); {report.calls} calls received "
+                 f"{_kb(report.result_bytes)} KB of results; with the tool definitions re-sent each call "
+                 f"{_kb(report.context_bytes)} KB in total (compact JSON)")
     return "\n".join(lines)
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:.1f}"

@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from mcp_server.budget import result_bytes, tools_bytes
+
 from .expect import check, short
 from .model import ResolvedRecipe, Step
 from .report import CheckResult, RecipeResult, RunReport, StepResult
@@ -44,6 +46,9 @@ class Runner:
         self.tools: set[str] = set()
         self._last_progress = 0.0
         self._last_update: Any = None
+        self.calls = 0  # tool calls made, and bytes of the results received (what an agent would read)
+        self.bytes_in = 0
+        self.tools_bytes = (0, 0)  # tools/list: all tools, model-visible tools
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -57,6 +62,8 @@ class Runner:
                                               progress_callback=progress)
         except Exception as err:  # transport errors, timeouts, protocol errors
             raise ToolFailure(f"{tool}: {type(err).__name__}: {err}") from err
+        self.calls += 1
+        self.bytes_in += result_bytes(res)
         text = " ".join(getattr(c, "text", "") for c in (res.content or []) if getattr(c, "text", None))
         if res.is_error:
             raise ToolFailure(text.strip() or f"{tool} failed without a message")
@@ -119,6 +126,12 @@ class Runner:
 
     # ------------------------------------------------------------------------------------------------ recipes
     async def run_step(self, step: Step, results: dict[str, Any]) -> StepResult:
+        calls, seen = self.calls, self.bytes_in
+        out = await self._run_step(step, results)
+        out.calls, out.result_bytes = self.calls - calls, self.bytes_in - seen
+        return out
+
+    async def _run_step(self, step: Step, results: dict[str, Any]) -> StepResult:
         t0 = time.monotonic()
         out = StepResult(id=step.id, tool=step.tool, args=step.args, status="ok")
         try:
@@ -193,8 +206,9 @@ class Runner:
         rr.steps += [StepResult(id=s.id, tool=s.tool, args=s.args, status="skipped") for s in recipe.steps
                      if s.id not in done]
         rr.elapsed_s = round(time.monotonic() - t0, 2)
+        rr.account(self.tools_bytes[1])
         self.say(f"  => {rr.status.upper()}" + (f" (override: {rr.override})" if rr.override else "")
-                 + f" in {rr.elapsed_s:.1f}s")
+                 + f" in {rr.elapsed_s:.1f}s ({rr.calls} calls, {rr.result_bytes} result bytes)")
         return rr
 
     async def run(self, recipes: list[ResolvedRecipe]) -> RunReport:
@@ -202,6 +216,9 @@ class Runner:
         report = RunReport(scale=self.scale, server=self.server, workspace=self.workspace, started_at=time.time())
         listed = await self.client.list_tools()
         self.tools = {t.name for t in listed.tools}
+        self.tools_bytes = tools_bytes(list(listed.tools))
+        report.tools_count = len(listed.tools)
+        report.tools_list_bytes, report.tools_list_bytes_model = self.tools_bytes
         for i, recipe in enumerate(recipes, 1):
             report.recipes.append(await self.run_recipe(recipe, i, len(recipes)))
         return report.finish(time.monotonic() - t0)
