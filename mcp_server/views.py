@@ -182,6 +182,8 @@ class ChangedField(BaseModel):
 class PatchResult(ConfigView):
     changed: list[ChangedField]
     applied: bool = Field(description="False for dry_run=true (nothing was saved).")
+    notes: list[str] = Field(default_factory=list, description="How the patch was read: aliases routed, a result "
+                             "shape unwrapped.")
 
 
 class CheckpointView(Open):

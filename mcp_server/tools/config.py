@@ -46,7 +46,8 @@ def register(server: MCPServer, app) -> None:
         (parameter count, optimizer updates per epoch, estimated memory). An invalid patch changes nothing;
         the error names every bad field and why. A running job keeps the config it started with."""
         with app.config_lock:
-            new, changes = apply_patch(app.config(), patch)
+            notes: list[str] = []
+            new, changes = apply_patch(app.config(), patch, notes)
             try:
                 app.ws.confine_data(new.data)
             except WorkspaceError as err:
@@ -56,6 +57,7 @@ def register(server: MCPServer, app) -> None:
         return PatchResult(
             config=new, derived=derived_or_note(new), path=app.ws.rel(app.ws.config_path),
             changed=[ChangedField(path=p, old=o, new=n) for p, o, n in changes], applied=not dry_run,
+            notes=notes,
         )
 
     @server.tool(annotations=writes("Load and cache the training text", destructive=False, idempotent=True,

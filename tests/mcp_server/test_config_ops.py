@@ -61,3 +61,47 @@ def test_json_string_patch_is_accepted():
 
 def test_diff_nested():
     assert diff({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}, "d": 4}) == [("a.c", 2, 3), ("d", None, 4)]
+
+
+def test_other_trainers_names_are_routed_with_a_note():
+    notes: list[str] = []
+    new, changes = apply_patch(RunConfig(), {"learning_rate": 1e-3, "max_steps": 7, "n_layer": 2, "n_head": 2,
+                                             "n_embd": 32, "block_size": 72, "train": {"gradient_accumulation_steps": 2},
+                                             "model.num_layers": 3}, notes)
+    assert (new.train.lr, new.train.steps, new.train.accum_steps) == (1e-3, 7, 2)
+    assert (new.model.layers, new.model.nhead, new.model.d_model, new.model.max_seq_len) == (3, 2, 32, 72)
+    assert "learning_rate -> train.lr" in notes and "max_steps -> train.steps" in notes
+    assert "model.num_layers -> model.layers" in notes
+
+
+def test_get_config_result_shape_and_wrapper_are_accepted():
+    result = {"config": RunConfig().model_dump(mode="json"), "derived": {"params": 5}, "path": "config.json"}
+    result["config"]["train"]["lr"] = 0.01
+    notes: list[str] = []
+    new, changes = apply_patch(RunConfig(), result, notes)
+    assert changes == [("train.lr", 0.003, 0.01)] and "derived" in notes[0] and "path" in notes[0]
+    new, changes = apply_patch(RunConfig(), {"config": {"model": {"layers": 3}}})
+    assert changes == [("model.layers", 4, 3)]
+    with pytest.raises(PatchError, match="inside"):
+        apply_patch(RunConfig(), {"config": {"model": {"layers": 3}}, "train": {"lr": 1.0}})
+
+
+@pytest.mark.parametrize(("patch", "good", "bad"), [
+    ({"max_stepz": 5}, "did you mean 'steps'", "max_bytes"),
+    ({"warmup_steps": 10}, "warmup_frac is a fraction", "did you mean"),
+    ({"model": {"batch_size": 3}}, "train.batch_size", "did you mean"),
+    ({"hf_confg": "x"}, "did you mean 'hf_config'", "model"),
+    ({"config_x": {"model": {}}}, "give a section", "hf_config"),  # an object is never a string field
+    ({"lr_rate": "fast"}, "unknown field", "did you mean 'lr'"),  # a string is not a float field
+])
+def test_hints_name_only_fields_of_the_same_meaning_and_kind(patch, good, bad):
+    with pytest.raises(PatchError) as err:
+        apply_patch(RunConfig(), patch)
+    assert good in str(err.value) and bad not in str(err.value), str(err.value)
+
+
+def test_max_steps_never_suggests_max_bytes():
+    from mcp_server.config_ops import suggest
+
+    assert suggest("max_steps", 5, {"max_bytes": int, "steps": int}) == "train.steps"  # the alias, not a look-alike
+    assert suggest("max_stepss", 5, {"max_bytes": int}) is None

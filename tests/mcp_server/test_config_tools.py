@@ -67,9 +67,9 @@ async def test_invalid_patch_changes_nothing_and_names_every_field(tmp_path):
     ws = tmp_path / "ws"
     async with Client(new_server(ws)) as c:
         before = (ws / "config.json").read_text()
-        msg = error_text(await c.call_tool("patch_config", {"patch": {"model": {"d_model": 0, "heads": 2},
+        msg = error_text(await c.call_tool("patch_config", {"patch": {"model": {"d_model": 0, "nheads": 2},
                                                                        "train": {"lr": -1}}}))
-        for needle in ("model.d_model", "model.heads", "did you mean 'nhead'", "train.lr", "nothing was changed"):
+        for needle in ("model.d_model", "model.nheads", "did you mean 'nhead'", "train.lr", "nothing was changed"):
             assert needle in msg, (needle, msg)
         assert "Traceback" not in msg
         assert (ws / "config.json").read_text() == before
