@@ -40,7 +40,18 @@ class ModelConfig(_Strict):
         description="Return stitched T x T attention maps with telemetry. Defaults to off when "
         "chunk_size is set (they cost O(T^2) memory), on otherwise.",
     )
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the embeddings and residual branches.")
+    attn_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Dropout on the attention weights inside SDPA. Default 0: on CPU any value > 0 sends "
+        "attention from the fused kernel to the math path (about 6x slower training).",
+    )
+    arch: Literal["flat", "framed"] = Field(
+        "flat",
+        description="flat: one sequence position per bit (9 per byte). framed: one trunk position per 9-bit "
+        "frame, embedded from its bits, with an exact per-bit head (~9x fewer positions; max_seq_len, "
+        "chunk_size and overlap must be multiples of 9).",
+    )
     reversible: bool = Field(False, description="RevNet-style reversible blocks (activation memory flat in depth).")
     act: bool = Field(False, description="Adaptive computation time: positions halt after a variable depth.")
     act_threshold: float = Field(0.99, gt=0.0, le=1.0, description="Cumulative halting mass that stops a position.")
@@ -61,6 +72,13 @@ class ModelConfig(_Strict):
             problems.append(
                 f"overlap ({self.overlap}) must be smaller than chunk_size ({self.chunk_size})"
             )
+        if self.arch == "framed":
+            for name in ("max_seq_len", "chunk_size", "overlap"):
+                value = getattr(self, name)
+                if value is not None and value % FRAME_BITS:
+                    fix = FRAME_BITS * max(1, round(value / FRAME_BITS))
+                    problems.append(f"arch='framed' works on whole 9-bit frames: {name} ({value}) must be a "
+                                    f"multiple of {FRAME_BITS}, e.g. {name}={fix}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -190,6 +208,13 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+
+    @model_validator(mode="after")
+    def _check_arch(self) -> RunConfig:
+        if self.model.arch == "framed" and self.train.compress_prob:
+            raise ValueError("model.arch='framed' reads whole 9-bit frames, and compressed streams are not framed: "
+                             "set train.compress_prob=0 (or model.arch='flat')")
+        return self
 
     @model_validator(mode="after")
     def _check_objective(self) -> RunConfig:

@@ -84,6 +84,18 @@ class Engine:
         return plan_view(plan.model_dump(mode="json"))
 
     def derived(self, cfg) -> DerivedFacts:
+    @staticmethod
+    def kernel_notes(cfg) -> list[str]:
+        """Settings that pick a slow attention kernel on the device training would use."""
+        from bit_transformer.attention import kernel_notes
+        from bit_transformer.runtime import resolve_device
+
+        try:
+            device = resolve_device(cfg.train.device).type
+        except Exception:  # e.g. device='cuda' without CUDA: training reports that itself
+            device = cfg.train.device
+        return kernel_notes(cfg.model, device)
+
         """Parameter count, update counts and a memory estimate for ``cfg`` (cached per config)."""
         key = cfg.model_dump_json()
         cached = self._derived.get(key)
@@ -107,6 +119,7 @@ class Engine:
         except Exception as err:  # data errors are facts to report, not a failed config
             notes.append(f"data not loaded ({type(err).__name__}: {err}); update counts unknown")
         facts = DerivedFacts(params=params, seq_len=seq_len, train_windows=n_windows, plan=plan,
+        notes.extend(self.kernel_notes(cfg))
                              memory=memory_estimate(cfg, params), data=data, notes=notes)
         self._derived[key] = facts
         return facts
