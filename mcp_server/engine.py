@@ -42,6 +42,7 @@ class Engine:
         from bit_transformer.data import load_corpus
 
         data_cfg = self.ws.confine_data(data_cfg, check_files=True)  # file sources must live in the workspace
+        self.ws.drop_links(self.ws.cache_dir, what="cache")  # nothing is read or written through a cache link
         key = data_cfg.model_dump_json()
         with self.lock:
             if force or key not in self._corpora:
@@ -83,7 +84,6 @@ class Engine:
         plan = plan_training(cfg, n_windows, steps=steps, epochs=epochs, params=self.params(cfg.model))
         return plan_view(plan.model_dump(mode="json"))
 
-    def derived(self, cfg) -> DerivedFacts:
     @staticmethod
     def kernel_notes(cfg) -> list[str]:
         """Settings that pick a slow attention kernel on the device training would use."""
@@ -96,6 +96,7 @@ class Engine:
             device = cfg.train.device
         return kernel_notes(cfg.model, device)
 
+    def derived(self, cfg) -> DerivedFacts:
         """Parameter count, update counts and a memory estimate for ``cfg`` (cached per config)."""
         key = cfg.model_dump_json()
         cached = self._derived.get(key)
@@ -118,8 +119,8 @@ class Engine:
                 plan = self.plan(cfg, n_windows)
         except Exception as err:  # data errors are facts to report, not a failed config
             notes.append(f"data not loaded ({type(err).__name__}: {err}); update counts unknown")
-        facts = DerivedFacts(params=params, seq_len=seq_len, train_windows=n_windows, plan=plan,
         notes.extend(self.kernel_notes(cfg))
+        facts = DerivedFacts(params=params, seq_len=seq_len, train_windows=n_windows, plan=plan,
                              memory=memory_estimate(cfg, params), data=data, notes=notes)
         self._derived[key] = facts
         return facts
@@ -130,9 +131,18 @@ class Engine:
         from bit_transformer.checkpoint import list_checkpoints
 
         out = []
-        for run in sorted(p for p in self.ws.runs_dir.iterdir() if p.is_dir()):
-            for info in list_checkpoints(run / "checkpoints"):
-                out.append((f"{run.name}/{info.name}", info))
+        # Confined walk: runs/<run>, its checkpoints/ folder and each checkpoint must be real folders
+        # inside the workspace; symlinked ones are skipped with a warning (never listed or offered).
+        for run in (p for p in self.ws.entries(self.ws.runs_dir, what="run") if p.is_dir()):
+            root = run / "checkpoints"
+            if not root.is_dir() or not self.ws.confined(root, run):
+                if root.is_symlink():
+                    log.warning("skipping run %s: its checkpoints folder is a symlink", run.name)
+                continue
+            inside = {p.name for p in self.ws.entries(root, what="checkpoint", files=("meta.json",))}
+            for info in list_checkpoints(root):
+                if info.name in inside:
+                    out.append((f"{run.name}/{info.name}", info))
         return sorted(out, key=lambda x: (x[1].created_at, x[0]))
 
     def resolve(self, name: str | None) -> tuple[str, Path]:

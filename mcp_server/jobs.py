@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .job import ACTIVE, TERMINAL, Job
+from .worker import DISK_FULL_EXIT, disk_full_reason, is_disk_full
 from .workspace import Workspace, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ class JobManager:
 
     # ---- registry ----------------------------------------------------------------------------------
     def _recover(self) -> None:
-        for d in sorted(self.ws.jobs_dir.iterdir()) if self.ws.jobs_dir.is_dir() else []:
+        # Confined walk: a job folder (or its files) that is a symlink or leads outside is never loaded,
+        # listed or rewritten (entries() logs a warning for each one skipped).
+        for d in self.ws.entries(self.ws.jobs_dir, what="job", files=("job.json", "metrics.jsonl", "worker.log")):
             path = d / "job.json"
             if not path.is_file():
                 continue
@@ -75,6 +78,8 @@ class JobManager:
         if result.get("status") in ("completed", "gated", "failed"):
             rec["status"] = result["status"]  # it finished after the server went away
             rec["reason"] = result.get("reason")
+        elif (rec.get("error") or {}).get("reason"):  # the worker reported why it stopped (e.g. disk full)
+            rec["status"], rec["reason"] = "failed", rec["error"]["reason"]
         else:
             rec["status"] = "interrupted"
             rec["reason"] = (
@@ -88,7 +93,7 @@ class JobManager:
             # An orphan still running (server was killed): ask it to checkpoint and stop.
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
-        self._persist(job)
+        self._persist_or_log(job)
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -117,6 +122,16 @@ class JobManager:
         with job.lock:
             atomic_write_json(job.dir / "job.json", job.record)
 
+    def _persist_or_log(self, job: Job) -> bool:
+        """Persist, but never raise (the monitor thread must not die): False, with a warning, on failure."""
+        try:
+            self._persist(job)
+            return True
+        except OSError as err:
+            log.warning("job %s: could not write job.json (%s); the record is kept in memory and written "
+                        "again later", job.id, err)
+            return False
+
     # ---- start -------------------------------------------------------------------------------------
     def start(self, request: dict[str, Any]) -> Job:
         """Create a job directory, write its request and spawn the worker. Raises JobBusyError."""
@@ -131,6 +146,7 @@ class JobManager:
             request["run"] = request.get("run") or job_id  # a fresh run is named after its first job
             request["out_dir"] = str(self.ws.runs_dir / request["run"])
             request["cache_dir"] = str(self.ws.cache_dir)
+            self.ws.drop_links(self.ws.cache_dir, what="cache")  # the worker writes there: no links out
             record = {
                 "job_id": job_id, "kind": "train", "status": "starting", "reason": None,
                 "created_at": time.time(), "started_at": None, "finished_at": None, "pid": None,
@@ -166,20 +182,32 @@ class JobManager:
 
     # ---- monitor -----------------------------------------------------------------------------------
     def _monitor(self, job: Job) -> None:
-        last_status = job.status
-        while True:
-            exited = job.proc is not None and job.proc.poll() is not None
-            job.drain()
-            if job.status != last_status:
-                last_status = job.status
-                self._persist(job)
-            if exited:
+        """Tail the job's events until the worker exits, then finalise. Never dies silently: an error is
+        logged and the loop goes on; a record that cannot be written (disk full) is retried until it is."""
+        last_status, exited = job.status, False
+        while not exited:
+            try:
+                exited = job.proc is not None and job.proc.poll() is not None
                 job.drain()
-                self._finalize(job)
-                return
-            time.sleep(self.poll_s)
+                if job.status != last_status and self._persist_or_log(job):
+                    last_status = job.status
+            except Exception:
+                log.exception("job %s: monitor error (still watching)", job.id)
+            if not exited:
+                time.sleep(self.poll_s)
+        try:
+            job.drain()
+        except Exception:
+            log.exception("job %s: could not read its last events", job.id)
+        delay = 1.0
+        persisted = self._finalize(job)
+        while not persisted:  # e.g. ENOSPC: the record is final in memory; write it once space allows
+            time.sleep(delay)
+            delay = min(30.0, delay * 2)
+            persisted = self._persist_or_log(job)
 
-    def _finalize(self, job: Job) -> None:
+    def _finalize(self, job: Job) -> bool:
+        """Fold the worker's end into the record and run the finish hook; True when job.json was written."""
         code = job.proc.returncode if job.proc else None
         with job.changed:
             rec = job.record
@@ -196,19 +224,22 @@ class JobManager:
                               + ". Run train(resume=true) to continue.")
             elif error:
                 status, reason = "failed", error.get("reason") or "the worker reported an error"
+            elif code == DISK_FULL_EXIT or _disk_full_seen(job, self.ws):
+                status, reason = "failed", disk_full_reason(self.ws.root, job.dir, job.record.get("checkpoint"))
             else:
                 status, reason = "failed", _exit_reason(code, job)
             rec.update(status=status, reason=reason, finished_at=time.time(), exit_code=code)
             if status == "failed":
                 rec["log_tail"] = _log_tail(job.dir / "worker.log")
             job.changed.notify_all()
-        self._persist(job)
+        persisted = self._persist_or_log(job)  # on failure the monitor retries until it is written
         log.info("job %s finished: %s (%s)", job.id, status, reason)
         if self.on_finish is not None:
             try:
                 self.on_finish(job)
             except Exception:
                 log.exception("on_finish hook failed for %s", job.id)
+        return persisted
 
     # ---- cancel / shutdown ---------------------------------------------------------------------------
     def cancel(self, job: Job, *, force: bool = False) -> None:
@@ -219,7 +250,7 @@ class JobManager:
             job.record["cancel_requested"] = True
             job.record["status"] = "cancelling"
             job.changed.notify_all()
-        self._persist(job)
+        self._persist_or_log(job)  # a full disk must not stop the cancel request reaching the worker
         proc = job.proc
         if proc is None:
             return
@@ -325,6 +356,18 @@ def _exit_reason(code: int | None, job: Job) -> str:
                 if sig == signal.SIGKILL and not job.record.get("cancel_requested") else "")
         return f"the worker process was killed by {name}{hint}"
     return f"the worker process exited with code {code} before reporting a result; see the log tail"
+
+
+def _disk_full_seen(job: Job, ws: Workspace) -> bool:
+    """The worker died without a word: was it the disk? (its log says so, or the workspace has ~no room)."""
+    tail = _log_tail(job.dir / "worker.log") or ""
+    if "No space left on device" in tail:
+        return True
+    try:
+        st = os.statvfs(ws.root)
+    except OSError:
+        return False
+    return is_disk_full(None, free_bytes=st.f_bavail * st.f_frsize)
 
 
 def _log_tail(path: Path, n_bytes: int = 2000) -> str | None:

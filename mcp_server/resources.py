@@ -19,7 +19,7 @@ def register(server: MCPServer, app) -> None:
             d = app.ws.job_dir(job_id)
         except WorkspaceError as err:
             raise ResourceNotFoundError(str(err)) from err
-        if not (d / "job.json").is_file():
+        if not (d / "job.json").is_file() or app.jobs.get(job_id) is None:  # the registry's walk is confined
             raise ResourceNotFoundError(f"unknown job {job_id!r}; bt://jobs lists the jobs")
         return d
 

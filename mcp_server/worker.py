@@ -12,6 +12,7 @@ Nothing here writes to the MCP server's stdout: the server points our stdout/std
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -24,6 +25,36 @@ from pathlib import Path
 from typing import Any
 
 from .events import EventWriter
+
+DISK_FULL_EXIT = 28  # = ENOSPC: the worker stopped because the disk is full (the server words the reason)
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+LOW_SPACE_BYTES = 1 << 20  # a filesystem with less free than this counts as full when a worker died unexplained
+
+
+def is_disk_full(err: BaseException | None, *, free_bytes: int | None = None) -> bool:
+    """ENOSPC/EDQUOT anywhere in ``err``'s cause/context chain, or ``free_bytes`` below LOW_SPACE_BYTES."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return True
+        err = err.__cause__ or err.__context__
+    return free_bytes is not None and free_bytes < LOW_SPACE_BYTES
+
+
+def disk_full_reason(ws_root: Path, job_dir: Path, checkpoint: str | None = None) -> str:
+    """What an agent reads when the disk filled up: that it is full, where, and what to do."""
+    try:
+        st = os.statvfs(ws_root)
+        space = (f"; {st.f_bavail * st.f_frsize / 2**20:.1f} MiB free of "
+                 f"{st.f_blocks * st.f_frsize / 2**20:.0f} MiB on the filesystem holding the workspace")
+    except OSError:
+        space = ""
+    resume = f"from checkpoint {checkpoint!r}" if checkpoint else "from its last checkpoint, if it saved one"
+    return (f"the disk is full: no space left on device while writing the job's files (jobs/{job_dir.name}: "
+            f"metrics.jsonl, worker.log; runs/ checkpoints){space}. Training stopped. Free space (delete old "
+            f"runs, exports or files outside the workspace on that disk), then train(resume=true) continues "
+            f"{resume}.")
 
 
 def _watch_stdin(cancel: threading.Event, why: list[str]) -> None:
@@ -136,11 +167,26 @@ def run(job_dir: Path) -> int:
         events.emit("done", data)
         return 0
     except BaseException as err:
+        if is_disk_full(err):
+            # Appends fail now (events, even this log): try once each, then say it with the exit code.
+            reason = disk_full_reason(job_dir.parent.parent, job_dir)
+            with _quiet():
+                print(f"worker: {reason}", file=sys.stderr, flush=True)
+            with _quiet():
+                events.emit("error", {"reason": reason, "type": "DiskFull"})
+            return DISK_FULL_EXIT
         traceback.print_exc(file=sys.stderr)
         events.emit("error", {"reason": _describe(err), "type": type(err).__name__})
         return 1
     finally:
-        events.close()
+        with _quiet():  # closing flushes; on a full disk that raises again
+            events.close()
+
+
+def _quiet():
+    import contextlib
+
+    return contextlib.suppress(OSError, ValueError)
 
 
 class _ErrorsOnly(EventWriter):

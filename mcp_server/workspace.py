@@ -88,6 +88,10 @@ class Workspace:
         self._state_lock = threading.Lock()
         for sub in (self.root, self.jobs_dir, self.runs_dir, self.exports_dir, self.cache_dir):
             sub.mkdir(parents=True, exist_ok=True)
+            if sub is not self.root and not self.confined(sub, self.root):
+                # Everything under it would be read and written through the link, outside the workspace.
+                raise WorkspaceError(f"workspace folder {sub.name!r} is a symlink ({sub} -> {sub.resolve()}); "
+                                     f"replace it with a real folder inside {self.root}")
 
     # ---- folders -------------------------------------------------------------------------------
     @property
@@ -133,6 +137,47 @@ class Workspace:
                 "give a plain name without '..'"
             )
         return target
+
+    def confined(self, path: Path, base: Path | None = None) -> bool:
+        """True when ``path`` is not a symlink and resolves inside ``base`` (default: the workspace root)."""
+        base = (base or self.root).resolve()
+        try:
+            return not path.is_symlink() and path.resolve().is_relative_to(base)
+        except (OSError, RuntimeError):  # a symlink loop, or no permission to look
+            return False
+
+    def entries(self, base: Path, *, what: str, files: tuple[str, ...] = ()) -> list[Path]:
+        """The children of ``base`` (sorted) that are real and inside it; symlinks and anything resolving
+        outside are skipped with a warning. Every directory walk of the server (job recovery, checkpoint
+        listings, caches) goes through here, so a link planted in the workspace is never read, listed or
+        written through. ``files``: names inside each child that must not be links either (e.g. job.json)."""
+        try:
+            children = sorted(base.iterdir()) if base.is_dir() and self.confined(base) else []
+        except OSError as err:
+            log.warning("cannot list %s: %s", self.rel(base), err)
+            return []
+        out = []
+        for child in children:
+            bad = next((c for c in (child, *(child / f for f in files)) if (c.exists() or c.is_symlink())
+                        and not self.confined(c, base)), None)
+            if bad is not None:
+                log.warning("skipping %s %s: %s is a symlink or leaves the workspace (-> %s)",
+                            what, child.name, self.rel(bad) if bad != child else bad.name, os.path.realpath(bad))
+                continue
+            out.append(child)
+        return out
+
+    def drop_links(self, base: Path, *, what: str) -> None:
+        """Remove symlinks directly inside ``base`` (a cache: its entries are rebuilt on demand), so nothing
+        is read or written through them. Only the link itself is removed, never its target."""
+        try:
+            links = [c for c in base.iterdir() if c.is_symlink()] if base.is_dir() else []
+        except OSError:
+            return
+        for link in links:
+            log.warning("removing %s link %s (-> %s): entries must live inside the workspace",
+                        what, link.name, os.path.realpath(link))
+            link.unlink(missing_ok=True)
 
     def named(self, name: str, *, base: Path, what: str) -> Path:
         """A single path component (checkpoint, export or job name) inside ``base``."""
