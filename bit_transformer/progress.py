@@ -1,15 +1,17 @@
-"""A plain-text progress bar for training: one ``\\r``-updated line on stderr, no dependencies.
+"""Training progress for the command line: a tqdm bar on a terminal, a few plain lines anywhere else.
 
-``ProgressBar`` is a ``Trainer`` callback: it reads the 'plan', 'step', 'eval', 'checkpoint',
-'plateau' and 'done' events (step: update, loss, LR, bits/s, ETA) and draws at most one bar update per
-``min_interval`` seconds; other events print their own line.
+``ProgressBar`` is a ``Trainer`` callback reading the 'plan', 'step', 'eval', 'checkpoint', 'plateau' and
+'done' events. On a terminal it draws a tqdm bar (update / total, loss, LR, bits/s, ETA) and prints
+other events above it. When stderr is a file or a pipe (CI logs, ``2> log``) redrawn ``\\r`` frames would
+only pile up, so it writes one plain line per ``lines``-th of the run instead.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any, TextIO
+
+from tqdm import tqdm
 
 
 def _clock(seconds: float | None) -> str:
@@ -29,22 +31,22 @@ def _rate(bits_per_s: float | None) -> str:
 
 
 class ProgressBar:
-    """Trainer callback that draws a one-line, ``\\r``-updated bar on ``stream``; no dependencies."""
+    """Trainer callback: a tqdm bar when ``stream`` is a terminal, else at most ``lines`` progress lines."""
 
-    def __init__(self, stream: TextIO | None = None, width: int = 24, min_interval: float = 0.1):
+    def __init__(self, stream: TextIO | None = None, *, terminal: bool | None = None, lines: int = 10):
         self.stream = stream or sys.stderr
-        self.width = width
-        self.min_interval = min_interval
+        self.terminal = self.stream.isatty() if terminal is None else terminal
+        self.lines = max(1, lines)
         self.total = 0
-        self._last_draw = 0.0
-        self._open = False  # a bar line is on screen without its newline
+        self._next_line = 0  # plain mode: the update at which the next progress line is due
+        self._bar: tqdm | None = None
 
     def _line(self, text: str) -> None:
-        if self._open:
-            self.stream.write("\n")
-            self._open = False
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)  # above the bar, which tqdm redraws
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def __call__(self, event: str, payload: Any) -> None:
         get = (lambda k, d=None: getattr(payload, k, d)) if payload is not None else (lambda k, d=None: d)
@@ -55,21 +57,11 @@ class ProgressBar:
                 f"{get('batch_size')} x accum {get('accum_steps')}, seq {get('seq_len')} bits, "
                 f"{get('params', 0):,} params, {get('precision')} on {get('device')}"
             )
+            if self.terminal:
+                self._bar = tqdm(total=self.total, file=self.stream, unit="update", dynamic_ncols=True,
+                                 mininterval=0.1, leave=True)
         elif event == "step":
-            now = time.monotonic()
-            update = int(get("update", 0) or 0)
-            if now - self._last_draw < self.min_interval and update < self.total:
-                return
-            self._last_draw = now
-            frac = min(1.0, update / self.total) if self.total else 0.0
-            filled = int(frac * self.width)
-            bar = "#" * filled + "-" * (self.width - filled)
-            self.stream.write(
-                f"\r[{bar}] {update}/{self.total} {frac:4.0%} loss {get('loss', float('nan')):.4f} "
-                f"lr {get('lr', 0.0):.2e} {_rate(get('bits_per_s'))} ETA {_clock(get('eta_s'))} "
-            )
-            self.stream.flush()
-            self._open = True
+            self._step(int(get("update", 0) or 0), get)
         elif event == "eval":
             gate = get("gate")
             note = f" gate TRIGGERED: {gate.reason}" if gate is not None and gate.triggered else ""
@@ -79,4 +71,19 @@ class ProgressBar:
         elif event == "plateau":
             self._line(f"plateau: {payload}")
         elif event == "done":
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
             self._line(f"done: {get('status')}" + (f" ({get('reason')})" if get("reason") else ""))
+
+    def _step(self, update: int, get) -> None:
+        stats = f"loss {get('loss', float('nan')):.4f} lr {get('lr', 0.0):.2e} {_rate(get('bits_per_s'))}"
+        if self._bar is not None:
+            self._bar.set_postfix_str(stats, refresh=False)
+            self._bar.update(max(0, update - self._bar.n))
+            return
+        if update < self._next_line and update < self.total:
+            return
+        self._next_line = update + max(1, self.total // self.lines)
+        frac = min(1.0, update / self.total) if self.total else 0.0
+        self._line(f"update {update}/{self.total} {frac:4.0%} {stats} ETA {_clock(get('eta_s'))}")

@@ -128,17 +128,40 @@ def test_data_shorthand():
     assert cfg.data.source == "hf" and cfg.data.hf_name == "tiny_shakespeare" and cfg.data.hf_config is None
 
 
-def test_progress_bar_renders_plan_steps_and_evals():
-    stream = io.StringIO()
-    bar = ProgressBar(stream, min_interval=0.0)
-    bar("plan", SimpleNamespace(total_updates=10, epochs=1, updates_per_epoch=10, batch_size=4, accum_steps=1,
-                                seq_len=72, params=1234, precision="fp32", device="cpu"))
-    bar("step", SimpleNamespace(update=5, loss=0.5, lr=1e-3, bits_per_s=12_345.0, eta_s=75.0))
+PLAN = SimpleNamespace(total_updates=10, epochs=1, updates_per_epoch=10, batch_size=4, accum_steps=1, seq_len=72,
+                       params=1234, precision="fp32", device="cpu")
+
+
+def _step(update: int) -> SimpleNamespace:
+    return SimpleNamespace(update=update, loss=0.5, lr=1e-3, bits_per_s=12_345.0, eta_s=75.0)
+
+
+def test_progress_off_a_terminal_is_a_few_plain_lines():
+    stream = io.StringIO()  # not a terminal, like a CI log or `2> file`
+    bar = ProgressBar(stream, lines=5)
+    bar("plan", PLAN)
+    for u in range(1, 11):
+        bar("step", _step(u))
     bar("eval", SimpleNamespace(update=5, val_loss=0.4, val_bpb=5.2, gate=None))
     text = stream.getvalue()
-    assert "plan: 10 updates" in text
-    assert "\r[############------------] 5/10  50% loss 0.5000 lr 1.00e-03 12.3 kbit/s ETA 01:15" in text
+    assert "\r" not in text and "plan: 10 updates" in text
+    assert "update 1/10  10% loss 0.5000 lr 1.00e-03 12.3 kbit/s ETA 01:15\n" in text
+    progress = [line for line in text.splitlines() if line.startswith("update ")]
+    assert [line.split()[1] for line in progress] == ["1/10", "3/10", "5/10", "7/10", "9/10", "10/10"]
     assert "\neval @ 5: val_loss 0.4000 val_bpb 5.200\n" in text
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar():
+    stream = io.StringIO()
+    bar = ProgressBar(stream, terminal=True)
+    bar("plan", PLAN)
+    for u in range(1, 11):
+        bar("step", _step(u))
+    bar("eval", SimpleNamespace(update=10, val_loss=0.4, val_bpb=5.2, gate=None))
+    bar("done", SimpleNamespace(status="completed", reason=None))
+    text = stream.getvalue()
+    assert "\r" in text and "10/10" in text and "loss 0.5000" in text
+    assert "eval @ 10: val_loss 0.4000 val_bpb 5.200\n" in text and text.rstrip().endswith("done: completed")
 
 
 def test_train_writes_checkpoint_and_progress(trained):
@@ -146,7 +169,7 @@ def test_train_writes_checkpoint_and_progress(trained):
     assert (trained.run / "checkpoints" / "latest").is_file()
     assert "completed" in trained.stdout and "updates             4" in trained.stdout
     assert "plan: 4 updates" in trained.stderr
-    assert "\r[" in trained.stderr and "4/4 100%" in trained.stderr
+    assert "\r" not in trained.stderr and "update 4/4 100%" in trained.stderr  # stderr is a pipe: plain lines
     events = [json.loads(line)["event"] for line in (trained.run / "metrics.jsonl").read_text().splitlines()]
     assert events.count("step") == 4 and events[-1] == "done"
 
