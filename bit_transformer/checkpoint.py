@@ -240,7 +240,7 @@ def apply_qat(model: BitTransformerLM) -> BitTransformerLM:
     """The one place that prepares a model for quantization-aware training (idempotent)."""
     if getattr(model, "qat_prepared", False):
         return model
-    from .quantization import prepare_qat  # lazy: optional module, owned by the quantization helper
+    from .quantization import prepare_qat  # lazy: only QAT runs need it
 
     model = prepare_qat(model) or model
     model.qat_prepared = True  # recorded in meta.json so loading rebuilds the same structure

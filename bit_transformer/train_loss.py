@@ -47,7 +47,7 @@ def _ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None =
 
 def compressed_rows(inputs: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x, y, mask) for training on the RLE streams of ``inputs`` rows: y is x shifted by one bit."""
-    from .compression import compress_batch  # lazy: owned by the foundation helper
+    from .compression import compress_batch  # lazy: only the compression ramp needs it
 
     streams = [torch.as_tensor(s).reshape(-1).long()[: seq_len + 1] for s in compress_batch(inputs.cpu())]
     width = max(1, max(len(s) - 1 for s in streams))

@@ -449,7 +449,7 @@ class _Clock:
 def _cosine_ramp(update: int, end: float, warmup: int) -> float:
     if end <= 0:
         return 0.0
-    from .compression import cosine_ramp  # lazy: owned by the foundation helper
+    from .compression import cosine_ramp  # lazy: only a run with a ramp needs it
 
     return float(cosine_ramp(update, 0.0, end, warmup))
 

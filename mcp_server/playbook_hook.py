@@ -1,4 +1,4 @@
-"""The seam to the playbook package (built separately): the server serves its recipe *data*.
+"""The seam to the playbook package: the server serves its recipe *data* to agents.
 
 Dependency direction: ``playbook -> (MCP protocol) -> mcp_server -> bit_transformer``. The server
 only reads data from the playbook package, imported lazily; the playbook's runner talks to the
@@ -33,8 +33,8 @@ def _module():
         raise PlaybookUnavailable(f"the playbook package cannot be imported ({type(err).__name__}: {err})") from err
     if not callable(getattr(mod, "list_recipes", None)) or not callable(getattr(mod, "get_recipe", None)):
         raise PlaybookUnavailable(
-            "the playbook package is not available yet: it must provide list_recipes(scale) and "
-            "get_recipe(task_id, scale) (see mcp_server/playbook_hook.py)"
+            "the installed playbook package is incomplete: it must provide list_recipes(scale) and "
+            "get_recipe(task_id, scale) (reinstall the project: pip install -e .)"
         )
     return mod
 

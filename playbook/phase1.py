@@ -16,8 +16,6 @@ MODEL = {"layers": scaled(2, 4), "d_model": scaled(32, 128), "nhead": 4, "max_se
 TRAIN = {"batch_size": scaled(8, 32), "amp": "none", "eval_every": 1000, "save_every": 1000, "eval_batches": 2}
 PROBE_TEXT = ("Bits in, bits out: the quick brown fox jumps over the lazy dog while the transformer "
               "predicts every next bit of it.")
-# torch.compile backend for the smoke check (inductor code generation takes minutes on a small CPU).
-SMOKE_COMPILE: dict = {}
 
 
 def base(model: dict | None = None, train_: dict | None = None, *, expect=None, step_id: str = "cfg", note: str = ""):
@@ -167,7 +165,7 @@ def recipes() -> list[Recipe]:
                 "elsewhere, never failing the run.",
             seed="Enable torch.compile only if torch>=2.1 and python<3.12; else skip with a clear warning",
             steps=[*_start(),
-                   base(train_={"compile": True, "steps": 2, **SMOKE_COMPILE}),
+                   base(train_={"compile": True, "steps": 2}),
                    train(expect=completed(
                        E("plan.compile_requested", "==", True),
                        E("plan.compile_reason", "matches", r"^(compiled|skipped: .+)", key=True,

@@ -42,7 +42,7 @@ async def test_without_playbook_tools_say_why(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "playbook", types.ModuleType("playbook"))  # present but empty
     async with Client(new_server(tmp_path / "ws")) as c:
         msg = error_text(await c.call_tool("playbook_list", {}))
-        assert "list_recipes" in msg and "not available" in msg
+        assert "list_recipes" in msg and "incomplete" in msg and "pip install" in msg
         assert "not available" in error_text(await c.call_tool("playbook_step", {"task_id": "1"}))
         prompts = {p.name for p in (await c.list_prompts()).prompts}
         assert {"run_playbook", "playbook_phase_1", "playbook_phase_2"} <= prompts
