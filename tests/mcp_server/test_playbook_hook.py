@@ -43,7 +43,7 @@ async def test_without_playbook_tools_say_why(tmp_path, monkeypatch):
     async with Client(new_server(tmp_path / "ws")) as c:
         msg = error_text(await c.call_tool("playbook_list", {}))
         assert "list_recipes" in msg and "incomplete" in msg and "pip install" in msg
-        assert "not available" in error_text(await c.call_tool("playbook_step", {"task_id": "1"}))
+        assert "incomplete" in error_text(await c.call_tool("playbook_step", {"task_id": "1"}))
         prompts = {p.name for p in (await c.list_prompts()).prompts}
         assert {"run_playbook", "playbook_phase_1", "playbook_phase_2"} <= prompts
         text = (await c.get_prompt("playbook_phase_1", {"scale": "smoke"})).messages[0].content.text
