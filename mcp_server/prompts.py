@@ -12,11 +12,14 @@ from . import playbook_hook as hook
 
 log = logging.getLogger(__name__)
 
+SCALES = ("smoke", "full")
+POLL_ADVICE = ("poll get_job(job_id, wait_s=50) (compact: progress, ETA, latest step and eval) until `active` is "
+               "false, then call get_job(job_id, **fetch) once with the step's `fetch` arguments")
+
 HOW_TO = """\
 How to execute a recipe with this server's tools:
 1. Call playbook_step(task_id="{task}", scale="{scale}") to get the recipe: preconditions and ordered steps.
-2. For each step, call the named tool with exactly the given arguments. For train, pass wait_s <= 50 and then poll
-   get_job(job_id, wait_s=50) until `active` is false.
+2. For each step, call the named tool with exactly the given arguments. For train, """ + POLL_ADVICE + """.
 3. Check every expectation (field, comparison, value) against the tool's structured result. Report each as
    PASS/FAIL with the measured value. Stop the recipe at the first failed precondition and say why.
 4. Summarize: the recipe id, pass/fail per expectation, and anything surprising (e.g. a `reason` field)."""
@@ -27,7 +30,18 @@ PHASES = {
 }
 
 
+def check_scale(scale: str) -> str:
+    """An unknown scale is an error naming the valid ones (never a silently different template)."""
+    if scale not in SCALES:
+        from mcp.shared.exceptions import MCPError
+        from mcp.types import INVALID_PARAMS
+
+        raise MCPError(INVALID_PARAMS, f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
+    return scale
+
+
 def _text(target: str, scale: str, fallback: str) -> str:
+    check_scale(scale)
     try:
         text = hook.prompt_text(target, scale)
     except Exception as err:  # the playbook may be absent or broken: the generic text still helps

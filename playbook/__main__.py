@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--report", default="playbook-report.json", help="JSON report path (default %(default)s)")
     r.add_argument("--override", action="append", default=[], metavar="ID",
                    help="run this task even if its precondition fails (repeatable), e.g. --override C")
-    r.add_argument("--poll-s", type=float, default=20.0, help="get_job wait_s per poll (default %(default)s)")
+    r.add_argument("--poll-s", type=float, default=50.0, help="get_job wait_s per poll (default %(default)s; the "
+                   "call returns as soon as the job ends)")
     r.add_argument("--job-timeout", type=float, default=None,
                    help="cancel a job that runs longer (seconds; default: 300 at smoke, none at full)")
     r.add_argument("--threads", type=int, default=None,

@@ -63,6 +63,9 @@ class Step(_Data):
     precondition: bool = Field(False, description="A failed expectation refuses the recipe (it stops; the "
                                "reason is reported) instead of failing it.")
     expect: list[Expect] = Field(default_factory=list)
+    fetch: dict[str, Any] | None = Field(None, description="wait steps: after the job ends, call get_job(job_id, "
+                                         "**fetch) once; its result is what the expectations read (polls stay "
+                                         "compact). Set when the recipe is resolved.")
     expect_error: str | None = Field(None, description="Regex: the call must fail with a matching error message.")
     note: str = Field("", description="What the step does and why.")
 

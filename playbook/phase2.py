@@ -97,7 +97,8 @@ def recipes() -> list[Recipe]:
             seed="--layers 8 --d_model 256 --nhead 8 --causal true --chunk_size 128 --act true --reversible true "
                  "--checkpointing true --batch_size 64 --accum_steps 2 --amp bf16 --lr_schedule progressive_plateau "
                  "--full_attn_logging false",
-            preconditions=["Phase 1 checks pass (run them first: `--phase 1`)."],
+            preconditions=["Phase 1 checks pass: run them first (prompt playbook_phase_1, or "
+                           "playbook_step(task_id) for tasks 1-12); no step of this recipe re-checks them."],
             steps=[reset(data_cfg=A_DATA),
                    configure(A_MODEL, A_TRAIN, A_BODY),
                    train(expect=trained(
@@ -113,7 +114,8 @@ def recipes() -> list[Recipe]:
                 "bits per byte before and after quantization.",
             seed="--layers 8 --d_model 128 --nhead 8 --causal true --chunk_size 128 --quantization int8 --qat true "
                  "--reversible true --checkpointing true --batch_size 128 --accum_steps 1 --amp bf16",
-            preconditions=["Phase 1 checks pass; Task A validated."],
+            preconditions=["Phase 1 checks pass and Task A validated: run them first (playbook_step(task_id) for "
+                           "tasks 1-12 and A); no step of this recipe re-checks them."],
             steps=[reset(data_cfg=B_DATA),
                    configure(B_MODEL, B_TRAIN, B_BODY),
                    train(expect=trained()),
@@ -135,11 +137,13 @@ def recipes() -> list[Recipe]:
                  "(use only after data expansion and schedule retune)",
             preconditions=[
                 "Data expansion: C's training text grew vs Task A's at least as much as the parameter count did "
-                "(data grows with model size).",
-                f"Data covers the plan: the planned updates read each training bit at most {C_MAX_PASSES:g} times.",
+                "(data grows with model size). Checked by step [data] prepare_data(reload=false).",
+                f"Data covers the plan: the planned updates read each training bit at most {C_MAX_PASSES:g} times. "
+                "Checked by step [data] prepare_data(reload=false).",
                 "Schedule retune: peak LR <= Task A's LR x sqrt(A layers / C layers), and warm-up at least as many "
-                "updates as Task A's.",
-                "Otherwise the recipe refuses (say why); an explicit override (`--override C`) runs it anyway.",
+                "updates as Task A's. Checked by step [plan] patch_config(patch=<C's config>).",
+                "Otherwise the recipe refuses (say which check failed and its fix); only the user's explicit "
+                "request runs it anyway.",
             ],
             steps=[reset(data_cfg=A_DATA),
                    patch("baseline", A_BODY, note="Task A's configuration: the reference for the rules."),
@@ -161,7 +165,7 @@ def recipes() -> list[Recipe]:
                          "=$steps.plan.derived.params / $steps.baseline.derived.params", key=True,
                          why="training text grew at least as much as the parameter count vs Task A",
                          fix="expand the data: a larger corpus (full: wikitext-103; or data.source=files/hf with more "
-                             "text), or pass --override C"),
+                             "text), or ask the user to override the precondition"),
                        E("=$steps.plan.config.train.steps * $steps.plan.config.train.batch_size"
                          " * $steps.plan.config.train.accum_steps * $steps.plan.config.model.max_seq_len"
                          " / (9 * $.train_bytes)", "<=", C_MAX_PASSES, key=True,

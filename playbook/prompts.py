@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from .model import Expect, ResolvedRecipe, Step
-from .recipes import HOW_TO, normalize_id, resolve, select
+from .recipes import HOW_TO, POLL_S, normalize_id, resolve, select
 
 INTRO = ("You are running the BitTransformerLM optimization-and-training playbook through this MCP server's tools. "
          "Phase 1 (tasks 1-12) checks that every training-loop and runtime optimization exists and works; Phase 2 "
@@ -22,15 +22,18 @@ def _expect_line(e: Expect) -> str:
         else f" {json.dumps(e.value)}"
     extra = (" (each item)" if e.each else "") + (f" (tol {e.tol:g})" if e.tol is not None else "")
     why = f"  # {e.why}" if e.why else ""
-    return f"      - {e.path} {e.op}{value}{extra}{why}"
+    fix = f"  FIX if it fails: {e.fix}" if e.fix else ""
+    return f"      - {e.path} {e.op}{value}{extra}{why}{fix}"
 
 
 def _step_lines(i: int, s: Step) -> list[str]:
     head = f"  {i}. [{s.id}] {s.tool}({_args(s.args)})"
     if s.wait:
-        head += "  -> then get_job(job_id, wait_s=30, history=1000) until active is false"
+        head += f"  -> then poll get_job(job_id, wait_s={POLL_S}) until active is false"
+        if s.fetch:
+            head += f"; then get_job(job_id, {_args(s.fetch)}) once and check that result"
     if s.precondition:
-        head += "  [PRECONDITION: refuse the recipe if any check fails]"
+        head += "  [PRECONDITION: refuse the recipe if any check fails; report its FIX]"
     lines = [head]
     if s.note:
         lines.append(f"     {s.note}")
@@ -43,7 +46,10 @@ def recipe_prompt(r: ResolvedRecipe) -> str:
     if r.seed:
         lines.append(f"Seed instruction: {r.seed}")
     if r.preconditions:
-        lines += ["", "Preconditions:"] + [f"  - {p}" for p in r.preconditions]
+        checks = [f"[{s.id}] {s.tool}" for s in r.steps if s.precondition]
+        how = (f"the steps marked PRECONDITION ({', '.join(checks)}) check them with tool calls"
+               if checks else "no step checks them: confirm them from your earlier results")
+        lines += ["", f"Preconditions ({how}):"] + [f"  - {p}" for p in r.preconditions]
     lines += ["", "Steps (tool call, then the expectations on its result):"]
     for i, s in enumerate(r.steps, 1):
         lines += _step_lines(i, s)

@@ -10,12 +10,20 @@ from __future__ import annotations
 from functools import cache
 
 from . import phase1, phase2
+from .detail import add_detail
 from .model import SCALES, Recipe, RecipeSummary, ResolvedRecipe, Scale, resolve_scale
 
+# The one polling advice (prompts, recipes, the runner): compact polls under the ~60 s client timeout, then one
+# detailed call. 50 s polls of a <= 2 KB result cost an agent under 150 KB per hour of training.
+POLL_S = 50
+POLL_ADVICE = (
+    f"poll get_job(job_id=<the job_id it returned>, wait_s={POLL_S}) (a compact status: progress, ETA, latest "
+    "step and eval) until `active` is false, then call get_job(job_id, **fetch) once with the step's `fetch` "
+    "arguments (include=[...] detail sections, history=N); the expectations apply to that result"
+)
 HOW_TO = (
     "Execute the steps in order with this server's tools, passing each step's args exactly. For a step with "
-    "wait=true (train), call get_job(job_id=<the job_id it returned>, wait_s=30, history=1000) until `active` is "
-    "false; its expectations apply to that final get_job result. Check every expectation against the tool's "
+    f"wait=true (train), {POLL_ADVICE}. Check every expectation against the tool's "
     "structured result: `path` is a field ('plan.total_updates', 'history[-1].lr', 'layers[*].is_causal' with "
     "each=true for every item, 'evals[0:4]' a slice, 'history[update=3]' the item whose update is 3, or "
     "'=expression'); `value` is a literal, '$steps.<id>.<path>' (an earlier step's result), '$.<path>' (this "
@@ -64,7 +72,9 @@ def _resolved(task_id: str, scale: Scale) -> ResolvedRecipe:
     recipes = load_recipes()
     order = [r.id for r in recipes].index(task_id)
     data = resolve_scale(recipes[order].model_dump(mode="python"), scale)
-    return ResolvedRecipe.model_validate({**data, "scale": scale, "order": order, "how_to": HOW_TO})
+    recipe = ResolvedRecipe.model_validate({**data, "scale": scale, "order": order, "how_to": HOW_TO})
+    add_detail(recipe.steps)
+    return recipe
 
 
 def resolve(task_id: str, scale: str = "smoke") -> ResolvedRecipe:

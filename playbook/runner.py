@@ -2,8 +2,9 @@
 
 ``Runner(client, ...)`` works with any connected ``mcp.client.Client``: in-process (tests), stdio (the default:
 ``python -m mcp_server --workspace DIR`` as a subprocess) or streamable HTTP (``--url``, optional bearer token).
-Training steps start a job and poll ``get_job(job_id, wait_s, history)`` until it ends, so no single call comes
-near a client timeout; progress notifications and each poll print one line on stderr.
+Training steps start a job and poll ``get_job(job_id, wait_s)`` (compact) until it ends, so no single call comes
+near a client timeout, then fetch the detail the checks read once (``Step.fetch``); progress notifications and
+each poll print one line on stderr.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from typing import Any, TextIO
 
 from mcp_server.budget import result_bytes, tools_bytes
 
+from .detail import add_detail
 from .expect import check, short
 from .model import ResolvedRecipe, Step
+from .recipes import POLL_S
 from .report import CheckResult, RecipeResult, RunReport, StepResult
 
 ACTIVE = ("queued", "starting", "running", "cancelling")
@@ -32,7 +35,7 @@ class ToolFailure(RuntimeError):
 
 class Runner:
     def __init__(self, client: Any, *, scale: str = "smoke", overrides: set[str] | None = None,
-                 poll_s: float = 20.0, job_timeout_s: float | None = None, call_timeout_s: float = 600.0,
+                 poll_s: float = POLL_S, job_timeout_s: float | None = None, call_timeout_s: float = 600.0,
                  log: TextIO | None = None, server: str = "", workspace: str | None = None):
         self.client = client
         self.scale = scale
@@ -99,7 +102,7 @@ class Runner:
                 await self.stop_job(job_id)
                 raise ToolFailure(f"{job_id} did not finish within {self.job_timeout_s:.0f} s (stuck at update "
                                   f"{(job.get('progress') or {}).get('update', '?')}); cancelled it")
-            job = await self.call("get_job", {"job_id": job_id, "wait_s": self.poll_s, "history": 1000},
+            job = await self.call("get_job", {"job_id": job_id, "wait_s": self.poll_s},
                                   timeout=self.poll_s + 120, progress=self._progress)
             p = job.get("progress") or {}
             loss = p.get("last_loss")
@@ -144,6 +147,8 @@ class Runner:
             if step.wait:
                 out.job_id = result.get("job_id")
                 result = await self.wait_job(result)
+                if step.fetch:  # polls are compact; one call for the detail the checks read
+                    result = await self.call("get_job", {"job_id": out.job_id, **step.fetch})
                 if result.get("status") != "completed":
                     out.job_end = f"{out.job_id} {result.get('status')}: {result.get('reason') or 'no reason given'}"
         except ToolFailure as err:
@@ -176,6 +181,7 @@ class Runner:
                                        else None)
         self.say((f"[{index}/{total}] " if total else "") + f"task {recipe.id}: {recipe.title}")
         rr = RecipeResult(id=recipe.id, phase=recipe.phase, title=recipe.title, status="passed")
+        add_detail(recipe.steps)  # idempotent: resolved recipes already carry it, hand-built ones get it here
         results: dict[str, Any] = {}
         for step in recipe.steps:
             sr = await self.run_step(step, results)

@@ -48,7 +48,8 @@ def call(step_id: str, tool: str, args: dict[str, Any] | None = None, *, expect:
 def train(step_id: str = "job", *, expect: list[Expect] | None = None, note: str = "", **args: Any) -> Step:
     """A training job: the runner (or agent) polls get_job until it ends; expectations read the final view."""
     return Step(id=step_id, tool="train", args=args, wait=True, expect=list(expect or []),
-                note=note or "Start a training job and wait for it with get_job(job_id, wait_s, history=1000).")
+                note=note or "Start a training job; poll get_job(job_id, wait_s=50) until it ends, then "
+                "get_job(job_id, **fetch) once for the checks.")
 
 
 def completed(*more: Expect) -> list[Expect]:

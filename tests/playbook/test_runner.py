@@ -58,16 +58,20 @@ DONE = {"job_id": "job-0001", "status": "completed", "active": False, "plan": {"
 
 def test_train_step_polls_get_job_until_the_job_ends():
     client = FakeClient({"patch_config": [{"config": {"train": {"batch_size": 8}}}], "train": [JOB_START],
-                         "get_job": [RUNNING, RUNNING, DONE]})
+                         "get_job": [RUNNING, RUNNING, DONE, DONE]})
     steps = [patch("cfg", {"batch_size": 8}),
              train(steps=2, expect=[E("status", "==", "completed"),
                                     E("result.updates_done", "==", "$.plan.total_updates"),
                                     E("plan.total_updates", "==", "=$steps.cfg.config.train.batch_size / 4")])]
     report, log = run(client, [recipe(steps)])
     assert report.ok and exit_code(report) == 0
-    assert [c[0] for c in client.calls] == ["patch_config", "train", "get_job", "get_job", "get_job"]
+    assert [c[0] for c in client.calls] == ["patch_config", "train", "get_job", "get_job", "get_job", "get_job"]
+    assert client.calls[0][1]["include_config"] is True  # a later check reads $steps.cfg.config
     assert client.calls[1][1] == {"steps": 2, "wait_s": 0}  # train returns at once; the runner polls
-    assert client.calls[2][1] == {"job_id": "job-0001", "wait_s": 0.01, "history": 1000}
+    assert client.calls[2][1] == {"job_id": "job-0001", "wait_s": 0.01}  # compact polls
+    # then one call for exactly the detail the checks read
+    assert client.calls[5][1] == {"job_id": "job-0001", "include": ["plan", "result"]}
+    assert report.recipes[0].calls == 6 and report.recipes[0].result_bytes > 0
     assert report.recipes[0].steps[1].job_id == "job-0001"
     assert "job-0001 completed update 2/2 loss 0.5" in log
     assert log.count("working") + log.count("running update") == 1  # progress lines are throttled
