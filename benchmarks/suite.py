@@ -25,10 +25,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.common import ROOT, machine_info
+from benchmarks.common import ROOT, git_commit, machine_info
 
 BEGIN, END = "<!-- bench-table:begin -->", "<!-- bench-table:end -->"
 FIGURE = ROOT / "docs" / "figures" / "quality.png"
+# The published results (committed): what the README's table is generated from. A run of some benchmarks
+# replaces their entries and keeps the others', so no figure has to be copied by hand.
+PUBLISHED = ROOT / "docs" / "benchmarks" / "suite.json"
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ REGISTRY: dict[str, Bench] = {b.name: b for b in [
           ("--requests", "10", "--seconds", "3", "--startups", "1"), (), 30, 90),
     Bench("distributed", "data-parallel training: N processes vs 1 (CPU, gloo)", "benchmarks.bench_distributed",
           ("--quick",), (), 60, 300),
+    Bench("diffusion", "denoising (diffusion) bound vs causal bits per byte at equal updates; sampler speed",
+          "benchmarks.bench_diffusion", ("--quick",), (), 60, 600),
 ]}
 
 
@@ -110,7 +115,7 @@ def run_one(b: Bench, quick: bool, out: Path, threads: int, timeout: float | Non
             echo: bool = True) -> dict:
     """Run one benchmark in a subprocess; returns its suite entry (status, seconds, summary, result)."""
     entry = {"name": b.name, "what": b.what, "command": b.command(quick), "mode": "quick" if quick else "full",
-             "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+             "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "commit": git_commit()}
     if not b.available():
         return {**entry, "status": "missing", "seconds": 0.0, "summary": f"not run: {b.target} does not exist"}
     result = out / b.result_file
@@ -181,10 +186,14 @@ def _short(commit: str | None) -> str:
 
 def table(entries: list[dict], machine: dict) -> str:
     flags = ", ".join(machine.get("cpu_flags") or []) or "-"
+    dates = sorted(e["started"][:10] for e in entries if e.get("started")) or [machine["date"][:10]]
+    when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+    published = PUBLISHED.relative_to(ROOT).as_posix() if PUBLISHED.is_relative_to(ROOT) else str(PUBLISHED)
     lines = [f"Measured on {machine['cpu']} ({machine['cpu_count']} CPUs; {flags}), torch {machine['torch']}, Python "
-             f"{machine['python']}, {machine['date'][:10]}, commit {_short(machine.get('git_commit'))}; "
+             f"{machine['python']}, {when} (each row's date and commit: [{published}]({published})); "
              f"{machine.get('threads') or 'default'} torch thread(s) per benchmark. "
-             "Regenerate: `python -m benchmarks --update-readme`.", "",
+             "Regenerate: `python -m benchmarks --update-readme [NAME ...]` (rows not run keep their published "
+             "result).", "",
              "| what | command | result |", "| --- | --- | --- |"]
     for e in entries:
         result = e["summary"].replace("|", "/").replace("\n", " ")
@@ -198,10 +207,12 @@ def table(entries: list[dict], machine: dict) -> str:
 
 
 def merge_previous(entries: list[dict], out: Path) -> list[dict]:
-    """Entries of this run, plus earlier suite entries for benchmarks not run now (registry order)."""
+    """Entries of this run, plus earlier entries for benchmarks not run now (registry order): first those of
+    ``out/suite.json``, then the published ones (``PUBLISHED``)."""
     done = {e["name"]: e for e in entries}
-    prev_file = out / "suite.json"
-    if prev_file.is_file():
+    for prev_file in (out / "suite.json", PUBLISHED):
+        if not prev_file.is_file():
+            continue
         try:
             for e in json.loads(prev_file.read_text()).get("entries", []):
                 done.setdefault(e["name"], e)
@@ -223,8 +234,8 @@ def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> 
 
 
 def update_readme(readme: Path, block: str, entries: list[dict], *, allow_quick: bool = False,
-                  figure: Path = FIGURE) -> list[str]:
-    """Swap the table into ``readme`` and copy the quality plot; returns what was written."""
+                  figure: Path = FIGURE, publish: bool = True) -> list[str]:
+    """Swap the table into ``readme``, publish the entries and copy the quality plot; returns what was written."""
     quick = [e["name"] for e in entries if e.get("mode") == "quick"]
     if quick and not allow_quick:
         raise ValueError(f"quick-mode results for {', '.join(quick)}: the README quotes full runs "
@@ -232,10 +243,18 @@ def update_readme(readme: Path, block: str, entries: list[dict], *, allow_quick:
     readme.write_text(replace_block(readme.read_text(), block))
     written = [str(readme)]
     for e in entries:
-        if e.get("plot") and Path(e["plot"]).is_file():
+        plot = ROOT / e["plot"] if e.get("plot") else None  # published paths are relative to the repository
+        if plot is not None and plot.is_file() and plot.resolve() != figure.resolve():
             figure.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(e["plot"], figure)
+            shutil.copyfile(plot, figure)
             written.append(str(figure))
+            e["plot"] = figure.relative_to(ROOT).as_posix() if figure.is_relative_to(ROOT) else str(figure)
+    if publish:
+        PUBLISHED.parent.mkdir(parents=True, exist_ok=True)
+        keep = ("name", "what", "command", "mode", "status", "summary", "seconds", "started", "commit", "plot")
+        rows = [{k: e[k] for k in keep if k in e} for e in entries]
+        PUBLISHED.write_text(json.dumps({"entries": rows}, indent=2) + "\n")
+        written.append(str(PUBLISHED))
     return written
 
 
