@@ -9,7 +9,8 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 
 from . import playbook_hook as hook
-from .events import EventReader, num
+from .dashboard.data import compressor_baselines, to_bpb
+from .events import EventReader
 from .workspace import WorkspaceError
 
 
@@ -41,9 +42,12 @@ def register(server: MCPServer, app) -> None:
         return (job_dir(job_id) / "metrics.jsonl").read_text(encoding="utf-8")
 
     @server.resource("bt://jobs/{job_id}/loss.png", name="job-loss-curve", mime_type="image/png",
-                     description="Training and validation loss of a job as a PNG plot.")
+                     description="Training and validation bits per byte of a job, with gzip/bzip2/xz lines, as PNG.")
     def loss_png(job_id: str) -> bytes:
-        return loss_curve_png(EventReader(job_dir(job_id) / "metrics.jsonl").read_new(), title=job_id)
+        events = EventReader(job_dir(job_id) / "metrics.jsonl").read_new()
+        job = app.jobs.get(job_id)
+        baselines = compressor_baselines(app, job.record, block=True) if job is not None else None
+        return loss_curve_png(events, title=job_id, baselines=baselines)
 
     @server.resource("bt://checkpoints", name="checkpoints", mime_type="application/json",
                      description="Saved checkpoints ('<run>/<name>') with update and validation metrics.")
@@ -76,32 +80,40 @@ def register(server: MCPServer, app) -> None:
             raise ResourceNotFoundError(str(err)) from err
 
 
-def loss_curve_png(events: list[dict], title: str = "") -> bytes:
-    """Plot step loss (and validation loss at each eval) against the update number."""
+def loss_curve_figure(events: list[dict], title: str = "", baselines: dict[str, float] | None = None):
+    """Training loss and validation (dots) in bits per byte against the update, with compressor lines."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display; safe in a server thread
     from matplotlib.figure import Figure
 
-    steps = [(e["data"].get("update"), num(e["data"].get("loss"))) for e in events
-             if e.get("event") == "step" and isinstance(e.get("data"), dict)]
-    evals = [(e["data"].get("update"), num(e["data"].get("val_loss"))) for e in events
-             if e.get("event") == "eval" and isinstance(e.get("data"), dict)]
-    fig = Figure(figsize=(6, 3.5), dpi=100)
+    def points(kind: str, key: str) -> list[tuple[int, float]]:
+        rows = [(e["data"].get("update"), to_bpb(e["data"].get(key))) for e in events
+                if e.get("event") == kind and isinstance(e.get("data"), dict)]
+        return [(u, v) for u, v in rows if u is not None and v is not None]
+
+    steps, evals = points("step", "loss"), points("eval", "val_loss")
+    fig = Figure(figsize=(6.4, 3.6), dpi=100)
     ax = fig.add_subplot()
     if steps:
         ax.plot([u for u, _ in steps], [v for _, v in steps], label="train loss", lw=1)
     if evals:
-        ax.plot([u for u, _ in evals], [v for _, v in evals], "o-", label="val loss", ms=3)
+        ax.plot([u for u, _ in evals], [v for _, v in evals], "o-", label="validation", ms=3.5, lw=0.8)
+    for (name, v), style in zip(sorted((baselines or {}).items()), ("--", "-.", ":"), strict=False):
+        ax.axhline(v, ls=style, lw=1, color="0.45", label=f"{name} {v:.2f}")
     if not steps and not evals:
         ax.text(0.5, 0.5, "no steps yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("optimizer update")
-    ax.set_ylabel("loss (nats / bit)")
-    ax.set_title(f"{title} loss")
+    ax.set_ylabel("bits per byte")
+    ax.set_title(f"{title} bits per byte".strip())
     ax.grid(alpha=0.3)
     if steps or evals:
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def loss_curve_png(events: list[dict], title: str = "", baselines: dict[str, float] | None = None) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    loss_curve_figure(events, title, baselines).savefig(buf, format="png")
     return buf.getvalue()

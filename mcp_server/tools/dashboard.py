@@ -1,0 +1,75 @@
+"""The dashboard as an MCP App: the ``dashboard`` tool (the model opens it) and ``dashboard_data`` (app-only).
+
+Apps are an extension that ``MCPServer`` takes at construction, so ``build_apps(app)`` returns the
+``Apps`` instance for ``MCPServer(..., extensions=[...])`` rather than registering on a built server.
+Both tools return a one-line text result: the app's data travels as ``structuredContent`` of the
+app-only tool, which hosts hand to the app and keep out of the model's context.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from mcp.server.apps import Apps, client_supports_apps
+from mcp.server.mcpserver import Context
+from mcp.types import CallToolResult, TextContent
+from pydantic import Field
+
+from ..dashboard import URI, html
+from ..dashboard.data import find_job, snapshot, to_bpb
+from .common import guarded, read_only
+
+JobArg = Annotated[str | None, Field(max_length=80, description="Default: the active or newest job.")]
+
+
+def status_line(job) -> str:
+    """One line a person or a model can act on: status, progress, latest losses, what to call next."""
+    if job is None:
+        return "No jobs yet: train(steps=N) starts one."
+    rec = job.record
+    total = job.total_updates()
+    text = f"{job.id} {job.status}: update {job.update()}/{total or '?'}"
+    loss = to_bpb((rec.get("last_step") or {}).get("loss"))
+    if loss is not None:
+        text += f", train {loss:.3f} bpb"
+    val = (rec.get("last_eval") or {}).get("val_bpb")
+    if isinstance(val, int | float):
+        text += f", val {val:.3f} bpb"
+    if rec.get("checkpoint"):
+        text += f", checkpoint {rec['checkpoint']}"
+    return text + "."
+
+
+def build_apps(app) -> Apps:
+    apps = Apps()
+    apps.add_html_resource(URI, html(), name="dashboard", title="Training dashboard",
+                           description="Live training dashboard (MCP App).", prefers_border=True)
+
+    @apps.tool(resource_uri=URI, visibility=["model", "app"], name="dashboard",
+               description="Live training dashboard of a job (curves, gate, checkpoints, cancel/resume) in hosts "
+               "that render MCP Apps; a one-line status elsewhere.", annotations=read_only("Training dashboard"))
+    @guarded
+    def dashboard(ctx: Context, job_id: JobArg = None) -> CallToolResult:
+        # The text result is all the model sees; the app fetches its data itself (dashboard_data).
+        job = find_job(app, job_id)
+        if job_id and job is None:
+            raise ValueError(f"unknown job_id {job_id!r}; list_jobs() shows the jobs")
+        text = status_line(job)
+        if client_supports_apps(ctx):
+            text += " The dashboard shows it live."
+        elif job is not None:
+            text += f" get_job('{job.id}') has the details; bt://jobs/{job.id}/loss.png plots it."
+        return CallToolResult(content=[TextContent(type="text", text=text)],
+                              structured_content={"job_id": job.id if job else None})
+
+    @apps.tool(resource_uri=URI, visibility=["app"], name="dashboard_data", description="Dashboard data (app-only).")
+    @guarded
+    def dashboard_data(job_id: JobArg = None,
+                       since: Annotated[int, Field(ge=0, description="Only steps after this update.")] = 0
+                       ) -> CallToolResult:
+        snap = snapshot(app, job_id, since)
+        job = snap["job"]
+        text = f"{job['id']} {job['status']} {job['update']}/{job['total_updates']}" if job else snap["note"]
+        return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=snap)
+
+    return apps
