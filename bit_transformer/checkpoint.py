@@ -19,14 +19,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
-from safetensors import safe_open
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import RunConfig
@@ -49,6 +50,23 @@ class CheckpointInfo(BaseModel):
     created_at: float = 0.0
     params: int | None = None
     is_latest: bool = False
+    damaged: str | None = None  # why it cannot be loaded (a truncated or corrupt file), None when intact
+
+
+class CheckpointDamaged(ValueError):
+    """A checkpoint with a truncated, corrupt or missing file; the message names both and says what to do."""
+
+    def __init__(self, ckpt: str | Path, file: str, detail: str):
+        self.checkpoint, self.file, self.detail = Path(ckpt), file, detail
+        super().__init__(f"checkpoint {checkpoint_label(ckpt)!r} is damaged: {file} {detail}. It cannot be "
+                         "loaded; use another checkpoint from list_checkpoints() (damaged ones are marked "
+                         "'damaged'), or train again")
+
+
+def checkpoint_label(ckpt: str | Path) -> str:
+    """``<run>/<name>`` for ``<run>/checkpoints/<name>`` (how the server names it), else the folder name."""
+    p = Path(ckpt)
+    return f"{p.parent.parent.name}/{p.name}" if p.parent.name == "checkpoints" else p.name
 
 
 class LoadedCheckpoint(BaseModel):
@@ -123,8 +141,60 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, str])
 
 
 def _read_safetensors(path: Path, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    with safe_open(str(path), framework="pt", device=device) as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
+    except (SafetensorError, OSError) as err:
+        raise CheckpointDamaged(path.parent, path.name, f"cannot be read ({str(err)[:200]})") from err
+
+
+MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file, or None. Cheap: reads only the header.
+
+    Layout: 8-byte little-endian header length N, N bytes of JSON naming each tensor's byte range
+    (``data_offsets``), then the data; the file must end exactly where the last range does.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"is truncated ({size} bytes, shorter than a safetensors header)"
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER or 8 + n > size:
+                return f"is truncated or corrupt (header of {n} bytes in a file of {size} bytes)"
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    except (ValueError, UnicodeDecodeError):
+        return "is corrupt (its header is not valid JSON)"
+    if not isinstance(header, dict):
+        return "is corrupt (its header is not a JSON object)"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return "is corrupt (its header lists no valid tensor offsets)"
+    expected = 8 + n + end
+    if size < expected:
+        return f"is truncated ({size} of {expected} bytes)"
+    if size > expected:
+        return f"is corrupt ({size - expected} bytes more than its header describes)"
+    return None
+
+
+def checkpoint_problem(ckpt: Path, meta: dict[str, Any]) -> tuple[str, str] | None:
+    """(file, what is wrong) for the first damaged tensor file of a checkpoint, or None when all are intact."""
+    files = meta.get("files") or ["model.safetensors"]
+    for name in files if isinstance(files, list) else ["model.safetensors"]:
+        problem = safetensors_problem(ckpt / str(name))
+        if problem:
+            return str(name), problem
+    return None
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -221,7 +291,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def _read_meta(ckpt: Path) -> dict[str, Any]:
-    meta = json.loads((ckpt / "meta.json").read_text(encoding="utf-8"))
+    try:
+        meta = json.loads((ckpt / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointDamaged(ckpt, "meta.json", f"is not readable JSON ({str(err)[:120]})") from err
+    if not isinstance(meta, dict):
+        raise CheckpointDamaged(ckpt, "meta.json", "does not hold a JSON object")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{ckpt} is not a {FORMAT} checkpoint (format={meta.get('format')!r})")
     return meta
@@ -257,7 +332,13 @@ def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu") -> Load
     """Load everything a checkpoint holds (model rebuilt from its config; strict weight match)."""
     ckpt = resolve_checkpoint(dir)
     meta = _read_meta(ckpt)
-    config = RunConfig.model_validate(meta["config"])
+    problem = checkpoint_problem(ckpt, meta)  # cheap header/size check first: a clear error, no half-load
+    if problem:
+        raise CheckpointDamaged(ckpt, *problem)
+    try:
+        config = RunConfig.model_validate(meta["config"])
+    except (KeyError, ValidationError) as err:
+        raise CheckpointDamaged(ckpt, "meta.json", f"holds no valid run config ({str(err)[:160]})") from err
     model = build_model(config, qat=meta.get("qat", False))
     weights, _ = _read_safetensors(ckpt / "model.safetensors")
     missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -293,15 +374,26 @@ def list_checkpoints(root: str | Path) -> list[CheckpointInfo]:
     for d in sorted(base.iterdir()):
         if d.is_dir() and not d.name.startswith(".") and (d / "meta.json").is_file():
             try:
-                out.append(_info(d, _read_meta(d), latest))
-            except (ValueError, json.JSONDecodeError):
-                continue  # foreign or corrupt directory: not a checkpoint we can offer
+                meta = _read_meta(d)
+            except CheckpointDamaged as err:  # listed, marked, never offered as loadable
+                out.append(CheckpointInfo(name=d.name, path=str(d), kind="unknown", is_latest=d.name == latest,
+                                          created_at=d.stat().st_mtime, damaged=f"{err.file} {err.detail}"))
+                continue
+            except ValueError:
+                continue  # a foreign directory: not a checkpoint of ours
+            info = _info(d, meta, latest)
+            problem = checkpoint_problem(d, meta)
+            if problem:
+                info.damaged = " ".join(problem)
+            out.append(info)
     return sorted(out, key=lambda i: (i.created_at, i.name))
 
 
 def prune_checkpoints(root: str | Path, keep: int, protect: tuple[str, ...] = ()) -> list[str]:
     """Delete all but the newest ``keep`` periodic checkpoints (never 'latest' or ``protect``)."""
-    infos = [i for i in list_checkpoints(root) if i.kind == "periodic" and not i.is_latest and i.name not in protect]
+    # Damaged checkpoints are neither kept (they would take a good one's place) nor deleted (evidence).
+    infos = [i for i in list_checkpoints(root)
+             if i.kind == "periodic" and not i.is_latest and i.name not in protect and not i.damaged]
     doomed = infos[: max(0, len(infos) - max(0, keep - 1))]
     for info in doomed:
         shutil.rmtree(info.path, ignore_errors=True)

@@ -69,7 +69,7 @@ class App:
 def build_server(workspace: str | Path = "bt_workspace", *, token: str | None = None, host: str = "127.0.0.1",
                  port: int = 8000, log_level: str = "INFO") -> MCPServer:
     """The BitTransformerLM MCP server over ``workspace``; ``token`` enables bearer auth for HTTP."""
-    from . import prompts, resources
+    from . import notices, prompts, resources
     from .auth import auth_kwargs
     from .tools import register_all
     from .tools.dashboard import build_apps
@@ -97,6 +97,7 @@ def build_server(workspace: str | Path = "bt_workspace", *, token: str | None = 
         extensions=[build_apps(app)],  # MCP Apps: the live dashboard (tools/dashboard.py)
     )
     register_all(server, app)
+    notices.install(server, app.ws)  # results tell the agent when a damaged config/state was replaced
     resources.register(server, app)
     prompts.register(server, app)
     server.app_state = app  # type: ignore[attr-defined]  # for tests and the benchmark

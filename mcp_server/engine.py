@@ -150,13 +150,13 @@ class Engine:
         if name is None:
             name = self.ws.load_state().current_checkpoint
             if name is None or not self._exists(name):
-                all_ = self.checkpoints()
+                all_ = self.loadable()
                 if not all_:
                     raise EngineError("no model yet: run train(steps=...) first, or load_checkpoint(name) / "
                                       "scale_up(...) to set one")
                 name = all_[-1][0]
         elif name == "latest":
-            all_ = self.checkpoints()
+            all_ = self.loadable()
             if not all_:
                 raise EngineError("no checkpoints yet: run train(steps=...) first")
             name = all_[-1][0]
@@ -175,6 +175,10 @@ class Engine:
             raise EngineError(f"checkpoint {name!r} does not exist; list_checkpoints() shows the available names")
         return name, path
 
+    def loadable(self) -> list[tuple[str, Any]]:
+        """The checkpoints that passed the cheap damage check (what 'latest' and defaults pick from)."""
+        return [(n, info) for n, info in self.checkpoints() if not info.damaged]
+
     def _exists(self, name: str) -> bool:
         try:
             return (self.ws.checkpoint_path(name) / "meta.json").is_file()
@@ -183,14 +187,17 @@ class Engine:
 
     def model(self, name: str | None = None):
         """(name, model in eval mode, RunConfig) for a checkpoint; cached until its meta.json changes."""
-        from bit_transformer.checkpoint import load_model
+        from bit_transformer.checkpoint import CheckpointDamaged, load_model
 
         name, path = self.resolve(name)
         stamp = (path / "meta.json").stat().st_mtime
         with self.lock:
             cached = self._models.get(str(path))
             if cached is None or cached[0] != stamp:
-                model, cfg = load_model(path)
+                try:
+                    model, cfg = load_model(path)
+                except CheckpointDamaged as err:  # names the checkpoint and file and what to do
+                    raise EngineError(str(err)) from err
                 model.eval()
                 self._models = {str(path): (stamp, model, cfg)}  # keep one model in memory
                 cached = self._models[str(path)]

@@ -23,6 +23,7 @@ temporary file in the same folder and are renamed into place, so a crash never l
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -39,6 +40,14 @@ from pydantic import BaseModel, Field, ValidationError
 log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+
+CONFIG_LOST = ("the DEFAULT config is now in force (get_config shows it; patch_config to restore your settings, "
+               "the kept file shows what they were)")
+STATE_LOST = ("the record of the current checkpoint and of the one the next run starts from was lost: "
+              "evaluate/generate use the newest checkpoint (list_checkpoints; load_checkpoint(name) to choose)")
+NOTICE_TOOLS = ("get_config", "train")  # a notice is shown in these at least once...
+NOTICE_MIN_SHOWN = 3  # ...and in at least this many results,
+NOTICE_MAX_SHOWN = 12  # or in this many results, whichever tools they came from
 
 
 class WorkspaceError(ValueError):
@@ -86,6 +95,8 @@ class Workspace:
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
         self._state_lock = threading.Lock()
+        self._notice_lock = threading.Lock()
+        self._notices: list[dict[str, Any]] | None = None
         for sub in (self.root, self.jobs_dir, self.runs_dir, self.exports_dir, self.cache_dir):
             sub.mkdir(parents=True, exist_ok=True)
             if sub is not self.root and not self.confined(sub, self.root):
@@ -215,9 +226,7 @@ class Workspace:
                 raise ValueError("config.json must hold a JSON object")
             return data
         except (OSError, ValueError) as err:
-            bad = self.config_path.with_name(f"config.json.bad-{int(time.time())}")
-            os.replace(self.config_path, bad)
-            log.warning("config.json unreadable (%s); moved to %s and using defaults", err, bad.name)
+            self._set_aside(self.config_path, f"not valid JSON: {err}", CONFIG_LOST)
             return {}
 
     def load_config(self):
@@ -228,9 +237,10 @@ class Workspace:
         try:
             cfg = RunConfig.model_validate(data)
         except ValidationError as err:
-            bad = self.config_path.with_name(f"config.json.bad-{int(time.time())}")
-            os.replace(self.config_path, bad)
-            log.warning("config.json invalid (%s); moved to %s and using defaults", err, bad.name)
+            first = err.errors()[0] if err.errors() else {}
+            where = ".".join(str(p) for p in first.get("loc", ())) or "?"
+            self._set_aside(self.config_path, f"{err.error_count()} invalid field(s), first {where}: "
+                            f"{first.get('msg', err)}", CONFIG_LOST)
             cfg = RunConfig()
         if not self.config_path.exists():
             self.save_config(cfg)
@@ -246,8 +256,72 @@ class Workspace:
         try:
             return ServerState.model_validate(read_json(self.state_path))
         except (OSError, ValueError) as err:
-            log.warning("state.json unreadable (%s); starting from an empty state", err)
+            # Set aside (the next save would overwrite the evidence) and tell the agent.
+            self._set_aside(self.state_path, f"unreadable: {err}", STATE_LOST)
             return ServerState()
+
+    # ---- notices: what an agent must be told once a damaged file was replaced ---------------------------
+    @property
+    def notices_path(self) -> Path:
+        return self.root / "notices.json"
+
+    def _set_aside(self, path: Path, why: str, consequence: str) -> None:
+        """Keep a damaged file as ``<name>.bad-<ts>`` and record a pending notice (persisted, so a restarted
+        server still tells)."""
+        bad = path.with_name(f"{path.name}.bad-{int(time.time())}")
+        try:
+            os.replace(path, bad)
+            kept = f"kept as {bad.name}"
+        except FileNotFoundError:
+            return  # another thread set it aside a moment ago (and recorded the notice)
+        except OSError as err:
+            kept = f"could not be set aside ({err.strerror or err})"
+        why = " ".join(why.split())[:160]
+        log.warning("%s damaged (%s); %s; %s", path.name, why, kept, consequence)
+        self.add_notice(path.name, f"{path.name} was damaged ({why}) and was {kept}; {consequence}")
+
+    def _read_notices(self) -> list[dict[str, Any]]:
+        try:
+            data = read_json(self.notices_path)
+            return [n for n in data if isinstance(n, dict) and "text" in n] if isinstance(data, list) else []
+        except (OSError, ValueError):
+            return []
+
+    def add_notice(self, file: str, text: str) -> None:
+        with self._notice_lock:
+            notices = [n for n in self._read_notices() if n.get("file") != file]  # newest per file wins
+            notices.append({"file": file, "text": text, "shown": 0, "shown_in": []})
+            with contextlib.suppress(OSError):  # a full disk must not turn a recovery into a crash
+                atomic_write_json(self.notices_path, notices)
+            self._notices = notices
+
+    def pending_notices(self) -> list[str]:
+        """Texts of the notices not yet shown enough (cached in memory; the file is the restart copy)."""
+        with self._notice_lock:
+            if self._notices is None:
+                self._notices = self._read_notices()
+            return [n["text"] for n in self._notices]
+
+    def notices_shown(self, tool: str) -> None:
+        """One more result carried the notices. Each stays until it was in a get_config and a train result
+        and in at least NOTICE_MIN_SHOWN results, or in NOTICE_MAX_SHOWN results (whatever the tools were)."""
+        with self._notice_lock:
+            if not self._notices:
+                return
+            keep = []
+            for n in self._notices:
+                n["shown"] = int(n.get("shown", 0)) + 1
+                n["shown_in"] = sorted({*n.get("shown_in", []), tool} & set(NOTICE_TOOLS))
+                done = (n["shown"] >= NOTICE_MIN_SHOWN and set(n["shown_in"]) >= set(NOTICE_TOOLS)) \
+                    or n["shown"] >= NOTICE_MAX_SHOWN
+                if not done:
+                    keep.append(n)
+            self._notices = keep
+            with contextlib.suppress(OSError):
+                if keep:
+                    atomic_write_json(self.notices_path, keep)
+                else:
+                    self.notices_path.unlink(missing_ok=True)
 
     def save_state(self, state: ServerState) -> None:
         atomic_write_json(self.state_path, state.model_dump(mode="json"))
