@@ -67,28 +67,31 @@ async def test_dashboard_tool_degrades_to_a_status_line(trained_ws):
     assert "unknown job_id 'job-0042'" in missing
 
 
-async def test_dashboard_data_is_what_get_job_reports(trained_ws):
-    async with Client(new_server(trained_ws)) as c:
-        view = await call(c, "get_job", {"job_id": "job-0001", "history": 2000})
+async def test_dashboard_data_is_the_jobs_record(trained_ws):
+    server = new_server(trained_ws)
+    app = server.app_state
+    async with Client(server) as c:
         snap = await call(c, "dashboard_data", {})
         tail = await call(c, "dashboard_data", {"job_id": "job-0001", "since": TRAIN_STEPS - 2})
-        cks = await call(c, "list_checkpoints")
         unknown = await call(c, "dashboard_data", {"job_id": "job-0042"})
+    record = app.jobs.get("job-0001")
+    record.ensure_loaded()
     job = snap["job"]
     assert (job["id"], job["status"], job["active"]) == ("job-0001", "completed", False)
-    assert job["update"] == job["total_updates"] == view["progress"]["update"] == TRAIN_STEPS
+    assert job["update"] == job["total_updates"] == record.update() == TRAIN_STEPS
     # One point per update, in bits per byte, with the schedules the trainer reported.
     assert [s[0] for s in snap["steps"]] == list(range(1, TRAIN_STEPS + 1))
-    for (u, bpb, lr, cp), h in zip(snap["steps"], view["history"], strict=True):
+    for (u, bpb, lr, cp), h in zip(snap["steps"], record.history, strict=True):
         assert u == h["update"] and bpb == pytest.approx(h["loss"] * BPB, rel=1e-4)
         assert lr == pytest.approx(h["lr"], rel=1e-3) and cp == pytest.approx(h["compress_prob"], abs=1e-4)
     assert [s[0] for s in tail["steps"]] == [TRAIN_STEPS - 1, TRAIN_STEPS]
-    assert snap["evals"] == [[e["update"], pytest.approx(e["val_bpb"], rel=1e-4)] for e in view["evals"]]
+    assert snap["evals"] == [[e["update"], pytest.approx(e["val_bpb"], rel=1e-4)] for e in record.evals]
     assert snap["evals"] and snap["gate"]["observations"] == len(snap["evals"]) and "loss" in snap["gate"]["ema"]
     assert {"K_input", "C_input", "S"} <= set(snap["telemetry"])
-    run_cks = [ck["name"] for ck in cks["checkpoints"] if ck["name"].startswith("job-0001/")]
-    assert sorted(ck["name"] for ck in snap["checkpoints"]) == sorted(run_cks)
-    assert [ck["name"] for ck in snap["checkpoints"] if ck["current"]] == [cks["current"]]
+    run_cks = [name for name, _ in app.engine.checkpoints() if name.startswith("job-0001/")]
+    assert len(run_cks) >= 2 and sorted(ck["name"] for ck in snap["checkpoints"]) == sorted(run_cks)
+    current = app.ws.load_state().current_checkpoint
+    assert [ck["name"] for ck in snap["checkpoints"] if ck["current"]] == [current] and snap["current_checkpoint"]
     assert snap["jobs"] == [{"id": "job-0001", "status": "completed"}] and snap["latest"] == "job-0001"
     assert unknown["job"] is None and "job-0042" in unknown["note"]
 
