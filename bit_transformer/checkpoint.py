@@ -323,7 +323,10 @@ def apply_qat(model: BitTransformerLM) -> BitTransformerLM:
 
 
 def build_model(config: RunConfig, qat: bool = False) -> BitTransformerLM:
-    """A fresh model of ``config.model``, QAT-prepared when ``qat``."""
+    """A fresh model of ``config.model``, QAT-prepared when ``qat``; refuses one this machine cannot hold."""
+    from .memory_limits import check_fits
+
+    check_fits(config, purpose="building")  # ModelTooLarge (estimate, limit, fix) before any allocation
     model = BitTransformerLM(config.model)
     return apply_qat(model) if qat else model
 

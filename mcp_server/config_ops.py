@@ -332,6 +332,12 @@ def apply_patch(current: RunConfig, patch: Any,
         new = None
     if problems or new is None:
         raise PatchError("invalid patch, nothing was changed: " + "; ".join(problems))
+    from bit_transformer.memory_limits import ModelTooLarge, check_fits
+
+    try:
+        check_fits(new, purpose="training")  # refuse what this machine cannot train (estimate vs. RAM/GPU)
+    except ModelTooLarge as err:
+        raise PatchError(f"invalid patch, nothing was changed: {err}") from err
     return new, diff(base, new.model_dump(mode="json"))
 
 

@@ -210,8 +210,10 @@ class Engine:
         """An untrained model of ``cfg.model`` (seeded), for inspection before any training."""
         import torch
 
+        from bit_transformer.memory_limits import check_fits
         from bit_transformer.model import BitTransformerLM
 
+        check_fits(cfg, purpose="building")  # never build in the server what the machine cannot hold
         torch.manual_seed(cfg.train.seed)
         return BitTransformerLM(cfg.model).eval()
 
@@ -229,26 +231,13 @@ def memory_estimate(cfg, params: int) -> MemoryEstimate:
     (keys = the chunk window when chunked); bf16 halves them. Checkpointing keeps only block inputs plus
     one block's working set; reversible keeps two activations per position regardless of depth.
     """
-    m, t = cfg.model, cfg.train
-    mib = 1024.0 * 1024.0
-    T = m.max_seq_len
-    keys = T if m.chunk_size is None else min(T, m.chunk_size + m.overlap)
-    per_token_block = 34 * m.d_model + 5 * m.nhead * keys
-    value_bytes = 2 if t.amp == "bf16" else 4
-    tokens = t.batch_size * T
-    one_block = tokens * per_token_block * value_bytes
-    if m.reversible:
-        act = 2 * tokens * m.d_model * 4 + one_block
-        how = "reversible: flat in depth"
-    elif m.checkpointing:
-        act = m.layers * tokens * m.d_model * 4 + one_block
-        how = "checkpointing: block inputs + one block"
-    else:
-        act = m.layers * one_block
-        how = "all blocks' activations kept"
-    weights = params * 4
+    from bit_transformer.memory_limits import MIB, estimate
+
+    need = estimate(cfg, params)  # the same numbers the size guard (patch_config, builds, jobs) compares
     return MemoryEstimate(
-        weights_mb=round(weights / mib, 2), grads_mb=round(weights / mib, 2), optimizer_mb=round(2 * weights / mib, 2),
-        activations_mb=round(act / mib, 2), total_mb=round((4 * weights + act) / mib, 2),
-        note=f"rough estimate per micro-batch of {t.batch_size} x {T} bits ({how}); real use varies by backend",
+        weights_mb=round(need.weights / MIB, 2), grads_mb=round(need.grads / MIB, 2),
+        optimizer_mb=round(need.optimizer / MIB, 2), activations_mb=round(need.activations / MIB, 2),
+        total_mb=round(need.training / MIB, 2),
+        note=f"rough estimate per micro-batch of {cfg.train.batch_size} x {cfg.model.max_seq_len} bits "
+             f"({need.how}); real use varies by backend",
     )

@@ -127,6 +127,9 @@ def run(job_dir: Path) -> int:
             torch.set_num_threads(max(1, int(threads)))
 
         cfg = RunConfig.model_validate(request["config"])
+        from bit_transformer.memory_limits import check_fits
+
+        check_fits(cfg, purpose="training")  # fail fast with the estimate and the limit, rather than thrash
         t0 = time.perf_counter()
         corpus = None
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # multi-process: the Trainer loads it, local rank 0 first

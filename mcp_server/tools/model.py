@@ -158,6 +158,13 @@ def register(server: MCPServer, app) -> None:
             raise ToolError(f"job {busy.id} is training; scale up after it ends (or cancel_job('{busy.id}'))")
         with engine.lock:
             src, model, _ = engine.model(checkpoint)
+            from bit_transformer.config import ModelConfig
+            from bit_transformer.memory_limits import check_fits
+
+            grown = {k: v for k, v in dict(layers=layers, d_model=d_model, dim_feedforward=dim_feedforward,
+                                           nhead=nhead).items() if v is not None}
+            target = ModelConfig.model_validate({**model.cfg.model_dump(), **grown})
+            check_fits(app.config().model_copy(update={"model": target}), purpose="training")  # before building it
             from bit_transformer.checkpoint import save_checkpoint
             from bit_transformer.scale import scale_up as grow
 
