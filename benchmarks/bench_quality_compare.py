@@ -1,13 +1,18 @@
-"""Quality per compute: the bit model vs a byte-level transformer of the same size, same harness and budget.
+"""Quality per compute: the flat and the framed bit model vs a byte-level transformer of the same size, same
+harness and budget.
 
-    python -m benchmarks.bench_quality_compare [--quick] [--budgets 5 15]
+    python -m benchmarks.bench_quality_compare [--quick] [--budgets 5 15] [--arms bit framed byte]
 
 Tiny Shakespeare (first 90% of the bytes train, last 10% validate: ``data.load_corpus`` with
-``val_fraction=0.1``). For each wall-clock budget (minutes of training, evaluations excluded) two
-processes train side by side, one torch thread each, so they see the same machine load:
+``val_fraction=0.1``). For each budget (minutes of training, evaluations excluded) the arms train side by
+side, one process and one torch thread each. Budgets are process CPU time (``time.process_time``, see
+``--clock``): the machine is shared, and CPU time gives every arm the same compute whatever else runs:
 
 * the bit model: BitTransformerLM 4 layers x 64, 2 heads, 144-bit windows (16 bytes), the recipe of
   ``bench_quality`` (batch 16, AdamW lr 5e-3, cosine with 5% warm-up, dropout 0, fp32);
+* the framed bit model (``model.arch='framed'``): the same depth, heads and 144-bit windows, one trunk position
+  per 9-bit frame built from its bits, exact per-bit head; its width matched to the bit model's parameter
+  count; the byte baseline's batch (64 windows) and LR, since it computes per byte like the baseline;
 * the byte baseline (:mod:`benchmarks.byte_baseline`): the same blocks, depth and heads over bytes, its
   width matched to the bit model's parameter count, a 16-byte context (what the bit window covers),
   the same optimizer, peak LR, schedule builder, warm-up and clip; batch 64 windows (a 1.5-minute sweep
@@ -42,6 +47,7 @@ from benchmarks.report import RESULTS, write_report
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 FULL_EVAL_AT = (0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.85)
 QUICK_EVAL_AT = (0.5,)
+ARMS = ("bit", "framed", "byte")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,7 +68,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr-schedule", default="cosine")
     p.add_argument("--curve-bytes", type=int, default=None, help="val bytes per curve point (8192; quick 2048)")
     p.add_argument("--eval-bytes", type=int, default=None, help="val bytes of the final score (all; quick 8192)")
-    p.add_argument("--sequential", action="store_true", help="train the two models one after the other")
+    p.add_argument("--framed-batch-size", type=int, default=64, help="framed model's windows per batch")
+    p.add_argument("--framed-lr", type=float, default=None, help="framed model's peak LR (default: --byte-lr)")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="which models to train")
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                   help="budget clock: cpu = process CPU time (default; fair on a shared machine), wall = wall clock")
+    p.add_argument("--sequential", action="store_true", help="train the models one after the other")
+    p.add_argument("--parallel-budgets", action="store_true",
+                   help="train every budget at once (with --clock cpu the results do not change, only wall time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -70,6 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.curve_bytes = a.curve_bytes or (2048 if a.quick else 8192)
     a.eval_bytes = a.eval_bytes or (8192 if a.quick else None)
     a.byte_lr = a.byte_lr or a.lr
+    a.framed_lr = a.framed_lr or a.byte_lr
     return a
 
 
@@ -88,7 +102,21 @@ def load_split(a) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return train, val, to_bytes(train), to_bytes(val)
 
 
-def bit_job(a, train_bits, val_bits):
+def framed_width(flat_cfg, target: int) -> int:
+    """The framed model's d_model (a multiple of nhead) whose parameter count is closest to ``target``."""
+    import torch
+
+    from bit_transformer.model import BitTransformerLM
+
+    def params(d: int) -> int:
+        with torch.device("meta"):
+            return BitTransformerLM(flat_cfg.model_copy(update={"arch": "framed", "d_model": d})).num_parameters()
+
+    widths = range(flat_cfg.nhead, 4 * flat_cfg.d_model + 1, flat_cfg.nhead)
+    return min(widths, key=lambda d: abs(params(d) - target))
+
+
+def bit_job(a, train_bits, val_bits, arch: str = "flat"):
     import torch
     import torch.nn.functional as F
 
@@ -99,6 +127,9 @@ def bit_job(a, train_bits, val_bits):
 
     cfg = ModelConfig(layers=a.layers, d_model=a.d_model, nhead=a.nhead, max_seq_len=a.seq_len, dropout=0.0,
                       full_attn_logging=False)
+    target = BitTransformerLM(cfg).num_parameters()
+    if arch == "framed":
+        cfg = cfg.model_copy(update={"arch": "framed", "d_model": framed_width(cfg, target)})
     torch.manual_seed(a.seed)
     model = BitTransformerLM(cfg)
     L, offsets = a.seq_len, np.arange(a.seq_len + 1)
@@ -116,9 +147,12 @@ def bit_job(a, train_bits, val_bits):
         return evaluate_bits(m, val_bits, seq_len=L, context_bits=(L * 3 // 4) // 9 * 9, batch_size=64,
                              max_bytes=max_bytes, telemetry=False, compressors=False).bits_per_byte
 
-    job = Job("bit", model, batch, (train_bits.size - 1) // L, loss, 9 / math.log(2), evaluate)
-    model_info = {"layers": cfg.layers, "d_model": cfg.d_model, "nhead": cfg.nhead, "max_seq_len": cfg.max_seq_len}
+    name = "bit" if arch == "flat" else arch
+    job = Job(name, model, batch, (train_bits.size - 1) // L, loss, 9 / math.log(2), evaluate)
+    model_info = {"layers": cfg.layers, "d_model": cfg.d_model, "nhead": cfg.nhead, "max_seq_len": cfg.max_seq_len,
+                  "arch": cfg.arch}
     return job, {"model": model_info, "config": cfg.model_dump(), "params": model.num_parameters(),
+                 "params_vs_bit": model.num_parameters() / target - 1,
                  "window_bytes": L / 9, "eval_context_bits": (L * 3 // 4) // 9 * 9}
 
 
@@ -166,16 +200,22 @@ def worker(spec: dict) -> dict:
     if spec["kind"] == "bit":
         job, info = bit_job(a, train_bits, val_bits)
         lr, batch = a.lr, a.batch_size
+    elif spec["kind"] == "framed":
+        job, info = bit_job(a, train_bits, val_bits, arch="framed")
+        lr, batch = a.framed_lr, a.framed_batch_size
     else:
         job, info = byte_job(a, train_bytes, val_bytes)
         lr, batch = a.byte_lr, a.byte_batch_size
     train = TrainConfig(batch_size=batch, lr=lr, warmup_frac=a.warmup_frac, lr_schedule=a.lr_schedule, amp="none",
                         seed=a.seed)
     eval_at = (*(QUICK_EVAL_AT if a.quick else FULL_EVAL_AT), 1.0)
+    clock = time.process_time if a.clock == "cpu" else time.perf_counter  # one thread: process CPU = training CPU
+    t0 = time.perf_counter()
     res = train_for_budget(job, train, spec["minutes"] * 60, eval_at=eval_at, curve_bytes=a.curve_bytes,
-                           final_bytes=a.eval_bytes, seed=a.seed, log=lambda m: print(m, flush=True))
+                           final_bytes=a.eval_bytes, seed=a.seed, log=lambda m: print(m, flush=True), clock=clock)
     return {**info, **res, "kind": spec["kind"], "minutes": spec["minutes"], "lr": lr, "batch_size": batch,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "budget_clock": "process_time" if a.clock == "cpu" else
+            "perf_counter", "worker_wall_seconds": round(time.perf_counter() - t0, 1)}
 
 
 # ------------------------------------------------------------------------------------------ driver side
@@ -201,25 +241,29 @@ def _follow(started: dict, seen: dict) -> None:
             seen[k] = len(text)
 
 
-def run_budget(minutes: float, argv: list[str], a) -> dict:
-    kinds = ("bit", "byte")
-    started: dict = {}
-    seen: dict = {}
-    for k in kinds:
-        started[k] = spawn(k, minutes, argv, a.out)
-        while a.sequential and started[k][0].poll() is None:
+def run_budgets(budgets: list[float], argv: list[str], a) -> dict:
+    """Every (budget, arm) worker; one budget after the other unless ``--parallel-budgets`` (CPU-time budgets
+    stay fair under any concurrency; only wall time changes)."""
+    groups = [budgets] if a.parallel_budgets else [[m] for m in budgets]
+    runs: dict = {}
+    for group in groups:
+        started: dict = {}
+        seen: dict = {}
+        for minutes in group:
+            for k in a.arms:
+                started[(minutes, k)] = spawn(k, minutes, argv, a.out)
+                while a.sequential and started[(minutes, k)][0].poll() is None:
+                    time.sleep(2)
+                    _follow(started, seen)
+        while any(proc.poll() is None for proc, _, _ in started.values()):
             time.sleep(2)
             _follow(started, seen)
-    while any(proc.poll() is None for proc, _, _ in started.values()):
-        time.sleep(2)
         _follow(started, seen)
-    _follow(started, seen)
-    out = {}
-    for k, (proc, log, result) in started.items():
-        if proc.returncode != 0 or not result.is_file():
-            raise RuntimeError(f"the {k} worker ({minutes:g} min) failed with exit {proc.returncode}; see {log}")
-        out[k] = json.loads(result.read_text())
-    return out
+        for (minutes, k), (proc, log, result) in started.items():
+            if proc.returncode != 0 or not result.is_file():
+                raise RuntimeError(f"the {k} worker ({minutes:g} min) failed with exit {proc.returncode}; see {log}")
+            runs.setdefault(f"{minutes:g}", {})[k] = json.loads(result.read_text())
+    return {f"{m:g}": runs[f"{m:g}"] for m in budgets}
 
 
 def main(argv=None) -> dict:
@@ -235,7 +279,7 @@ def main(argv=None) -> dict:
     a.out.mkdir(parents=True, exist_ok=True)
     _, _, train_bytes, val_bytes = load_split(a)  # builds the cache once, before the workers race for it
     t0 = time.perf_counter()
-    runs = {f"{m:g}": run_budget(m, argv, a) for m in a.budgets}
+    runs = run_budgets(a.budgets, argv, a)
     scored = val_bytes[: a.eval_bytes] if a.eval_bytes else val_bytes
     r = {"benchmark": "bench_quality_compare",
          "command": "python -m benchmarks.bench_quality_compare " + " ".join(argv),
@@ -243,6 +287,7 @@ def main(argv=None) -> dict:
          "runs": runs,
          "compressors": compressor_bpb(scored.tobytes(), train_bytes.tobytes()),
          "concurrent": not a.sequential, "wall_seconds": round(time.perf_counter() - t0, 1),
+         "budget_clock": "process CPU time" if a.clock == "cpu" else "wall clock",
          "machine": machine_info()}
     r["summary"] = summary(r)
     r["plot"] = str(plot(r, a.out / "quality.png"))

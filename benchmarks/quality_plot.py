@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-NAMES = {"bit": "BitTransformerLM (bits)", "byte": "byte transformer (baseline)"}
-COLORS = {"bit": "tab:blue", "byte": "tab:orange"}
+NAMES = {"bit": "BitTransformerLM flat (bits)", "framed": "BitTransformerLM framed (bits)",
+         "byte": "byte transformer (baseline)"}
+COLORS = {"bit": "tab:blue", "framed": "tab:green", "byte": "tab:orange"}
 
 
 def _model_text(run: dict) -> str:
@@ -16,17 +17,21 @@ def _model_text(run: dict) -> str:
 
 def summary(r: dict) -> str:
     budgets = list(r["runs"])
-    per = {k: " / ".join(f"{r['runs'][b][k]['val_bits_per_byte']:.2f}" for b in budgets) for k in ("bit", "byte")}
-    diff = max(abs(r["runs"][b]["byte"]["params_vs_bit"]) for b in budgets)
+    kinds = [k for k in NAMES if all(k in r["runs"][b] for b in budgets)]
+    per = {k: " / ".join(f"{r['runs'][b][k]['val_bits_per_byte']:.2f}" for b in budgets) for k in kinds}
+    diff = max((abs(r["runs"][b][k].get("params_vs_bit", 0.0)) for b in budgets for k in kinds), default=0.0)
     comp = ", ".join(f"{k} {v:.2f}" for k, v in r["compressors"].items())
-    return (f"Tiny Shakespeare val bits/byte after {' / '.join(budgets)} CPU-min of training: bit model {per['bit']}, "
-            f"byte model {per['byte']} (same harness, params within {diff:.1%}); {comp}")
+    label = {"bit": "flat bit model", "framed": "framed bit model", "byte": "byte model"}
+    models = ", ".join(f"{label[k]} {per[k]}" for k in kinds)
+    return (f"Tiny Shakespeare val bits/byte after {' / '.join(budgets)} CPU-min of training: {models} "
+            f"(same harness, params within {diff:.1%}); {comp}")
 
 
 def markdown(r: dict) -> str:
     m = r["machine"]
-    lines = [f"Quality per compute on Tiny Shakespeare ({r['val_bytes']:,} validation bytes scored), bit and byte "
-             f"model trained {'concurrently' if r['concurrent'] else 'one after the other'}, one torch thread each, "
+    lines = [f"Quality per compute on Tiny Shakespeare ({r['val_bytes']:,} validation bytes scored), the models "
+             f"trained {'concurrently' if r['concurrent'] else 'one after the other'}, one torch thread each, budgets "
+             f"in {r.get('budget_clock', 'wall clock')}, "
              f"{m['cpu']}, torch {m['torch']}, load average at the end {m['load_avg']}.", "",
              "| model | params | budget | updates | epochs | val bits/byte |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -65,9 +70,10 @@ def plot(r: dict, path: Path) -> Path:
     if top:
         ax.set_ylim(top=min(top * 1.08, 9.5))
     ax.set_xlim(left=0)
-    ax.set_xlabel("training seconds (evaluations excluded)")
+    ax.set_xlabel(f"training seconds ({r.get('budget_clock', 'wall clock')}, evaluations excluded)")
     ax.set_ylabel("validation bits per byte")
-    ax.set_title("Tiny Shakespeare: bit-level vs byte-level transformer, same parameters and budget", fontsize=10)
+    ax.set_title("Tiny Shakespeare: flat and framed bit models vs a byte-level transformer, same parameters and "
+                 "budget", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     fig.text(0.01, 0.01, f"lines: the first {r.get('curve_bytes', 'few'):,} validation bytes during training; "

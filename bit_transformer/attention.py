@@ -85,6 +85,14 @@ class AttentionFacts:
 
 
 @dataclass
+class LayerKV:
+    """One layer's cached keys and values (B, H, T, head_dim) while decoding; None before the prefill."""
+
+    k: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+
+
+@dataclass
 class AttentionStats:
     """Telemetry of one attention layer: per-head entropy (bits) and, when logged, full maps."""
 
@@ -104,6 +112,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         self.facts = AttentionFacts()
+        self.kv: LayerKV | None = None  # set by ``kv_cache.kv_cache`` while decoding
 
     def forward(
         self, x: torch.Tensor, *, stats: bool = False, maps: bool = False
@@ -115,6 +124,11 @@ class SelfAttention(nn.Module):
         """
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.nhead, self.head_dim).permute(2, 0, 3, 1, 4)
+        kv = self.kv
+        if kv is not None and kv.k is not None:  # a decoding step: the new position against the cache
+            return self.out(self._cached_step(kv, q, k, v).transpose(1, 2).reshape(B, T, D)), None
+        if kv is not None:  # prefill: attend as usual and keep this call's keys and values
+            kv.k, kv.v = k, v
         p = self.dropout if self.training else 0.0
         if self.chunk_size is None or self.chunk_size >= T:  # one chunk is full attention
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)
@@ -123,6 +137,26 @@ class SelfAttention(nn.Module):
         else:
             y, info = self._chunked(q, k, v, p, stats or maps, maps)
         return self.out(y.transpose(1, 2).reshape(B, T, D)), info
+
+    def _cached_step(self, kv: LayerKV, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """New positions (causal) against every cached key each may see: its chunk and ``overlap`` before it.
+
+        Exactly the keys the full forward allows for those positions; one new position needs no mask."""
+        if not self.causal:
+            raise ValueError("a KV-cache step needs a causal model")
+        first = kv.k.shape[2]  # absolute index of the first new position
+        kv.k, kv.v = torch.cat([kv.k, k], dim=2), torch.cat([kv.v, v], dim=2)
+        total = kv.k.shape[2]
+        if q.shape[2] == 1:
+            t = total - 1
+            lo = 0 if self.chunk_size is None else max(0, (t // self.chunk_size) * self.chunk_size - self.overlap)
+            return F.scaled_dot_product_attention(q, kv.k[:, :, lo:], kv.v[:, :, lo:])
+        i = torch.arange(first, total, device=q.device)[:, None]
+        j = torch.arange(total, device=q.device)[None, :]
+        allowed = j <= i
+        if self.chunk_size is not None:
+            allowed &= j >= (i // self.chunk_size) * self.chunk_size - self.overlap
+        return F.scaled_dot_product_attention(q, kv.k, kv.v, attn_mask=allowed)
 
     def _full_stats(self, q: torch.Tensor, k: torch.Tensor, want_maps: bool) -> AttentionStats:
         # Explicit weights only for telemetry; the training path above never builds a dense mask.

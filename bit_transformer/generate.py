@@ -5,8 +5,13 @@ generator), and the 9th bit is *set* to their even parity, never sampled. Every 
 therefore passes the parity check and the stream always decodes; bytes that do not form valid UTF-8
 are replaced by U+FFFD, not an error.
 
-The model sees at most ``max_seq_len`` bits: the window slides over the stream in whole frames, so
-its first bit is always a frame's first bit and the phase embedding (position mod 9) stays right.
+The model sees at most ``max_seq_len`` bits, in a window that starts on a frame's first bit (so the phase
+embedding, position mod 9, stays right). Once the stream outgrows it, the window jumps forward by a quarter
+of its length (whole frames; ``context_start``), so every prediction sees between 3/4 and all of
+``max_seq_len`` bits. With ``cache=True`` (the default) the positions inside one window are decoded with a KV
+cache: the flat model runs one position per new bit, the framed model one trunk step per new byte (its eight
+data-bit conditionals all come from that step's byte distribution); each jump re-prefills the cache. With
+``cache=False`` every bit re-runs the whole window; both give the same text for the same seed.
 
 After sampling, the safety gate judges the output on its C and S floors: C is the LZ complexity of the
 generated bits (degenerate repetition has low C) and S the symbiosis between the model's predicted
@@ -15,6 +20,7 @@ probabilities for the sampled data bits and the bits actually drawn.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 
@@ -24,6 +30,8 @@ from pydantic import BaseModel, Field
 
 from .bits import parity_errors, text_to_bits
 from .config import FRAME_BITS, SafetyConfig
+from .kv_cache import kv_cache
+from .model import BitTransformerLM
 from .safety import GateDecision, SafetyGate
 from .telemetry import TelemetrySummary, lz_complexity, summarize, symbiosis
 
@@ -48,6 +56,75 @@ def window_start(n_bits: int, max_len: int) -> int:
     if n_bits <= max_len:
         return 0
     return math.ceil((n_bits - max_len) / FRAME_BITS) * FRAME_BITS
+
+
+def context_start(n_bits: int, max_len: int) -> int:
+    """First bit of the window that predicts bit ``n_bits``: 0 until the stream outgrows ``max_len`` bits,
+    then a multiple of the jump (a quarter of the window in whole frames), so that a KV cache is re-filled
+    once per jump rather than once per frame."""
+    if n_bits <= max_len:
+        return 0
+    jump = max(FRAME_BITS, (max_len // 4) // FRAME_BITS * FRAME_BITS)
+    return math.ceil((n_bits - max_len) / jump) * jump
+
+
+class _Uncached:
+    """Next-bit logits by re-running the model on the whole window."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, max_len: int):
+        self.model, self.device, self.max_len = model, device, max_len
+
+    def __call__(self, stream: list[int]) -> torch.Tensor:
+        start = context_start(len(stream), self.max_len)
+        x = torch.tensor(stream[start:], dtype=torch.long, device=self.device)[None]
+        return self.model(x).logits[0, -1].float()
+
+
+class _FlatCached(_Uncached):
+    """One new position per bit against the KV cache; a jump of the window re-prefills it."""
+
+    def __init__(self, model, device, max_len, cache):
+        super().__init__(model, device, max_len)
+        self.cache, self.start, self.fed = cache, -1, 0
+
+    def __call__(self, stream: list[int]) -> torch.Tensor:
+        start = context_start(len(stream), self.max_len)
+        if start != self.start:
+            self.cache.reset()
+            self.start, self.fed = start, start
+        x = torch.tensor(stream[self.fed :], dtype=torch.long, device=self.device)[None]
+        self.fed = len(stream)
+        return self.model(x).logits[0, -1].float()
+
+
+class _FramedCached(_Uncached):
+    """One trunk step per new frame; the frame's bit conditionals come from its byte distribution."""
+
+    def __init__(self, model, device, max_len, cache):
+        super().__init__(model, device, max_len)
+        self.cache, self.start, self.frames = cache, -1, 0  # frames: trunk inputs fed after the start frame
+        self.z: torch.Tensor | None = None
+
+    def __call__(self, stream: list[int]) -> torch.Tensor:
+        from .framed import frame_bit_logits
+
+        n = len(stream)
+        start = context_start(n, self.max_len)
+        k, j = divmod(n - start, FRAME_BITS)  # predicting bit j of window frame k
+        if start != self.start:  # prefill: [start, frames 0..k-1]
+            self.cache.reset()
+            self.start = start
+            frames = torch.tensor(stream[start : start + k * FRAME_BITS], dtype=torch.long, device=self.device)
+            self.z = self.model.trunk(frames.reshape(1, k, FRAME_BITS), start=True)[0][0, -1]
+            self.frames = k
+        elif k > self.frames:  # the previous frame is complete: one trunk step
+            lo = start + (k - 1) * FRAME_BITS
+            frame = torch.tensor(stream[lo : lo + FRAME_BITS], dtype=torch.long, device=self.device)
+            self.z = self.model.trunk(frame.reshape(1, 1, FRAME_BITS), start=False)[0][0, -1]
+            self.frames = k
+        lo = start + k * FRAME_BITS
+        frame = torch.tensor(stream[lo:n] + [0] * (FRAME_BITS - j), dtype=torch.long, device=self.device)
+        return frame_bit_logits(self.z, frame)[j]
 
 
 def sample_bit(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
@@ -80,6 +157,7 @@ def generate(
     gate: SafetyGate | None = None,
     mode: str = "auto",
     steps: int = 32,
+    cache: bool = True,
 ) -> GenerationResult:
     """Continue ``prompt`` by ``max_bytes`` bytes.
 
@@ -120,22 +198,15 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        for _ in range(max_bytes):
-            frame: list[int] = []
-            for _phase in range(8):
-                if stream:
-                    start = window_start(len(stream), max_len)
-                    x = torch.tensor(stream[start:], dtype=torch.long, device=device)[None]
-                    logits = model(x).logits[0, -1].float()
-                else:  # empty prompt: the very first bit has no context, so it is a fair coin
-                    logits = torch.zeros(2)
-                bit = sample_bit(logits, temperature, top_p, gen)
-                data_p1.append(float(torch.softmax(logits.double().cpu(), -1)[1]))
-                frame.append(bit)
-                stream.append(bit)
-            parity = sum(frame) % 2  # set, never sampled: the frame always decodes
-            stream.append(parity)
-            data_bits.extend(frame)
+        cached = cache and max_bytes > 0 and isinstance(model, BitTransformerLM)  # stand-ins re-run the window
+        with kv_cache(model) if cached else contextlib.nullcontext() as kv:
+            if kv is None:
+                next_logits = _Uncached(model, device, max_len)
+            elif model.cfg.arch == "framed":
+                next_logits = _FramedCached(model, device, max_len, kv)
+            else:
+                next_logits = _FlatCached(model, device, max_len, kv)
+            _sample(next_logits, stream, max_bytes, temperature, top_p, gen, data_bits, data_p1)
         start = window_start(len(stream), max_len)
         window = torch.tensor(stream[start:] or [0] * FRAME_BITS, dtype=torch.long, device=device)[None]
         out = model(window, return_telemetry=True)
@@ -167,3 +238,19 @@ def generate(
         telemetry=summary,
         verdict=verdict,
     )
+
+
+def _sample(next_logits, stream: list[int], max_bytes: int, temperature: float, top_p: float,
+            gen: torch.Generator, data_bits: list[int], data_p1: list[float]) -> None:
+    """Append ``max_bytes`` frames to ``stream``: 8 sampled data bits, then their parity (set, never sampled)."""
+    for _ in range(max_bytes):
+        frame: list[int] = []
+        for _phase in range(8):
+            # empty prompt: the very first bit has no context, so it is a fair coin
+            logits = next_logits(stream) if stream else torch.zeros(2)
+            bit = sample_bit(logits, temperature, top_p, gen)
+            data_p1.append(float(torch.softmax(logits.double().cpu(), -1)[1]))
+            frame.append(bit)
+            stream.append(bit)
+        stream.append(sum(frame) % 2)  # the frame always decodes
+        data_bits.extend(frame)

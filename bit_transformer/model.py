@@ -4,6 +4,9 @@ Each input position carries three embeddings: the bit itself, its absolute posit
 inside the 9-bit frame (0-7 data bits, 8 = parity). Windows start on frame boundaries, so the
 phase of position t is simply t mod 9.
 
+``model.arch='framed'`` builds :class:`framed.FramedBitTransformerLM` instead: one trunk position per
+frame, the same blocks and the same per-bit ``forward`` contract.
+
 Blocks are pre-norm; each exposes its two residual branches (``attn_branch``, ``ff_branch``) so that
 the stack can run them as ordinary residuals, with activation checkpointing, or as a reversible
 coupling (see ``reversible.py``). With ``act`` each block also owns a halting unit (see ``act.py``).
@@ -80,6 +83,15 @@ class Block(nn.Module):
 
 
 class BitTransformerLM(nn.Module):
+    def __new__(cls, cfg: ModelConfig | None = None, *args, **kwargs):
+        # BitTransformerLM(cfg) builds the architecture cfg.arch names, so every caller (training,
+        # checkpoints, scale-up, INT8, the MCP server) gets a framed model from a framed config.
+        if cls is BitTransformerLM and cfg is not None and cfg.arch == "framed":
+            from .framed import FramedBitTransformerLM  # local: framed imports this module
+
+            cls = FramedBitTransformerLM
+        return super().__new__(cls)
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -99,6 +111,7 @@ class BitTransformerLM(nn.Module):
                 block.halt.reset_parameters()  # _init zeroed its bias
         # False: same computation with ordinary autograd (no checkpointing, no reversible backward).
         self.efficient_backward = True
+        self.kv_cache = None  # a ``kv_cache.KVCache`` while decoding
         # Denoising models (causal=false) also read MASK (2), a hidden bit, with a vector of its own. Made
         # last so that a causal and a bidirectional model of one seed share every other initial weight.
         self.mask_emb = None if cfg.causal else nn.Embedding(1, cfg.d_model)
@@ -118,9 +131,10 @@ class BitTransformerLM(nn.Module):
 
     def embed(self, bits: torch.Tensor) -> torch.Tensor:
         length = bits.shape[1]
-        if length > self.cfg.max_seq_len:
-            raise ValueError(f"input has {length} bits but max_seq_len is {self.cfg.max_seq_len}")
-        pos = torch.arange(length, device=bits.device)
+        offset = self.kv_cache.length if self.kv_cache is not None else 0  # decoding: positions after the cache
+        if offset + length > self.cfg.max_seq_len:
+            raise ValueError(f"input has {offset + length} bits but max_seq_len is {self.cfg.max_seq_len}")
+        pos = torch.arange(offset, offset + length, device=bits.device)
         bits = bits.long()
         if self.mask_emb is None:
             tok = self.bit_emb(bits)
@@ -135,6 +149,8 @@ class BitTransformerLM(nn.Module):
         h = self.embed(bits)
         record = ForwardTelemetry() if return_telemetry else None
         h, ponder = self._run_blocks(h, record)
+        if self.kv_cache is not None:
+            self.kv_cache.length += bits.shape[1]
         return ModelOutput(self.head(self.ln_f(h)), ponder, record)
 
     def _run_blocks(self, h: torch.Tensor, record: ForwardTelemetry | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,6 +160,7 @@ class BitTransformerLM(nn.Module):
             res = run_stack(
                 list(self.blocks), h, act_threshold=threshold, stats=record is not None,
                 maps=cfg.attn_logging, memory_efficient=self.efficient_backward,
+                early_exit=self.kv_cache is None,
             )
             if record is not None:
                 record.attention.extend(res.attention)
@@ -155,7 +172,7 @@ class BitTransformerLM(nn.Module):
         )
         act = ACTState(h, cfg.layers, threshold, keep_probs=record is not None) if cfg.act else None
         for layer, block in enumerate(self.blocks):
-            if act is not None and not torch.is_grad_enabled() and act.all_halted():
+            if act is not None and not torch.is_grad_enabled() and act.all_halted() and self.kv_cache is None:
                 break  # early exit: halted positions are frozen and weighted 0 by every later layer
             if record is not None:
                 y, info = block.attn_branch(h, stats=True, maps=cfg.attn_logging)

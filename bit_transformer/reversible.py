@@ -231,18 +231,19 @@ def run_stack(
     stats: bool = False,
     maps: bool = False,
     memory_efficient: bool = True,
+    early_exit: bool = True,
 ) -> StackResult:
     """Run the reversible stack on the embedding x (B, T, D).
 
     With grad enabled and ``memory_efficient`` it goes through :class:`RevStackFunction`; otherwise the
     same coupling runs under ordinary autograd (the reference), and without grad ACT exits early once
-    every position has halted.
+    every position has halted (unless ``early_exit=False``: a KV cache needs every layer's keys).
     """
     params = [[p for p in b.parameters() if p.requires_grad] for b in blocks]
     spec = StackSpec(list(blocks), act_threshold, stats, maps, any(b.training for b in blocks), params)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(params))
     if not (needs_grad and memory_efficient):
-        return stack_forward(spec, x, early_exit=not torch.is_grad_enabled())[2]
+        return stack_forward(spec, x, early_exit=early_exit and not torch.is_grad_enabled())[2]
     a, b = RevStackFunction.apply(x, spec, *[p for ps in params for p in ps])
     if act_threshold is None:
         out = StackResult(out=0.5 * (a + b), ponder=x.new_zeros(()))
