@@ -72,6 +72,9 @@ class ModelConfig(_Strict):
             problems.append(
                 f"overlap ({self.overlap}) must be smaller than chunk_size ({self.chunk_size})"
             )
+        if self.arch == "framed" and not self.causal:
+            problems.append("arch='framed' predicts each frame from the frames before it: it needs causal=true (a "
+                            "bidirectional denoising model is arch='flat', causal=false, train.objective='denoise')")
         if self.arch == "framed":
             for name in ("max_seq_len", "chunk_size", "overlap"):
                 value = getattr(self, name)

@@ -45,6 +45,7 @@ class Uniform(nn.Module):
     ({"train": {"objective": "denoise"}}, ("train.objective='denoise'", "model.causal=false")),
     ({"model": {"causal": False}, "train": {"objective": "denoise", "compress_prob": 0.5}}, ("compress_prob",)),
     ({"model": {"causal": False, "max_seq_len": 100}, "train": {"objective": "denoise"}}, ("max_seq_len",)),
+    ({"model": {"causal": False, "arch": "framed"}, "train": {"objective": "denoise"}}, ("arch='framed'", "causal")),
 ])
 def test_mismatched_objective_and_attention_are_refused_naming_both_fields(patch, fields):
     with pytest.raises(ValidationError) as err:
