@@ -93,7 +93,7 @@ def snapshot(app, job_id: str | None = None, since: int = 0) -> dict[str, Any]:
             "best_val_bpb": _sig(result.get("best_val_bpb"), 5), "checkpoint": rec.get("checkpoint"),
             "plan": {k: plan.get(k) for k in ("precision", "device", "params", "world_size", "batch_size",
                                                 "seq_len", "epochs") if plan.get(k) is not None},
-            "data": (rec.get("data") or {}).get("source_id"),
+            "data": _short_source((rec.get("data") or {}).get("source_id")),
         },
         # [update, train loss (bpb), learning rate, compression probability]
         "steps": [[int(p.get("update") or 0), to_bpb(p.get("loss")), _sig(p.get("lr")), _sig(p.get("compress_prob"))]
@@ -113,6 +113,13 @@ def snapshot(app, job_id: str | None = None, since: int = 0) -> dict[str, Any]:
         "baselines": compressor_baselines(app, rec, block=False),
     })
     return out
+
+
+def _short_source(source_id: str | None) -> str | None:
+    """'files:/abs/ws/data/a.txt,...' -> 'files:a.txt,...': the server's paths stay on the server."""
+    if not source_id or not source_id.startswith("files:"):
+        return source_id
+    return "files:" + ",".join(part.rsplit("/", 1)[-1] for part in source_id[len("files:"):].split(","))
 
 
 def _checkpoints(app, run: str, current: str | None) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@
 //   read                   what the dashboard shows (status text, update, curve points, ...)
 //   wait {until, timeout_s} poll `read` until the JS expression `until` (over `r`) is true
 //   click {selector}       click a control inside the app
-//   screenshot {path}      PNG of the host page with the app in it
+//   screenshot {path}      PNG of the app's frame in the host page
 //   quit
 import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
@@ -81,7 +81,7 @@ const commands = {
   read: async () => ({ r: await read() }),
   wait,
   click: async ({ selector }) => { await app.locator(selector).click(); return {}; },
-  screenshot: async ({ path }) => { await page.screenshot({ path, fullPage: true }); return {}; },
+  screenshot: async ({ path }) => { await page.locator("#frame").screenshot({ path }); return {}; },
   diagnostics: async () => ({ appRequests, consoleErrors }),
   quit: async () => { if (browser) await browser.close(); process.exit(0); },
 };

@@ -25,9 +25,18 @@ from .conftest import TINY, call
 
 ROOT = Path(__file__).resolve().parents[2]
 BROWSER_DIR = ROOT / "tests" / "browser"
-JOB1_UPDATES = 30
+# BT_DASHBOARD_FIGURE=1 trains a longer first job on Tiny Shakespeare (from ../shared/data) for the README's
+# picture, with the same assertions: BT_DASHBOARD_FIGURE=1 BT_DASHBOARD_SCREENSHOT=docs/figures/dashboard.png
+FIGURE = os.environ.get("BT_DASHBOARD_FIGURE") == "1"
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+JOB1_UPDATES = 400 if FIGURE else 30
+EVAL_EVERY = 20 if FIGURE else 5
 JOB2_UPDATES = 1_000_000  # never finishes: the test cancels it from the dashboard
-CONFIG = {**TINY, "train": {**TINY["train"], "eval_every": 5, "save_every": 10}}
+CONFIG = {**TINY, "train": {**TINY["train"], "eval_every": EVAL_EVERY, "save_every": 10}}
+if FIGURE:
+    CONFIG = {"model": {**TINY["model"], "d_model": 64, "max_seq_len": 144},
+              "train": {**CONFIG["train"], "batch_size": 16, "save_every": 100},
+              "data": {"source": "files", "paths": ["data/input.txt"], "max_bytes": None}}
 
 
 def _chromium() -> str:
@@ -92,6 +101,9 @@ class Driver:
 @pytest.fixture
 def http_server(tmp_path):
     port = _free_port()
+    if FIGURE:
+        (tmp_path / "ws" / "data").mkdir(parents=True)
+        shutil.copy(SHAKESPEARE, tmp_path / "ws" / "data" / "input.txt")
     env = {**os.environ, "BT_TORCH_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "mcp_server", "--http", "--port", str(port), "--workspace",
                              str(tmp_path / "ws"), "--log-level", "WARNING"], env=env, cwd=ROOT)
@@ -154,7 +166,7 @@ async def test_dashboard_in_chromium(http_server, tmp_path):
             row = await job_row(c, job1)
             assert row["status"] == "completed" and row["update"] == row["total_updates"] == JOB1_UPDATES, row
             assert r["status"] == "completed" and r["points"] == JOB1_UPDATES, r
-            assert r["val_points"] == await count_events(c, job1, "eval") >= JOB1_UPDATES // 5
+            assert r["val_points"] == await count_events(c, job1, "eval") >= JOB1_UPDATES // EVAL_EVERY
             assert row["checkpoint"] in r["checkpoints"], (r["checkpoints"], row)
             assert r["cancel_enabled"] is False and r["evaluate_enabled"] is True
             assert r["gate"] and r["telemetry"], r
