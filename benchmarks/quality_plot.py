@@ -17,9 +17,11 @@ def _model_text(run: dict) -> str:
 
 def summary(r: dict) -> str:
     budgets = list(r["runs"])
-    kinds = [k for k in NAMES if all(k in r["runs"][b] for b in budgets)]
-    per = {k: " / ".join(f"{r['runs'][b][k]['val_bits_per_byte']:.2f}" for b in budgets) for k in kinds}
-    diff = max((abs(r["runs"][b][k].get("params_vs_bit", 0.0)) for b in budgets for k in kinds), default=0.0)
+    kinds = [k for k in NAMES if any(k in r["runs"][b] for b in budgets)]
+    per = {k: " / ".join(f"{r['runs'][b][k]['val_bits_per_byte']:.2f}" if k in r["runs"][b] else "not run"
+                         for b in budgets) for k in kinds}
+    diff = max((abs(r["runs"][b][k].get("params_vs_bit", 0.0)) for b in budgets for k in kinds if k in r["runs"][b]),
+               default=0.0)
     comp = ", ".join(f"{k} {v:.2f}" for k, v in r["compressors"].items())
     label = {"bit": "flat bit model", "framed": "framed bit model", "byte": "byte model"}
     models = ", ".join(f"{label[k]} {per[k]}" for k in kinds)

@@ -249,8 +249,16 @@ def scale_up(
 
     out: dict[str, torch.Tensor] = {}
     pos = sd["pos_emb.weight"]
-    reps = -(-new_cfg.max_seq_len // cfg.max_seq_len)
-    out["pos_emb.weight"] = w.stream(pos.repeat(reps, 1)[: new_cfg.max_seq_len], 1)
+    rows = fresh["pos_emb.weight"].shape[0]  # max_seq_len bits (flat) or frames + 1 (framed)
+    reps = -(-rows // pos.shape[0])
+    out["pos_emb.weight"] = w.stream(pos.repeat(reps, 1)[:rows], 1)
+    if "start" in sd:  # framed: the start frame and the frame embedding MLP (hidden width = d_model)
+        out["start"] = w.stream(sd["start"], 0)
+        hidden = torch.arange(cfg.d_model)
+        out["frame_in.0.weight"] = w.vector("frame_in.0.weight", sd["frame_in.0.weight"], hidden)
+        out["frame_in.0.bias"] = w.vector("frame_in.0.bias", sd["frame_in.0.bias"], hidden)
+        out["frame_in.2.weight"] = w.writer(sd["frame_in.2.weight"], hidden, new_cfg.d_model)  # new units write 0
+        out["frame_in.2.bias"] = w.stream(sd["frame_in.2.bias"], 0)
     for name in ("bit_emb.weight", "phase_emb.weight", "mask_emb.weight"):  # mask_emb: denoising models only
         if name in sd:
             out[name] = w.stream(sd[name], 1)

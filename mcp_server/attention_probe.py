@@ -110,6 +110,7 @@ def _layer_row(attn, i: int, x, fact, include_maps: bool, dense_chunk_mask, T: i
     match = diff = edge = None
     avg_map = None
     if x is not None:
+        T = x.shape[1]  # positions attention runs over: bits (flat) or frames + 1 (framed)
         saved = attn.facts
         _, info = attn(x, stats=True, maps=True)  # stitched maps when chunked, explicit weights otherwise
         attn.facts = saved  # keep the facts of the real forward

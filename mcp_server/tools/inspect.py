@@ -122,7 +122,7 @@ def register(server: MCPServer, app) -> None:
             if checkpoint is not None:
                 raise
             return engine.fresh_model(cfg), f"fresh model of the config (seed {cfg.train.seed}; no checkpoint yet)"
-        arch = ("layers", "d_model", "nhead", "dim_feedforward", "max_seq_len", "act", "reversible")
+        arch = ("arch", "layers", "d_model", "nhead", "dim_feedforward", "max_seq_len", "act", "reversible")
         if checkpoint is None and any(getattr(model.cfg, k) != getattr(cfg.model, k) for k in arch):
             return engine.fresh_model(cfg), f"fresh model of the config (current model {name} has another shape)"
         return model, f"checkpoint {name}"
