@@ -196,6 +196,18 @@ async def test_dashboard_in_chromium(http_server, tmp_path):
             assert r["job"] == job2 and r["points"] == r["update"] == row["update"], r
             assert r["resume_enabled"] is True and r["cancel_enabled"] is False
 
+            # Resume: a third job continues job 2's run from its checkpoint; the curve counts only its own updates.
+            done2 = row["update"]
+            browser("click", selector="#resume")
+            r = browser.wait(f"r.job !== '{job2}' && r.status === 'running' && r.update >= {done2 + 2}",
+                             timeout_s=180)
+            job3 = r["job"]
+            assert r["points"] == r["update"] - done2, r
+            browser("click", selector="#cancel")
+            r = browser.wait("r.status === 'cancelled'", timeout_s=180)
+            row = await job_row(c, job3)
+            assert row["status"] == "cancelled" and row["update"] == r["update"] > done2, (row, r)
+
             # Self-contained: the app itself requested nothing over the network (its CSP allows nothing).
             diag = browser("diagnostics")
             assert diag["appRequests"] == [], diag
