@@ -9,6 +9,7 @@ and cached in the workspace's data cache.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -66,9 +67,10 @@ def snapshot(app, job_id: str | None = None, since: int = 0) -> dict[str, Any]:
         out["note"] = f"unknown job {job_id!r}" if job_id else "no jobs yet: train(steps=N) starts one"
         return out
     job.ensure_loaded()
-    with job.lock:
+    with job.lock:  # one consistent view: the record's last step is the history's last point
         rec = dict(job.record)
-        hist = list(job.history)
+        # Updates only grow within a job, so the new points are a tail: no copy of a long history per poll.
+        new = job.history[bisect.bisect_right(job.history, since, key=lambda p: int(p.get("update") or 0)):]
         evals = list(job.evals)
         telemetry = dict(job.telemetry) if job.telemetry else None
     last = rec.get("last_step") or {}
@@ -77,7 +79,6 @@ def snapshot(app, job_id: str | None = None, since: int = 0) -> dict[str, Any]:
     update = job.update()
     start = rec.get("started_at") or rec.get("created_at")
     elapsed = (rec.get("finished_at") or time.time()) - start if start else None
-    new = [p for p in hist if int(p.get("update") or 0) > since]
     downsampled = since == 0 and len(new) > MAX_POINTS
     if downsampled:
         new = downsample(new, MAX_POINTS)
