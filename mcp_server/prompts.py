@@ -25,7 +25,8 @@ How to execute a recipe with this server's tools:
 4. Summarize: the recipe id, pass/fail per expectation, and anything surprising (e.g. a `reason` field)."""
 
 PHASES = {
-    "1": "Phase 1 (tasks 1-12): checks that each training-loop and runtime optimization is present and works.",
+    "1": "Phase 1 (tasks 1-12, then the sanity fit): checks that each training-loop and runtime optimization is "
+         "present and works, and that a small model really learns.",
     "2": "Phase 2 (tasks A, B, C): the training recipes with the playbook's exact hyperparameters, each validated.",
 }
 
@@ -77,7 +78,8 @@ def _task_prompt(task_id: str, title: str):
 def register(server: MCPServer, app) -> None:
     def run_playbook(scale: str = "smoke") -> str:
         """Execute the whole playbook (Phase 1 then Phase 2) through this server's tools."""
-        fallback = ("Run the BitTransformerLM playbook top to bottom: Phase 1 tasks 1-12, then Phase 2 tasks A, B, C. "
+        fallback = ("Run the BitTransformerLM playbook top to bottom: Phase 1 tasks 1-12 and the sanity fit, then "
+                    "Phase 2 tasks A, B, C. "
                     f"Call playbook_list(scale=\"{scale}\") for the order.\n\n"
                     + HOW_TO.format(task="<id>", scale=scale))
         return _text("all", scale, fallback)

@@ -9,8 +9,9 @@ from .model import Expect, ResolvedRecipe, Step
 from .recipes import HOW_TO, POLL_S, normalize_id, resolve, select
 
 INTRO = ("You are running the BitTransformerLM optimization-and-training playbook through this MCP server's tools. "
-         "Phase 1 (tasks 1-12) checks that every training-loop and runtime optimization exists and works; Phase 2 "
-         "(tasks A, B, C) trains the seed's models with its exact hyperparameters and validates them.")
+         "Phase 1 (tasks 1-12, then the sanity fit) checks that every training-loop and runtime optimization "
+         "exists and works and that a small model really learns; Phase 2 (tasks A, B, C) trains the seed's "
+         "models with its exact hyperparameters and validates them.")
 
 
 def _args(args: dict[str, Any]) -> str:

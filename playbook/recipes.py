@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from . import phase1, phase2
+from . import phase1, phase2, sanity
 from .detail import add_detail
 from .model import SCALES, Recipe, RecipeSummary, ResolvedRecipe, Scale, resolve_scale
 
@@ -40,8 +40,8 @@ class UnknownTask(ValueError):
 
 @cache
 def load_recipes() -> tuple[Recipe, ...]:
-    """Raw recipes (with per-scale values) in playbook order: Phase 1 tasks 1-12, then A, B, C."""
-    recipes = (*phase1.recipes(), *phase2.recipes())
+    """Raw recipes (with per-scale values) in playbook order: Phase 1 tasks 1-12, the sanity fit, then A, B, C."""
+    recipes = (*phase1.recipes(), *sanity.recipes(), *phase2.recipes())
     ids = [r.id for r in recipes]
     if len(set(ids)) != len(ids):
         raise RuntimeError(f"duplicate recipe ids: {ids}")

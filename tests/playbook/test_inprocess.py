@@ -122,7 +122,7 @@ def test_served_to_agents_via_tools_prompts_and_resources(tmp_path):
             return listed, step, bad, prompts, task6, resource
 
     listed, step, bad, prompts, task6, resource = anyio.run(go)
-    assert [r["id"] for r in listed["recipes"]] == [str(i) for i in range(1, 13)] + ["A", "B", "C"]
+    assert [r["id"] for r in listed["recipes"]] == [str(i) for i in range(1, 13)] + ["sanity", "A", "B", "C"]
     assert listed["recipes"][-1]["preconditions"]
     recipe = step["recipe"]
     assert recipe["id"] == "C" and recipe["scale"] == "full"

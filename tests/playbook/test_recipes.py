@@ -18,7 +18,7 @@ from playbook.model import OPS, SCALES, ResolvedRecipe
 from playbook.recipes import UnknownTask, export_recipes, get_recipe, list_recipes, load_recipes, normalize_id, select
 from tests.seed_commands import SEED_FLAGS
 
-ORDER = [str(i) for i in range(1, 13)] + ["A", "B", "C"]
+ORDER = [str(i) for i in range(1, 13)] + ["sanity", "A", "B", "C"]
 ARCH = ("layers", "d_model", "nhead", "causal", "chunk_size", "act", "reversible", "checkpointing", "full_attn_logging")
 
 
@@ -37,10 +37,10 @@ def _refs(value) -> list[str]:
 
 def test_recipes_are_in_playbook_order():
     assert [r.id for r in load_recipes()] == ORDER
-    assert [r.phase for r in load_recipes()] == [1] * 12 + [2] * 3
+    assert [r.phase for r in load_recipes()] == [1] * 13 + [2] * 3
     for scale in SCALES:
         assert [s.id for s in list_recipes(scale)] == ORDER
-        assert [r.order for r in export_recipes(scale)] == list(range(15))
+        assert [r.order for r in export_recipes(scale)] == list(range(16))
 
 
 @pytest.mark.parametrize("scale", SCALES)
@@ -116,6 +116,8 @@ def test_smoke_is_small_and_full_is_real():
         assert smoke["data"]["source"] == "builtin" and smoke["data"]["max_bytes"] <= 100_000
         assert full["data"]["source"] == "hf"
     for r in select(phase=1, scale="smoke"):
+        if r.id == "sanity":  # the sanity fit needs more text to learn on (tests/playbook/test_sanity_recipe.py)
+            continue
         reset = r.steps[0]
         assert reset.id == "reset" and reset.args["patch"]["data"]["max_bytes"] <= 16384
 

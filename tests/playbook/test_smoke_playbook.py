@@ -23,6 +23,6 @@ def test_whole_playbook_is_green_at_smoke_scale(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=1800, env=dict(os.environ))
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
     report = json.loads(report_path.read_text())
-    assert [r["id"] for r in report["recipes"]] == [str(i) for i in range(1, 13)] + ["A", "B", "C"]
+    assert [r["id"] for r in report["recipes"]] == [str(i) for i in range(1, 13)] + ["sanity", "A", "B", "C"]
     assert all(r["status"] == "passed" and not r["override"] for r in report["recipes"])
     assert sum(len(s["checks"]) for r in report["recipes"] for s in r["steps"]) > 150
