@@ -216,7 +216,7 @@ def main(argv=None) -> dict:
 
     t_train = time.perf_counter()
     replans = [budget * f for f in a.replan_at]
-    result, resume, trainer = None, False, None
+    result, resume, trainer, since = None, False, None, (0, 0.0)  # since: (updates, seconds) at the last re-plan
     for stop_at in [*replans, budget]:
         cancel = threading.Event()
         timer = threading.Timer(max(0.0, stop_at - (time.perf_counter() - t_train)), cancel.set)
@@ -227,7 +227,10 @@ def main(argv=None) -> dict:
         if result.status != "cancelled" or stop_at == budget:
             break
         elapsed = time.perf_counter() - t_train
-        rate = result.updates_done / elapsed  # updates per second, restarts included
+        # Updates per second over the segment since the last re-plan (its restart included): the run's average
+        # lags a machine that slowed down, and the plan would then overshoot the budget before annealing.
+        rate = (result.updates_done - since[0]) / max(elapsed - since[1], 1e-9)
+        since = (result.updates_done, elapsed)
         steps = result.updates_done + max(1, math.floor(rate * (budget - elapsed) * 0.96))
         last["steps"], resume = steps, True
         print(f"re-plan at {elapsed:.0f}s: {rate:.2f} updates/s -> {steps} updates in total", flush=True)
