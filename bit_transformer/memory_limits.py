@@ -138,7 +138,9 @@ def check_fits(cfg, *, purpose: str = "training", device: str | None = None, par
     ``purpose``: 'training' (weights, grads, optimizer, activations) or 'building' (an in-process model
     for inspection/evaluation: weights plus one block's working set).
     """
-    device = device or train_device(cfg)
+    # Builds happen on the CPU (checkpoints load there first, the server's models stay there); training goes
+    # where train.device puts it.
+    device = device or ("cpu" if purpose == "building" else train_device(cfg))
     limit, what = memory_limit(device)
     m = cfg.model
     at_least = ""

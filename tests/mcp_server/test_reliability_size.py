@@ -78,3 +78,18 @@ async def test_no_in_process_build_and_no_job_beyond_the_limit(tiny_ws, monkeypa
         job = await call(c, "get_job", {"job_id": started["job_id"], "wait_s": 120})
     assert job["status"] == "failed" and "model too large for this machine" in job["reason"], job["reason"]
     assert "for training" in job["reason"] and job.get("progress", {}).get("update", 0) == 0
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_limit_is_the_gpus_memory(monkeypatch):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    monkeypatch.delenv("BT_MEMORY_LIMIT_MB", raising=False)
+    limit, what = memory_limit("cuda")
+    assert limit == torch.cuda.get_device_properties(0).total_memory and "GPU 0" in what
+    cfg = RunConfig.model_validate({**HUGE, "train": {"device": "cuda"}})
+    with pytest.raises(ModelTooLarge, match="the memory of GPU 0"):
+        check_fits(cfg)
+    check_fits(cfg, purpose="building", params=1000)  # in-process builds are checked against host RAM
