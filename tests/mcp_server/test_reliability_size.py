@@ -92,4 +92,6 @@ def test_on_cuda_the_limit_is_the_gpus_memory(monkeypatch):
     cfg = RunConfig.model_validate({**HUGE, "train": {"device": "cuda"}})
     with pytest.raises(ModelTooLarge, match="the memory of GPU 0"):
         check_fits(cfg)
-    check_fits(cfg, purpose="building", params=1000)  # in-process builds are checked against host RAM
+    small = RunConfig.model_validate({"train": {"device": "cuda"}})
+    assert check_fits(small, purpose="building").weights < limit  # builds: host RAM; training: the GPU
+    check_fits(small)
