@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -229,8 +230,10 @@ def spawn(kind: str, minutes: float, argv: list[str], out: Path) -> tuple[subpro
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     Path(str(stem) + ".json").unlink(missing_ok=True)
     with open(str(stem) + ".log", "w") as log:
+        # Own session per worker: with Linux autogroup scheduling, workers sharing the driver's session would
+        # share one session's CPU share between them on a busy machine (CPU-time budgets stay fair either way).
         proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_quality_compare", *argv, "--worker", spec],
-                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
     return proc, Path(str(stem) + ".log"), Path(str(stem) + ".json")
 
 
@@ -259,9 +262,14 @@ def run_budgets(budgets: list[float], argv: list[str], a) -> dict:
                 while a.sequential and started[(minutes, k)][0].poll() is None:
                     time.sleep(2)
                     _follow(started, seen)
-        while any(proc.poll() is None for proc, _, _ in started.values()):
-            time.sleep(2)
-            _follow(started, seen)
+        try:
+            while any(proc.poll() is None for proc, _, _ in started.values()):
+                time.sleep(2)
+                _follow(started, seen)
+        finally:  # the workers run in their own sessions: stop them if the driver is stopped
+            for proc, _, _ in started.values():
+                if proc.poll() is None:
+                    proc.kill()
         _follow(started, seen)
         for (minutes, k), (proc, log, result) in started.items():
             if proc.returncode != 0 or not result.is_file():
@@ -279,6 +287,8 @@ def main(argv=None) -> dict:
         return {}
     from benchmarks.quality_plot import markdown, plot, summary
     from bit_transformer.baselines import compressor_bpb
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the workers' cleanup on kill
 
     a.out.mkdir(parents=True, exist_ok=True)
     _, _, train_bytes, val_bytes = load_split(a)  # builds the cache once, before the workers race for it

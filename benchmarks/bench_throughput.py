@@ -20,6 +20,9 @@ is the longest that keeps task C affordable on a 2-core CPU while still spanning
 chunking really changes the work (at 144 bits a chunk would cover the whole window). MFU counts useful
 FLOPs only (see :mod:`benchmarks.flops`) against the matmul peak measured in the same run and the same
 thread count: fp32 runs against the fp32 peak, bf16 runs against the bf16 peak.
+Framed vs flat (``--no-arch`` skips it): the default 4-layer model, flat (d_model 128) and framed
+(``model.arch='framed'``, the widest d_model within the flat model's parameter count), one training step each
+on the same bits, fp32, full causal attention, so bits/s compare at equal parameters and window bytes.
 Writes ``<out>/bench_throughput.json`` and ``.md``.
 """
 
@@ -108,6 +111,30 @@ def run_task(task: str, a: argparse.Namespace, peaks: dict[str, float]) -> dict:
             "variants": rows}
 
 
+def run_arch(a: argparse.Namespace) -> dict:
+    """Training bits/s of the flat model vs the framed model at equal parameters and window."""
+    from benchmarks.bench_speed import framed_like, timed
+
+    flat = ModelConfig(max_seq_len=a.seq_len, dropout=0.0, full_attn_logging=False)
+    cfgs = {"flat": flat, "framed": framed_like(flat)}
+    B = a.arch_batch
+    bits = torch.randint(0, 2, (B, a.seq_len + 1), generator=torch.Generator().manual_seed(1))
+    steps = {}
+    for name, cfg in cfgs.items():
+        torch.manual_seed(0)
+        steps[name] = make_step(BitTransformerLM(cfg).train(), bits, False)
+    rows = timed(steps, a.repeats, a.warmup)  # wall and process-CPU medians, interleaved
+    for name, cfg in cfgs.items():
+        row = rows[name]
+        row.update(bits_per_s=B * a.seq_len / row["median_s"], bits_per_cpu_s=B * a.seq_len / row["cpu_median_s"],
+                   params=BitTransformerLM(cfg).num_parameters(), config=cfg.model_dump(exclude_defaults=True))
+        print(f"arch {name:<7} {row['params']:>9,} params {row['median_s'] * 1e3:8.1f} ms  "
+              f"{row['bits_per_s']:>9,.0f} bits/s ({row['bits_per_cpu_s']:,.0f} per CPU-second)", flush=True)
+    return {"rows": rows, "batch": B, "window_bytes": a.seq_len // 9,
+            "speedup": rows["flat"]["median_s"] / rows["framed"]["median_s"],
+            "cpu_speedup": rows["flat"]["cpu_median_s"] / rows["framed"]["cpu_median_s"]}
+
+
 def summary(r: dict) -> str:
     def ratios(variant: str) -> str:
         return ", ".join(f"{task} {t['variants'][variant]['speedup_vs_reference']:.2f}x"
@@ -122,6 +149,12 @@ def summary(r: dict) -> str:
     text += f". Best MFU: fp32 {mfu['fp32']:.0%} of a measured {r['peaks']['fp32'] / 1e9:.0f} GFLOP/s"
     if mfu["bf16"]:
         text += f", bf16 {mfu['bf16']:.0%} of {r['peaks']['bf16'] / 1e9:.0f} GFLOP/s"
+    if r.get("arch"):
+        rows = r["arch"]["rows"]
+        text += (f". Framed vs flat at equal params ({rows['framed']['params']:,} vs {rows['flat']['params']:,}) and "
+                 f"{r['arch']['window_bytes']}-byte windows: {rows['framed']['bits_per_s']:,.0f} vs "
+                 f"{rows['flat']['bits_per_s']:,.0f} bits/s ({r['arch']['speedup']:.1f}x wall, "
+                 f"{r['arch']['cpu_speedup']:.1f}x per CPU-second, batch {r['arch']['batch']})")
     return text
 
 
@@ -136,6 +169,11 @@ def markdown(r: dict) -> str:
         for name, v in t["variants"].items():
             lines.append(f"| {task} ({t['params'] / 1e6:.1f}M) | {name} | {v['median_s'] * 1e3:.0f} | "
                          f"{v['bits_per_s']:,.0f} | {v['speedup_vs_reference']:.2f} | {v['mfu']:.1%} |")
+    if r.get("arch"):
+        lines += ["", f"| arch (default 4-layer model, batch {r['arch']['batch']}) | params | ms/step | bits/s | "
+                  "bits per CPU-s |", "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {k} | {v['params']:,} | {v['median_s'] * 1e3:.0f} | {v['bits_per_s']:,.0f} | "
+                  f"{v['bits_per_cpu_s']:,.0f} |" for k, v in r["arch"]["rows"].items()]
     return "\n".join(lines) + "\n\n" + r["summary"] + "\n"
 
 
@@ -149,6 +187,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast variants")
+    p.add_argument("--no-arch", action="store_true", help="skip the framed vs flat comparison")
+    p.add_argument("--arch-batch", type=int, default=16, help="sequences per step in the framed vs flat comparison")
+    p.add_argument("--arch-only", action="store_true", help="only the framed vs flat comparison (no tasks)")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
     a.seq_len = a.seq_len or (288 if a.quick else 576)
@@ -170,7 +211,8 @@ def main(argv=None) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
     peaks = measure_peaks(a.quick)
-    tasks = {t: run_task(t, a, peaks) for t in a.tasks}
+    tasks = {} if a.arch_only else {t: run_task(t, a, peaks) for t in a.tasks}
+    arch = None if a.no_arch else run_arch(a)
     # The peak is re-measured after the runs and the better of the two kept (load drifts on a shared
     # machine); the MFU figures are then recomputed against it, so they are never flattered by a dip.
     again = measure_peaks(a.quick)
@@ -183,6 +225,7 @@ def main(argv=None) -> dict:
     r = {"benchmark": "bench_throughput", "command": "python -m benchmarks.bench_throughput "
          + " ".join(sys.argv[1:] if argv is None else argv), "seq_len": a.seq_len, "batch": a.batch,
          "repeats": a.repeats, "warmup": a.warmup, "peaks": peaks, "machine": machine_info(), "tasks": tasks,
+         "arch": arch,
          "flop_formula": "3 * (2 * N_matmul * B * T + 4 * d * layers * B * allowed_pairs); recompute not counted"}
     r["summary"] = summary(r)
     write_report("bench_throughput", r, markdown(r), a.out)
