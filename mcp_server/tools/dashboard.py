@@ -46,8 +46,8 @@ def build_apps(app) -> Apps:
                            description="Live training dashboard (MCP App).", prefers_border=True)
 
     @apps.tool(resource_uri=URI, visibility=["model", "app"], name="dashboard",
-               description="Live training dashboard of a job (curves, gate, checkpoints, cancel/resume) in hosts "
-               "that render MCP Apps; a one-line status elsewhere.", annotations=read_only("Training dashboard"))
+               description="Live training dashboard of a job (MCP App); a one-line status where Apps don't render.",
+               annotations=read_only("Training dashboard"))
     @guarded
     def dashboard(ctx: Context, job_id: JobArg = None) -> CallToolResult:
         # The text result is all the model sees; the app fetches its data itself (dashboard_data).

@@ -168,7 +168,7 @@ async def test_dashboard_in_chromium(http_server, tmp_path):
             assert r["status"] == "completed" and r["points"] == JOB1_UPDATES, r
             assert r["val_points"] == await count_events(c, job1, "eval") >= JOB1_UPDATES // EVAL_EVERY
             assert row["checkpoint"] in r["checkpoints"], (r["checkpoints"], row)
-            assert r["cancel_enabled"] is False and r["evaluate_enabled"] is True
+            assert r["cancel_enabled"] is False and r["resume_enabled"] is False and r["evaluate_enabled"] is True
             assert r["gate"] and r["telemetry"], r
             r = browser.wait("r.baselines.length === 3", timeout_s=120)  # gzip/bzip2/xz, computed once per corpus
             assert sorted(r["baselines"]) == ["bzip2", "gzip", "xz"]
