@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 
 from .bits import parity_errors, text_to_bits
 from .config import FRAME_BITS, SafetyConfig
+from .framed import DATA_BITS, PARITY_LOGIT, prefix_levels
 from .kv_cache import kv_cache
 from .model import BitTransformerLM
 from .safety import GateDecision, SafetyGate
@@ -103,11 +104,9 @@ class _FramedCached(_Uncached):
     def __init__(self, model, device, max_len, cache):
         super().__init__(model, device, max_len)
         self.cache, self.start, self.frames = cache, -1, 0  # frames: trunk inputs fed after the start frame
-        self.z: torch.Tensor | None = None
+        self.levels: list[torch.Tensor] = []
 
     def __call__(self, stream: list[int]) -> torch.Tensor:
-        from .framed import frame_bit_logits
-
         n = len(stream)
         start = context_start(n, self.max_len)
         k, j = divmod(n - start, FRAME_BITS)  # predicting bit j of window frame k
@@ -115,16 +114,24 @@ class _FramedCached(_Uncached):
             self.cache.reset()
             self.start = start
             frames = torch.tensor(stream[start : start + k * FRAME_BITS], dtype=torch.long, device=self.device)
-            self.z = self.model.trunk(frames.reshape(1, k, FRAME_BITS), start=True)[0][0, -1]
+            self._byte_logits(self.model.trunk(frames.reshape(1, k, FRAME_BITS), start=True)[0][0, -1])
             self.frames = k
         elif k > self.frames:  # the previous frame is complete: one trunk step
             lo = start + (k - 1) * FRAME_BITS
             frame = torch.tensor(stream[lo : lo + FRAME_BITS], dtype=torch.long, device=self.device)
-            self.z = self.model.trunk(frame.reshape(1, 1, FRAME_BITS), start=False)[0][0, -1]
+            self._byte_logits(self.model.trunk(frame.reshape(1, 1, FRAME_BITS), start=False)[0][0, -1])
             self.frames = k
-        lo = start + k * FRAME_BITS
-        frame = torch.tensor(stream[lo:n] + [0] * (FRAME_BITS - j), dtype=torch.long, device=self.device)
-        return frame_bit_logits(self.z, frame)[j]
+        if j == DATA_BITS:  # the parity bit: the same fixed logits as the model's forward
+            one = (2.0 * (sum(stream[n - DATA_BITS : n]) % 2) - 1.0) * PARITY_LOGIT
+            return torch.tensor([-one, one])
+        prefix = 0
+        for b in stream[n - j : n]:
+            prefix = prefix * 2 + b
+        return self.levels[j][prefix]  # (L_{j+1}[2p], L_{j+1}[2p + 1]), as framed.frame_bit_logits
+
+    def _byte_logits(self, z: torch.Tensor) -> None:
+        # once per frame: the log-sum-exp tree, grouped by prefix (level j+1 as 2^j pairs)
+        self.levels = [lv.reshape(1 << j, 2) for j, lv in enumerate(prefix_levels(z.float()))]
 
 
 def sample_bit(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
