@@ -11,6 +11,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
+from ..dashboard import URI as DASHBOARD_URI
 from ..events import downsample
 from ..jobs import TERMINAL, Job, JobBusyError
 from ..views import EvalView, JobList, JobSummary, JobView, PlanView, ProgressView, StepView
@@ -101,7 +102,8 @@ def register(server: MCPServer, app) -> None:
 
         await jobs.wait(job, wait_s, progress)
 
-    @server.tool(annotations=writes("Start a training job", destructive=True, open_world=True))
+    @server.tool(annotations=writes("Start a training job", destructive=True, open_world=True),
+                 meta={"ui": {"resourceUri": DASHBOARD_URI}})  # MCP Apps hosts show the live dashboard
     @guarded
     async def train(
         ctx: Context,

@@ -35,6 +35,7 @@ async def test_tools_are_bound_to_the_app_and_small(tiny_ws):
     board, data = tools["dashboard"], tools["dashboard_data"]
     assert board.meta["ui"] == {"resourceUri": URI, "visibility": ["model", "app"]}
     assert data.meta["ui"] == {"resourceUri": URI, "visibility": ["app"]}  # never in the model's view
+    assert tools["train"].meta["ui"] == {"resourceUri": URI}  # starting a job shows the dashboard too
     for tool in (board, data):
         assert tool.output_schema is None
         assert len(tool.model_dump_json(by_alias=True, exclude_none=True)) < 700, tool.name
