@@ -99,8 +99,9 @@ def loss_curve_figure(events: list[dict], title: str = "", baselines: dict[str, 
         ax.plot([u for u, _ in steps], [v for _, v in steps], label="train loss", lw=1)
     if evals:
         ax.plot([u for u, _ in evals], [v for _, v in evals], "o-", label="validation", ms=3.5, lw=0.8)
-    for (name, v), style in zip(sorted((baselines or {}).items()), ("--", "-.", ":"), strict=False):
-        ax.axhline(v, ls=style, lw=1, color="0.45", label=f"{name} {v:.2f}")
+    colors = {"gzip": "#8a8f99", "bzip2": "#a37b4c", "xz": "#4c8aa3"}  # as in the dashboard app
+    for name, v in sorted((baselines or {}).items()):
+        ax.axhline(v, ls="--", lw=1, color=colors.get(name, "0.45"), label=f"{name} {v:.2f}")
     if not steps and not evals:
         ax.text(0.5, 0.5, "no steps yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("optimizer update")
