@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.common import ROOT, git_commit, machine_info
+from benchmarks.common import ROOT, cpu_model, git_commit, machine_info
 
 BEGIN, END = "<!-- bench-table:begin -->", "<!-- bench-table:end -->"
 FIGURE = ROOT / "docs" / "figures" / "quality.png"
@@ -86,8 +86,10 @@ REGISTRY: dict[str, Bench] = {b.name: b for b in [
           "benchmarks/bench_memory.py", ("--quick", "--seq", "256", "--batch", "4"),
           ("--depths", "4", "8", "16", "32", "--seq", "256", "--batch", "4"), 60, 180,
           result="memory.json", out_args=("--out", "{out}/memory.json")),
-    Bench("quality", "quality per CPU-minute on Tiny Shakespeare: bits vs bytes vs compressors",
+    Bench("quality", "quality per CPU-minute on Tiny Shakespeare: flat and framed bits vs bytes vs compressors",
           "benchmarks.bench_quality_compare", ("--quick",), (), 75, 1440, plot="quality.png"),
+    Bench("speed", "default config: attention-dropout trap; flat vs framed training; generation with a KV cache",
+          "benchmarks.bench_speed", ("--quick",), ("--threads", "1"), 20, 600),
     Bench("int8", "INT8 export vs fp32 (task B shape)", "benchmarks.bench_int8",
           ("--steps", "20", "--batch-size", "4", "--eval-bytes", "2048", "--repeats", "3", "--timing-shapes", ""),
           ("--steps", "120", "--batch-size", "8", "--eval-bytes", "16384", "--repeats", "7"), 60, 330,
@@ -115,7 +117,8 @@ def run_one(b: Bench, quick: bool, out: Path, threads: int, timeout: float | Non
             echo: bool = True) -> dict:
     """Run one benchmark in a subprocess; returns its suite entry (status, seconds, summary, result)."""
     entry = {"name": b.name, "what": b.what, "command": b.command(quick), "mode": "quick" if quick else "full",
-             "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "commit": git_commit()}
+             "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "commit": git_commit(),
+             "cpu": cpu_model()}
     if not b.available():
         return {**entry, "status": "missing", "seconds": 0.0, "summary": f"not run: {b.target} does not exist"}
     result = out / b.result_file
@@ -189,8 +192,10 @@ def table(entries: list[dict], machine: dict) -> str:
     dates = sorted(e["started"][:10] for e in entries if e.get("started")) or [machine["date"][:10]]
     when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
     published = PUBLISHED.relative_to(ROOT).as_posix() if PUBLISHED.is_relative_to(ROOT) else str(PUBLISHED)
-    lines = [f"Measured on {machine['cpu']} ({machine['cpu_count']} CPUs; {flags}), torch {machine['torch']}, Python "
-             f"{machine['python']}, {when} (each row's date and commit: [{published}]({published})); "
+    cpus = sorted({e.get("cpu") or machine["cpu"] for e in entries}) or [machine["cpu"]]
+    where = f"{cpus[0]} ({machine['cpu_count']} CPUs; {flags})" if len(cpus) == 1 else " and ".join(cpus)
+    lines = [f"Measured on {where}, torch {machine['torch']}, Python "
+             f"{machine['python']}, {when} (each row's date, commit and CPU: [{published}]({published})); "
              f"{machine.get('threads') or 'default'} torch thread(s) per benchmark. "
              "Regenerate: `python -m benchmarks --update-readme [NAME ...]` (rows not run keep their published "
              "result).", "",
@@ -251,7 +256,8 @@ def update_readme(readme: Path, block: str, entries: list[dict], *, allow_quick:
             e["plot"] = figure.relative_to(ROOT).as_posix() if figure.is_relative_to(ROOT) else str(figure)
     if publish:
         PUBLISHED.parent.mkdir(parents=True, exist_ok=True)
-        keep = ("name", "what", "command", "mode", "status", "summary", "seconds", "started", "commit", "plot")
+        keep = ("name", "what", "command", "mode", "status", "summary", "seconds", "started", "commit", "cpu",
+                "plot")
         rows = [{k: e[k] for k in keep if k in e} for e in entries]
         PUBLISHED.write_text(json.dumps({"entries": rows}, indent=2) + "\n")
         written.append(str(PUBLISHED))
