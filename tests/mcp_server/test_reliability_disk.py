@@ -70,7 +70,7 @@ async def test_a_full_disk_between_checkpoints_fails_the_job_with_a_reason_and_f
         job_id = (await call(c, "train", {"steps": 100_000}))["job_id"]
         for _ in range(600):  # until a checkpoint exists and training is under way
             view = await call(c, "get_job", {"job_id": job_id, "wait_s": 0.5})
-            if view["checkpoint"] and view["progress"]["update"] >= 7:
+            if view.get("checkpoint") and (view.get("progress") or {}).get("update", 0) >= 7:
                 break
         assert view["active"], view.get("reason")
         filler = small_disk / "filler.bin"
