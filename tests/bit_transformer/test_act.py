@@ -7,7 +7,7 @@ import torch
 
 from bit_transformer import BitTransformerLM
 
-from .test_reversible import grads, make_model, max_rel_err, random_bits, reference_grads, spread_halting, tiny_cfg
+from .autograd_helpers import grads, make_model, max_rel_err, random_bits, reference_grads, spread_halting, tiny_cfg
 
 
 def graves_reference(model: BitTransformerLM, bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

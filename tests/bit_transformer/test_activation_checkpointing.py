@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .test_reversible import (
+from .autograd_helpers import (
     grads,
     make_model,
     max_rel_err,

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from .test_reversible import loss_of, make_model, max_rel_err, random_bits, spread_halting, tiny_cfg
+from .autograd_helpers import loss_of, make_model, max_rel_err, random_bits, spread_halting, tiny_cfg
 
 COMBOS = [
     pytest.param(r, a, c, id=f"rev{int(r)}-act{int(a)}-ckpt{int(c)}")
