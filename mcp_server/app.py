@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 INSTRUCTIONS = """\
 Train, grow, evaluate, quantize and export BitTransformerLM, a language model that reads and writes text as
 bits (8 data bits + 1 parity bit per byte). Typical flow: get_config -> patch_config({...}) -> train(steps=N)
--> get_job(job_id, wait_s=30) until done -> evaluate() / generate(prompt=...) -> export_int8().
-Training runs as a background job (one at a time); poll it with get_job and stop it with cancel_job (it saves a
-resumable checkpoint; train(resume=true) continues). All files live in the server's workspace; names, never
+-> get_job(job_id, wait_s=50) until active is false -> evaluate() / generate(prompt=...) -> export_int8().
+Training runs as a background job (one at a time) that keeps running when this client disconnects; poll it with
+get_job (compact; ask for detail once with include=[...]) and stop it with cancel_job (it saves a resumable
+checkpoint; train(resume=<run or job id>) continues). All files live in the server's workspace; names, never
 paths outside it, are accepted. playbook_list() / playbook_step(task_id) give the optimization playbook as
 ordered tool calls with expected results."""
 
@@ -100,6 +101,9 @@ def build_server(workspace: str | Path = "bt_workspace", *, token: str | None = 
     notices.install(server, app.ws)  # results tell the agent when a damaged config/state was replaced
     resources.register(server, app)
     prompts.register(server, app)
+    from .tools.compact import finalize
+
+    finalize(server)  # compact wire definitions of every tool (ours and the dashboard's): the context budget
     server.app_state = app  # type: ignore[attr-defined]  # for tests and the benchmark
     return server
 

@@ -203,6 +203,11 @@ class Engine:
                 cached = self._models[str(path)]
         return name, cached[1], cached[2]
 
+    def forget(self, path: Path) -> None:
+        """Drop cached models loaded from ``path`` or below it (it was deleted)."""
+        with self.lock:
+            self._models = {k: v for k, v in self._models.items() if not Path(k).is_relative_to(path)}
+
     def checkpoint_meta(self, path: Path) -> dict[str, Any]:
         return json.loads((path / "meta.json").read_text(encoding="utf-8"))
 

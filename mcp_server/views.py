@@ -1,8 +1,7 @@
-"""Result models of the tools (they become the tools' output schemas).
+"""Result models of the tools: compact views (each default result fits the 2 KB budget of ``budget.py``).
 
-Engine payloads (TrainPlan, StepMetrics, EvalMetrics, ...) are mirrored with their documented fields
-and ``extra='allow'``, so fields the engine adds later still reach the agent without a server change,
-and the server never has to import torch just to describe its tools.
+They become the tools' output schemas, shrunk to field names and types (``tools/compact.py``). Views with
+``extra='allow'`` (``Open``) take detail sections an agent asked for explicitly.
 """
 
 from __future__ import annotations
@@ -10,8 +9,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from bit_transformer.config import ModelConfig, RunConfig
 
 JobStatus = Literal["queued", "starting", "running", "cancelling", "completed", "cancelled", "gated", "failed",
                     "interrupted"]
@@ -90,52 +87,55 @@ class ProgressView(BaseModel):
     update: int = 0
     total_updates: int | None = None
     fraction: float | None = None
-    eta_s: float | None = None
-    last_loss: float | str | None = None
+    eta_s: float | None = Field(None, description="Seconds left (training clock); 0 once ended.")
 
 
-class JobView(BaseModel):
-    """A job's status, plan, latest metrics and history."""
+class StepBrief(BaseModel):
+    """The latest optimizer update."""
+
+    update: int
+    loss: float | str | None = Field(None, description="Training loss (nats per bit).")
+    bpb: float | None = Field(None, description="The same in bits per byte (loss x 9 / ln 2).")
+    lr: float | None = None
+
+
+class EvalBrief(BaseModel):
+    """The latest validation."""
+
+    update: int
+    val_bpb: float | str | None = None
+    val_loss: float | str | None = None
+
+
+class GateBrief(BaseModel):
+    state: Literal["burn-in", "ok", "triggered"]
+    reason: str | None = None
+
+
+class JobView(Open):
+    """A job, compact: what an agent needs to decide its next call. Detail sections (plan, last_step, evals,
+    history, data, result, request, runtime, checkpoints, growth, log_tail, loader_len, plateaus) are added
+    only when asked for with get_job(include=[...], history=N)."""
 
     job_id: str
-    kind: str = "train"
     status: JobStatus
-    reason: str | None = Field(None, description="Why the job ended (or is cancelling).")
     active: bool
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    elapsed_s: float | None = None
-    request: dict[str, Any] = Field(default_factory=dict, description="steps/epochs/resume/init it was started with.")
-    plan: PlanView | None = None
+    reason: str | None = Field(None, description="Why the job ended (or is cancelling).")
     progress: ProgressView
-    last_step: StepView | None = None
-    last_eval: EvalView | None = None
-    evals: list[EvalView] = Field(default_factory=list, description="Every validation with its gate decision.")
-    history: list[dict[str, Any]] = Field(
-        default_factory=list, description="Step history (update, loss, lr, compress_prob, ...), downsampled."
-    )
-    data: DataView | None = None
-    loader_len: int | None = Field(None, description="len(DataLoader) measured in the worker.")
-    checkpoint: str | None = Field(None, description="The job's newest checkpoint name.")
-    checkpoints: list[str] = Field(default_factory=list)
-    plateaus: int = Field(0, description="progressive_plateau events seen.")
-    growth: list[dict[str, Any]] = Field(
-        default_factory=list, description="In-run scale-ups answering plateaus (train.plateau_grow_layers)."
-    )
-    result: dict[str, Any] | None = Field(None, description="The trainer's TrainResult when finished.")
-    runtime: dict[str, Any] | None = Field(None, description="Attention facts, mask cache counters, torch version.")
-    log_tail: str | None = Field(None, description="End of worker.log when the job failed.")
+    step: StepBrief | None = None
+    eval: EvalBrief | None = None
+    gate: GateBrief | None = None
+    checkpoint: str | None = Field(None, description="The job's newest checkpoint, '<run>/<name>'.")
+    run: str | None = Field(None, description="The run (runs/<run>/) the job trains; train(resume=<run>) continues.")
+    elapsed_s: float | None = None
     next: str = Field("", description="What to do next.")
 
 
 class JobSummary(BaseModel):
     job_id: str
     status: JobStatus
-    created_at: float
     update: int = 0
     total_updates: int | None = None
-    last_loss: float | str | None = None
     val_bpb: float | str | None = None
     checkpoint: str | None = None
     reason: str | None = None
@@ -143,6 +143,7 @@ class JobSummary(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[JobSummary]
+    total: int = Field(0, description="Jobs in the workspace (the newest `limit` are listed).")
     active_job: str | None = Field(None, description="The job currently training, if any.")
 
 
@@ -167,9 +168,52 @@ class DerivedFacts(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
-class ConfigView(BaseModel):
-    config: RunConfig
-    derived: DerivedFacts | None = None
+class PlanBrief(Open):
+    """The headline numbers of a training plan (the full plan: get_job(include=["plan"]))."""
+
+    steps_per_epoch: int | None = None
+    updates_per_epoch: int | None = None
+    total_updates: int | None = None
+    scheduler_horizon: int | None = None
+    warmup_updates: int | None = None
+    precision: str | None = None
+    params: int | None = None
+
+
+PLAN_BRIEF = tuple(PlanBrief.model_fields)
+
+
+def plan_brief(plan: Any) -> PlanBrief | None:
+    if plan is None:
+        return None
+    data = plan.model_dump(mode="json") if hasattr(plan, "model_dump") else dict(plan)
+    return PlanBrief(**{k: data.get(k) for k in PLAN_BRIEF})
+
+
+class DerivedView(Open):
+    """Facts computed from a config (full estimate: get_config(detail=true))."""
+
+    params: int | None = None
+    seq_len: int | None = None
+    train_windows: int | None = None
+    plan: PlanBrief | None = None
+    memory_mb: float | None = Field(None, description="Rough training memory per micro-batch (MiB).")
+    notes: list[str] | None = None
+
+
+def derived_view(facts: DerivedFacts | None, detail: bool = False) -> DerivedView | None:
+    if facts is None:
+        return None
+    if detail:
+        return DerivedView.model_validate(facts.model_dump(mode="json"))
+    return DerivedView(params=facts.params, seq_len=facts.seq_len, train_windows=facts.train_windows,
+                       plan=plan_brief(facts.plan), memory_mb=facts.memory.total_mb if facts.memory else None,
+                       notes=facts.notes or None)
+
+
+class ConfigView(Open):
+    config: dict[str, Any] = Field(description="The RunConfig: sections model, train, data (also bt://config).")
+    derived: DerivedView | None = None
     path: str = Field(description="Where the config is stored, relative to the workspace.")
 
 
@@ -179,36 +223,59 @@ class ChangedField(BaseModel):
     new: Any = None
 
 
-class PatchResult(ConfigView):
-    changed: list[ChangedField]
+MAX_CHANGES = 12  # patch_config lists at most this many changed fields (changed_count has them all)
+
+
+class PatchResult(Open):
     applied: bool = Field(description="False for dry_run=true (nothing was saved).")
-    notes: list[str] = Field(default_factory=list, description="How the patch was read: aliases routed, a result "
-                             "shape unwrapped.")
+    changed: list[ChangedField]
+    changed_count: int = 0
+    notes: list[str] | None = Field(None, description="How the patch was read: aliases routed, a result shape "
+                                    "unwrapped.")
+    derived: DerivedView | None = None
+    config: dict[str, Any] | None = Field(None, description="The whole new config (include_config=true).")
 
 
-class CheckpointView(Open):
+class CheckpointView(BaseModel):
     name: str
     update: int | None = None
-    epoch: int | None = None
-    val_loss: float | None = None
     val_bpb: float | None = None
     kind: str | None = None
-    created_at: float | None = None
-    params: int | None = None
-    is_latest: bool = False
-    is_current: bool = Field(False, description="Used by evaluate/generate/export_int8.")
-    starts_next_run: bool = Field(False, description="The next train(resume=false) starts from it.")
+    current: bool | None = Field(None, description="true: the model evaluate/generate/export_int8 use.")
+    starts_next_run: bool | None = Field(None, description="true: the next train() starts from it.")
+    damaged: str | None = Field(None, description="Why it cannot be loaded (a truncated or corrupt file).")
 
 
 class CheckpointList(BaseModel):
-    checkpoints: list[CheckpointView]
+    checkpoints: list[CheckpointView] = Field(description="Newest last.")
+    total: int = 0
     current: str | None = None
     init_next: str | None = None
 
 
+class ExportView(BaseModel):
+    name: str
+    path: str = Field(description="Relative to the workspace.")
+    size_bytes: int
+    created_at: float | None = None
+    checkpoint: str | None = None
+
+
+class ExportList(BaseModel):
+    exports: list[ExportView] = Field(description="Newest last.")
+    total: int = 0
+
+
+class DeleteResult(BaseModel):
+    deleted: list[str] = Field(description="What was removed ('runs/<run>', '<run>/<checkpoint>', 'exports/<name>').")
+    freed_bytes: int = 0
+    dry_run: bool = False
+    next: str = ""
+
+
 class LoadResult(BaseModel):
     name: str
-    model: ModelConfig
+    model: dict[str, Any] = Field(description="The checkpoint's config.model (now config.model too).")
     params: int | None = None
     state: dict[str, Any] = Field(default_factory=dict, description="Training state stored in the checkpoint.")
     changed: list[ChangedField] = Field(default_factory=list, description="Config fields set from the checkpoint.")
@@ -217,12 +284,14 @@ class LoadResult(BaseModel):
 
 class ScaleResult(BaseModel):
     checkpoint: str = Field(description="Name of the saved, scaled model (current and next-run start).")
-    old_model: ModelConfig
-    new_model: ModelConfig
+    old_model: dict[str, Any] = Field(description="Shape before: layers, d_model, nhead, dim_feedforward.")
+    new_model: dict[str, Any] = Field(description="Shape after.")
     params_before: int | None = None
     params_after: int | None = None
-    report: dict[str, Any] = Field(default_factory=dict, description="The engine's ScaleReport.")
-    plan: PlanView | None = Field(None, description="The rebuilt plan for the upcoming run (task 2).")
+    exact: list[str] | None = Field(None, description="What grew exactly (function-preserving).")
+    approximate: list[str] | None = Field(None, description="What grew approximately.")
+    max_logit_change: float | None = None
+    plan: PlanBrief | None = Field(None, description="The rebuilt plan for the upcoming run (task 2).")
     next: str = ""
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
+from mcp.types import CallToolResult
 from pydantic import Field
 
 from ..config_ops import PatchError, apply_patch
-from ..views import ChangedField, ConfigView, DataPrepResult, DerivedFacts, PatchResult
+from ..views import MAX_CHANGES, ChangedField, ConfigView, DataPrepResult, DerivedFacts, PatchResult, derived_view
 from ..workspace import WorkspaceError
 from .common import guarded, read_only, writes
+from .compact import reply
 
 
 def register(server: MCPServer, app) -> None:
@@ -23,28 +25,35 @@ def register(server: MCPServer, app) -> None:
     @server.tool(annotations=read_only("Get the run configuration"))
     @guarded
     def get_config(
-        derived: Annotated[bool, Field(description="Also compute parameter count, updates per epoch and memory "
-                                       "estimate (cached per config; the first call loads the data).")] = True,
-    ) -> ConfigView:
-        """The current run configuration (model, train, data sections) and facts derived from it."""
+        derived: Annotated[bool, Field(description="Also compute parameter count, train windows, the plan's update "
+                                       "counts and a memory estimate (the first call loads the data).")] = True,
+        detail: Annotated[bool, Field(description="Full derived facts: the whole plan, memory breakdown, data "
+                                      "facts.")] = False,
+    ) -> Annotated[CallToolResult, ConfigView]:
+        """The current run configuration (sections model, train, data) and facts derived from it (params,
+        train_windows, plan.total_updates, memory_mb, notes). Call it first: patch_config takes the same shape.
+        Read derived.notes: they warn about settings that make training slow or impossible."""
         cfg = app.config()
-        return ConfigView(config=cfg, derived=derived_or_note(cfg) if derived else None,
-                          path=app.ws.rel(app.ws.config_path))
+        facts = derived_or_note(cfg) if derived else None
+        return reply(ConfigView(config=cfg.model_dump(mode="json"), derived=derived_view(facts, detail),
+                                path=app.ws.rel(app.ws.config_path)))
 
     @server.tool(annotations=writes("Patch the run configuration", destructive=True, idempotent=True))
     @guarded
     def patch_config(
         patch: Annotated[dict[str, Any], Field(
-            description="JSON merge patch (RFC 7386) over the config, e.g. "
-            "{\"model\": {\"layers\": 2, \"d_model\": 32}, \"train\": {\"batch_size\": 8}}. null resets a field "
-            "to its default. Dotted keys (\"model.d_model\") and "
-            "bare field names ({\"layers\": 8, \"amp\": \"bf16\"}, the playbook flag names) are routed to their "
-            "section.")],
+            description="JSON merge patch over the config, e.g. {\"model\": {\"layers\": 2, \"d_model\": 32}, "
+            "\"train\": {\"batch_size\": 8}}. null resets a field to its default. Dotted keys (\"model.d_model\"), "
+            "bare field names ({\"layers\": 8, \"lr\": 1e-3}) and common aliases (learning_rate, max_steps, "
+            "n_layer, n_head, n_embd, block_size) are routed to their field.")],
         dry_run: Annotated[bool, Field(description="Validate and report, but do not save.")] = False,
-    ) -> PatchResult:
-        """Change the run configuration. Returns the new config, every changed field and derived facts
-        (parameter count, optimizer updates per epoch, estimated memory). An invalid patch changes nothing;
-        the error names every bad field and why. A running job keeps the config it started with."""
+        include_config: Annotated[bool, Field(description="Also return the whole new config.")] = False,
+    ) -> Annotated[CallToolResult, PatchResult]:
+        """Change the run configuration; returns every changed field (old -> new), notes on how the patch was read
+        and the derived facts of the new config (params, plan.total_updates, memory_mb). An invalid patch
+        changes nothing and the error names every bad field with a fix. A running job keeps its own config.
+        Common mistake: a field in the wrong section or another trainer's name; the error or the notes say
+        where it went. Sending get_config's result back (edited) also works."""
         with app.config_lock:
             notes: list[str] = []
             new, changes = apply_patch(app.config(), patch, notes)
@@ -54,11 +63,11 @@ def register(server: MCPServer, app) -> None:
                 raise PatchError(f"invalid patch, nothing was changed: {err}") from err
             if not dry_run and changes:
                 app.save_config(new)
-        return PatchResult(
-            config=new, derived=derived_or_note(new), path=app.ws.rel(app.ws.config_path),
-            changed=[ChangedField(path=p, old=o, new=n) for p, o, n in changes], applied=not dry_run,
-            notes=notes,
-        )
+        return reply(PatchResult(
+            applied=not dry_run, changed=[ChangedField(path=p, old=o, new=n) for p, o, n in changes[:MAX_CHANGES]],
+            changed_count=len(changes), notes=notes or None, derived=derived_view(derived_or_note(new)),
+            config=new.model_dump(mode="json") if include_config else None,
+        ))
 
     @server.tool(annotations=writes("Load and cache the training text", destructive=False, idempotent=True,
                                        open_world=True))
@@ -66,14 +75,15 @@ def register(server: MCPServer, app) -> None:
     def prepare_data(
         reload: Annotated[bool, Field(description="Read the source again and re-check the bit cache (a second "
                                       "load of unchanged text is a cache hit).")] = True,
-    ) -> DataPrepResult:
+    ) -> Annotated[CallToolResult, DataPrepResult]:
         """Load the configured text, encode it to bits once into the workspace's memory-mapped cache and report
-        bytes, windows and whether the cache was hit (playbook task 5)."""
+        bytes, windows and whether the cache was hit. Use before a long run to check the data (data.source
+        'hf' downloads here, not in get_config)."""
         cfg = app.config()
         corpus = app.engine.corpus(cfg.data, force=reload)
         view = app.engine.data_view(corpus)
         seq = cfg.model.max_seq_len
-        return DataPrepResult(
+        return reply(DataPrepResult(
             **view.model_dump(), train_windows=app.engine.windows(corpus.train, seq),
             val_windows=app.engine.windows(corpus.val, seq), cache_path=app.ws.rel(corpus.cache_path),
-        )
+        ))

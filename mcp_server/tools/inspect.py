@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from mcp.server.mcpserver import MCPServer
+from mcp.types import CallToolResult
 from pydantic import Field
 
 from ..attention_probe import AttentionReport, probe
 from ..engine import EngineError
 from ..views import EvalView, GateView, TelemetryView
 from .common import guarded, read_only
+from .compact import reply
 from .model import Checkpoint
 
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog. Bits in, bits out."
@@ -26,9 +28,10 @@ def register(server: MCPServer, app) -> None:
                                        "model (slower; needs a checkpoint).")] = False,
         job_id: Annotated[str | None, Field(max_length=80, description="Job to read; default: the newest job "
                                             "that reported telemetry.")] = None,
-    ) -> TelemetryView:
-        """Latest K (negentropy), C (LZ complexity), S (symbiosis), attention entropy, the safety gate's EMAs and
-        state (burn-in, triggered) from training, and the verdict of the last generate()."""
+    ) -> Annotated[CallToolResult, TelemetryView]:
+        """Latest K (negentropy), C (LZ complexity), S (symbiosis) and attention entropy, the safety gate's EMAs
+        and state (burn-in, triggered) from training, and the verdict of the last generate(). Use to see why the
+        gate stopped a job, or compute=true to measure the current model now."""
         jobs = app.jobs.all()
         if job_id is not None:
             job = app.jobs.get(job_id)
@@ -54,7 +57,7 @@ def register(server: MCPServer, app) -> None:
         if view.telemetry is None and view.gate is None:
             view.note = "no telemetry yet: train(steps=N) reports it at each validation; telemetry(compute=true) " \
                         "measures it now"
-        return view
+        return reply(view)
 
     def _measure(app_):
         import torch
@@ -86,7 +89,7 @@ def register(server: MCPServer, app) -> None:
         full_attn_logging: Annotated[bool | None, Field(description="Override full_attn_logging.")] = None,
         include_maps: Annotated[bool, Field(description="Return head-averaged T x T maps (large).")] = False,
         checkpoint: Checkpoint = None,
-    ) -> AttentionReport:
+    ) -> Annotated[CallToolResult, AttentionReport]:
         """How attention runs for a short input: SDPA backend facts (is_causal, dense mask or not, chunked) per
         layer, per-head entropy, mask-cache hits/misses over two passes, the resolved full_attn_logging and whether
         stitched chunk maps match a dense reference (at the chunk edges too). Uses the config's attention settings
@@ -113,7 +116,7 @@ def register(server: MCPServer, app) -> None:
                 clone = BitTransformerLM(new_cfg)
                 clone.load_state_dict(model.state_dict())  # attention settings change no parameter shapes
                 model = clone
-            return probe(model, text, layer=layer, include_maps=include_maps, source=source)
+            return reply(probe(model, text, layer=layer, include_maps=include_maps, source=source))
 
     def _model_for(cfg, checkpoint):
         try:

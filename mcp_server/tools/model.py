@@ -1,4 +1,4 @@
-"""Model tools: evaluate, generate, export_int8, scale_up, list_checkpoints, load_checkpoint.
+"""Model tools: evaluate, generate, export_int8, scale_up, list_checkpoints, load_checkpoint, list_exports, delete.
 
 They run in the server process on a worker thread (sync tools), serialized by ``Engine.lock``; torch
 releases the GIL in its kernels, so job polling stays responsive meanwhile.
@@ -6,11 +6,13 @@ releases the GIL in its kernels, so job polling stays responsive meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Annotated, Literal
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult
 from pydantic import Field
 
 from ..config_ops import diff
@@ -19,13 +21,18 @@ from ..views import (
     ChangedField,
     CheckpointList,
     CheckpointView,
+    DeleteResult,
     EvalResult,
+    ExportList,
     ExportResult,
+    ExportView,
     GenerateResult,
     LoadResult,
     ScaleResult,
+    plan_brief,
 )
 from .common import guarded, read_only, writes
+from .compact import reply
 
 Checkpoint = Annotated[str | None, Field(
     max_length=200, description="Checkpoint '<run>/<name>' from list_checkpoints(); default: the current model.")]
@@ -44,9 +51,11 @@ def register(server: MCPServer, app) -> None:
         = 16384,
         checkpoint: Checkpoint = None,
         compressors: Annotated[bool, Field(description="Also report gzip/bzip2/xz bits per byte.")] = True,
-    ) -> EvalResult:
-        """Bits per byte (all 9 bit positions and the 8 data bits), bit accuracy, loss by bit phase and compressor
-        baselines on the validation split (default), the training split, or given text."""
+    ) -> Annotated[CallToolResult, EvalResult]:
+        """Bits per byte of the current model (or checkpoint=...) on the validation split (default), the training
+        split or given text: bits_per_byte over all 9 bit positions, data_bits_per_byte (the 8 data bits),
+        bit_accuracy, and gzip/bzip2/xz baselines. Good result: bits_per_byte below the compressors'. Use after
+        a job completed. Common mistake: no model yet (train first, or load_checkpoint)."""
         from bit_transformer.bits import bits_to_bytes
         from bit_transformer.evaluate import evaluate_bits, evaluate_text
 
@@ -67,7 +76,7 @@ def register(server: MCPServer, app) -> None:
                 report = evaluate_bits(model, bits, max_bytes=max_bytes, compressors=compressors,
                                        compressor_context=context)
                 source = split
-        return EvalResult(source=source, checkpoint=name, **report.model_dump(mode="json"))
+        return reply(EvalResult(source=source, checkpoint=name, **report.model_dump(mode="json")))
 
     @server.tool(annotations=writes("Generate text (records its telemetry)", destructive=False))
     @guarded
@@ -81,9 +90,10 @@ def register(server: MCPServer, app) -> None:
         mode: Annotated[Literal["auto", "causal", "diffusion"], Field(
             description="auto: the model's own; diffusion needs a denoising model.")] = "auto",
         steps: Annotated[int, Field(ge=1, le=1024, description="diffusion: unmasking rounds.")] = 32,
-    ) -> GenerateResult:
-        """Continue a prompt with parity-constrained sampling (every byte decodes); returns the text, K/C/S
-        telemetry and the safety gate's verdict."""
+    ) -> Annotated[CallToolResult, GenerateResult]:
+        """Continue a prompt with parity-constrained sampling (every byte decodes): returns text, parity_ok, K/C/S
+        telemetry and the safety gate's verdict. Use seed=N for reproducible output, temperature=0 for greedy.
+        Common mistake: a large max_bytes on CPU is slow; start with 64."""
         from bit_transformer.generate import generate as gen
 
         with engine.lock:
@@ -94,7 +104,7 @@ def register(server: MCPServer, app) -> None:
         app.ws.update_state(last_generation={"checkpoint": name, "time": time.time(), "C": data.get("C"),
                                              "S": data.get("S"), "telemetry": data.get("telemetry"),
                                              "verdict": data.get("verdict")})
-        return GenerateResult(checkpoint=name, **data)
+        return reply(GenerateResult(checkpoint=name, **data))
 
     @server.tool(annotations=writes("Export an INT8 model", destructive=True, idempotent=True, open_world=True))
     @guarded
@@ -105,9 +115,11 @@ def register(server: MCPServer, app) -> None:
         checkpoint: Checkpoint = None,
         eval_bytes: Annotated[int, Field(ge=0, le=1_000_000, description="Validation bytes used to measure the "
                                          "quality change (0 = skip).")] = 4096,
-    ) -> ExportResult:
-        """Quantize the model's linear layers to INT8 (dynamic quantization; QAT-trained weights when train.qat)
-        and save it under exports/; reports path, size and the bits-per-byte change on validation text."""
+    ) -> Annotated[CallToolResult, ExportResult]:
+        """Quantize the current model (or checkpoint=...) to INT8 (dynamic quantization of linear layers;
+        QAT-trained weights when train.qat) and save it under exports/<name>/. Good result: size_ratio > 3 and
+        a small bpb_delta (int8 minus fp32 bits per byte on validation text). list_exports() lists exports,
+        delete(export=name) removes one."""
         from bit_transformer.evaluate import evaluate_bits
 
         with engine.lock:
@@ -131,12 +143,14 @@ def register(server: MCPServer, app) -> None:
         size = _size(path)
         fp32 = (info_d.get("fp32_bytes") or info_d.get("fp32_size_bytes")
                 or sum(p.numel() * 4 for p in model.parameters()))
-        return ExportResult(
+        _record_source(app.ws, name, ck_name)
+        info_small = {k: v for k, v in info_d.items() if k not in ("files",)}
+        return reply(ExportResult(
             name=name, path=app.ws.rel(path), size_bytes=size, fp32_size_bytes=fp32,
             size_ratio=round(fp32 / size, 3) if size else None, bpb_fp32=bpb_fp32, bpb_int8=bpb_int8,
             bpb_delta=None if bpb_fp32 is None or bpb_int8 is None else bpb_int8 - bpb_fp32,
-            eval_bytes=eval_bytes or None, info=info_d, checkpoint=ck_name,
-        )
+            eval_bytes=eval_bytes or None, info=info_small, checkpoint=ck_name,
+        ))
 
     @server.tool(annotations=writes("Grow the model", destructive=True, open_world=True))
     @guarded
@@ -147,7 +161,7 @@ def register(server: MCPServer, app) -> None:
         nhead: Annotated[int | None, Field(ge=1, le=256, description="New head count (divides d_model).")] = None,
         seed: Annotated[int, Field(ge=0, le=2**31 - 1, description="Seed for the new weights.")] = 0,
         checkpoint: Checkpoint = None,
-    ) -> ScaleResult:
+    ) -> Annotated[CallToolResult, ScaleResult]:
         """Grow the current model in depth and/or width (function-preserving where the engine can), save it as a
         checkpoint, make it the model of the next train() and set config.model to it. Returns the rebuilt plan
         (schedule horizon for the upcoming run)."""
@@ -188,34 +202,42 @@ def register(server: MCPServer, app) -> None:
                 plan = engine.plan(full, engine.windows(corpus.train, new_cfg.max_seq_len))
             except Exception:
                 plan = None
-        return ScaleResult(
-            checkpoint=name, old_model=old, new_model=new_cfg, params_before=model.num_parameters(),
-            params_after=new_model.num_parameters(),
-            report=report.model_dump(mode="json") if hasattr(report, "model_dump") else dict(report or {}), plan=plan,
+        rep = report.model_dump(mode="json") if hasattr(report, "model_dump") else dict(report or {})
+        return reply(ScaleResult(
+            checkpoint=name, old_model=_shape(old), new_model=_shape(new_cfg), params_before=model.num_parameters(),
+            params_after=new_model.num_parameters(), exact=rep.get("exact") or None,
+            approximate=rep.get("approximate") or None,
+            max_logit_change=rep.get("max_logit_change"), plan=plan_brief(plan),
             next="train(steps=N) trains the grown model with a schedule rebuilt for that run",
-        )
+        ))
 
     @server.tool(annotations=read_only("List checkpoints"))
     @guarded
-    def list_checkpoints() -> CheckpointList:
-        """Every saved checkpoint ('<run>/<name>'), with update, validation loss/bpb and which one is current."""
+    def list_checkpoints(
+        limit: Annotated[int, Field(ge=1, le=1000, description="Newest checkpoints to list.")] = 12,
+        run: Annotated[str | None, Field(max_length=80, description="Only this run's checkpoints.")] = None,
+    ) -> Annotated[CallToolResult, CheckpointList]:
+        """Saved checkpoints ('<run>/<name>', newest last) with update, val_bpb and kind; current marks the model
+        evaluate/generate/export_int8 use, starts_next_run the next train()'s start. Use to pick a name for
+        load_checkpoint, evaluate(checkpoint=...) or delete(checkpoint=...). total counts all."""
         state = app.ws.load_state()
-        out = [CheckpointView(**{**info.model_dump(mode="json"), "name": name,
-                                 "is_current": name == state.current_checkpoint,
-                                 "starts_next_run": name == state.init_checkpoint})
-               for name, info in engine.checkpoints()]
-        for view in out:
-            view.__pydantic_extra__.pop("path", None)  # absolute paths stay on the server
-        return CheckpointList(checkpoints=out, current=state.current_checkpoint, init_next=state.init_checkpoint)
+        rows = [(name, info) for name, info in engine.checkpoints() if run is None or name.split("/", 1)[0] == run]
+        out = [CheckpointView(name=name, update=info.update, val_bpb=_r(info.val_bpb), kind=info.kind,
+                              damaged=info.damaged, current=True if name == state.current_checkpoint else None,
+                              starts_next_run=True if name == state.init_checkpoint else None)
+               for name, info in rows[-limit:]]
+        return reply(CheckpointList(checkpoints=out, total=len(rows), current=state.current_checkpoint,
+                                    init_next=state.init_checkpoint))
 
     @server.tool(annotations=writes("Load a checkpoint", destructive=True, idempotent=True))
     @guarded
     def load_checkpoint(
         name: Annotated[str, Field(min_length=1, max_length=200, description="'<run>/<name>' from "
                                    "list_checkpoints(), a unique bare name, or 'latest'.")],
-    ) -> LoadResult:
-        """Make a checkpoint the current model (evaluate/generate/export use it) and the starting point of the
-        next train(); sets config.model to the checkpoint's architecture."""
+    ) -> Annotated[CallToolResult, LoadResult]:
+        """Make a checkpoint the current model (evaluate/generate/export_int8 use it) and the start of the next
+        train() (fresh optimizer and schedule); sets config.model to its architecture (changed lists it). To
+        continue a run with its optimizer and schedule use train(resume=<run>) instead."""
         with engine.lock:
             name, model, _ = engine.model(name)
             meta = engine.checkpoint_meta(app.ws.checkpoint_path(name))
@@ -226,10 +248,144 @@ def register(server: MCPServer, app) -> None:
             if changes:
                 app.save_config(new)
         app.ws.update_state(current_checkpoint=name, init_checkpoint=name)
-        return LoadResult(name=name, model=model.cfg, params=model.num_parameters(), state=_small(meta.get("state")),
-                          changed=[ChangedField(path=p, old=o, new=n) for p, o, n in changes],
-                          next="evaluate()/generate() use it now; train(steps=N) continues training from its "
-                               "weights with a fresh optimizer and schedule")
+        return reply(LoadResult(name=name, model=model.cfg.model_dump(mode="json"), params=model.num_parameters(),
+                                state=_small(meta.get("state")),
+                                changed=[ChangedField(path=p, old=o, new=n) for p, o, n in changes],
+                                next="evaluate()/generate() use it now; train(steps=N) continues training from "
+                                     "its weights with a fresh optimizer and schedule"))
+
+    @server.tool(annotations=read_only("List INT8 exports"))
+    @guarded
+    def list_exports(
+        limit: Annotated[int, Field(ge=1, le=1000, description="Newest exports to list.")] = 12,
+    ) -> Annotated[CallToolResult, ExportList]:
+        """INT8 exports under exports/ (newest last): name, workspace-relative path, size and the checkpoint it
+        was made from. Use to find an export to ship or to delete(export=name)."""
+        sources = _sources(app.ws)
+        rows = []
+        for d in app.ws.exports_dir.iterdir() if app.ws.exports_dir.is_dir() else []:
+            if d.name.startswith(".") or d.is_symlink() or not d.is_dir():
+                continue
+            rows.append(ExportView(name=d.name, path=app.ws.rel(d), size_bytes=_size(d),
+                                   created_at=round(d.stat().st_mtime, 1), checkpoint=sources.get(d.name)))
+        rows.sort(key=lambda r: (r.created_at or 0.0, r.name))
+        return reply(ExportList(exports=rows[-limit:], total=len(rows)))
+
+    @server.tool(annotations=writes("Delete a run, checkpoint or export", destructive=True, idempotent=True))
+    @guarded
+    def delete(
+        run: Annotated[str | None, Field(max_length=80, description="A run (runs/<run>/, e.g. 'job-0001') with "
+                                         "all its checkpoints.")] = None,
+        checkpoint: Annotated[str | None, Field(max_length=200, description="One checkpoint '<run>/<name>'.")]
+        = None,
+        export: Annotated[str | None, Field(max_length=80, description="One INT8 export name.")] = None,
+        dry_run: Annotated[bool, Field(description="Report what would be removed and the bytes freed; remove "
+                                       "nothing.")] = False,
+    ) -> Annotated[CallToolResult, DeleteResult]:
+        """Permanently remove one run, checkpoint or export to free disk space (give exactly one). Refuses the
+        current checkpoint, the next run's start and anything of a run an active job trains; the error says what
+        to do instead (load_checkpoint another one, or cancel_job first). Job records stay (list_jobs). Use
+        dry_run=true first to see the bytes freed."""
+        given = [(k, v) for k, v in (("run", run), ("checkpoint", checkpoint), ("export", export)) if v]
+        if len(given) != 1:
+            raise ToolError("give exactly one of run, checkpoint or export (list_checkpoints() / list_exports() "
+                            "show the names)")
+        kind, value = given[0]
+        state = app.ws.load_state()
+        busy = app.jobs.active()
+        protected = {state.current_checkpoint: "the current model (load_checkpoint another one first)",
+                     state.init_checkpoint: "the next run's starting model (load_checkpoint another one, or train "
+                                            "first)"}
+        protected.pop(None, None)
+        if kind == "export":
+            path = app.ws.export_path(value)
+            if not path.is_dir() or path.is_symlink():
+                raise ToolError(f"export {value!r} does not exist; list_exports() shows the names")
+            label = f"exports/{value}"
+        elif kind == "run":
+            path = app.ws.run_dir(value)
+            if not path.is_dir() or path.is_symlink():
+                raise ToolError(f"run {value!r} does not exist; list_checkpoints() shows runs as '<run>/...'")
+            if busy is not None and busy.run == value:
+                raise ToolError(f"run {value!r} is being trained by {busy.id}; cancel_job('{busy.id}') first")
+            for name, why in protected.items():
+                if name.split("/", 1)[0] == value:
+                    raise ToolError(f"run {value!r} holds {name!r}, {why}")
+            label = f"runs/{value}"
+        else:
+            value, path = engine.resolve(value)
+            run_name = value.split("/", 1)[0]
+            if value in protected:
+                raise ToolError(f"checkpoint {value!r} is {protected[value]}")
+            if busy is not None and busy.run == run_name:
+                raise ToolError(f"checkpoint {value!r} belongs to run {run_name!r}, which {busy.id} is training; "
+                                f"cancel_job('{busy.id}') first")
+            label = value
+        freed = _size(path)
+        if not dry_run:
+            with engine.lock:
+                import shutil
+
+                shutil.rmtree(path)
+                if kind == "checkpoint":
+                    _repoint_latest(path.parent)
+                if kind == "export":
+                    _record_source(app.ws, value, None)
+                engine.forget(path)
+        return reply(DeleteResult(deleted=[label], freed_bytes=freed, dry_run=dry_run,
+                                  next="nothing was removed (dry_run)" if dry_run else
+                                  "list_checkpoints() / list_exports() show what is left"))
+
+
+def _r(value: float | None) -> float | None:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def _shape(model_cfg) -> dict:
+    data = model_cfg.model_dump(mode="json")
+    return {k: data.get(k) for k in ("layers", "d_model", "nhead", "dim_feedforward")}
+
+
+SOURCES = ".sources.json"  # exports/<name> -> the checkpoint it was exported from
+
+
+def _sources(ws) -> dict[str, str]:
+    from ..workspace import read_json
+
+    try:
+        data = read_json(ws.exports_dir / SOURCES)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _record_source(ws, name: str, checkpoint: str | None) -> None:
+    from ..workspace import atomic_write_json
+
+    data = _sources(ws)
+    if checkpoint is None:
+        data.pop(name, None)
+    else:
+        data[name] = checkpoint
+    with contextlib.suppress(OSError):  # a bookkeeping file: never fail an export or delete on it
+        atomic_write_json(ws.exports_dir / SOURCES, data)
+
+
+def _repoint_latest(root) -> None:
+    """After deleting a checkpoint, ``latest`` names the newest one left (or goes away)."""
+    from bit_transformer.checkpoint import LATEST, list_checkpoints
+
+    from ..workspace import atomic_write_bytes
+
+    pointer = root / LATEST
+    left = [i for i in list_checkpoints(root) if not getattr(i, "damaged", False)]
+    if not left:
+        pointer.unlink(missing_ok=True)
+        return
+    current = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+    if current not in {i.name for i in left}:
+        newest = max(left, key=lambda i: (i.update or 0, i.created_at))
+        atomic_write_bytes(pointer, (newest.name + "\n").encode())
 
 
 def _small(state: dict | None) -> dict:

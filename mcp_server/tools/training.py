@@ -1,72 +1,142 @@
-"""Job tools: train, get_job, list_jobs, cancel_job."""
+"""Job tools: train, get_job, list_jobs, cancel_job. Results are compact (budget.py); detail is asked for."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult
 from pydantic import Field
 
+from ..budget import EVALS_CAP, HISTORY_CAP
 from ..dashboard import URI as DASHBOARD_URI
-from ..events import downsample
+from ..events import downsample, num
 from ..jobs import TERMINAL, Job, JobBusyError
-from ..views import EvalView, JobList, JobSummary, JobView, PlanView, ProgressView, StepView
+from ..views import EvalBrief, GateBrief, JobList, JobSummary, JobView, ProgressView, StepBrief
 from .common import guarded, read_only, writes
+from .compact import reply
 
 log = logging.getLogger(__name__)
 
+LN2 = math.log(2.0)
+FRAME_BITS = 9
+Section = Literal["plan", "last_step", "evals", "data", "result", "request", "runtime", "checkpoints", "growth",
+                  "log_tail", "loader_len", "plateaus", "all"]
+SECTIONS: tuple[str, ...] = tuple(a for a in Section.__args__ if a != "all")  # type: ignore[attr-defined]
+REQUEST_KEYS = ("steps", "epochs", "resume", "run", "resumes", "init_name", "processes")
+
 JobId = Annotated[str | None, Field(description="Job id such as 'job-0001'; default: the newest job.",
                                     max_length=80)]
-WaitS = Annotated[float, Field(ge=0, le=300, description="Seconds to wait for the job to finish, sending "
-                               "progress notifications meanwhile; returns early when it ends. Many clients time "
-                               "out tool calls near 60 s, so prefer <= 50 and poll again.")]
-History = Annotated[int, Field(ge=0, le=2000, description="Max step-history points to return (downsampled).")]
+WaitS = Annotated[float, Field(ge=0, le=300, description="Wait up to this many seconds for the job to end; keep "
+                               "<= 50 (client timeouts) and poll again.")]
+History = Annotated[int, Field(ge=0, le=HISTORY_CAP, description="Also return up to N step points (downsampled).")]
+Include = Annotated[list[Section], Field(description="Detail sections to add.")]
 
 
-def job_view(job: Job, history: int = 50) -> JobView:
+def _bpb(loss: Any) -> float | None:
+    value = num(loss)
+    return None if value is None or not math.isfinite(value) else round(value * FRAME_BITS / LN2, 4)
+
+
+def _round(value: Any, digits: int = 5) -> Any:
+    return round(value, digits) if isinstance(value, float) and math.isfinite(value) else value
+
+
+def _gate(ev: dict[str, Any] | None) -> GateBrief | None:
+    gate = (ev or {}).get("gate")
+    if not isinstance(gate, dict):
+        return None
+    if gate.get("triggered"):
+        return GateBrief(state="triggered", reason=gate.get("reason"))
+    return GateBrief(state="burn-in" if gate.get("in_burn_in") else "ok")
+
+
+def job_view(job: Job, *, history: int = 0, include: list[str] | tuple[str, ...] = ()) -> JobView:
+    """The compact view of a job plus the detail sections asked for."""
     job.ensure_loaded()
     with job.lock:
         rec = dict(job.record)
-        hist = downsample(job.history, history)
-        evals = list(job.evals)
+        hist = downsample(job.history, history) if history else None
+        evals = list(job.evals[-EVALS_CAP:]) if "evals" in include else None
         checkpoints = list(job.checkpoints)
     last_step = rec.get("last_step") or {}
+    last_eval = rec.get("last_eval") or None
     update = int(last_step.get("update") or 0)
     total = job.total_updates()
     end = rec.get("finished_at") or time.time()
-    return JobView(
-        job_id=job.id, kind=rec.get("kind", "train"), status=rec["status"], reason=rec.get("reason"),
-        active=job.active, created_at=rec["created_at"], started_at=rec.get("started_at"),
-        finished_at=rec.get("finished_at"), elapsed_s=round(end - (rec.get("started_at") or rec["created_at"]), 3),
-        request=rec.get("request") or {}, plan=PlanView.model_validate(rec["plan"]) if rec.get("plan") else None,
-        progress=ProgressView(update=update, total_updates=total, fraction=round(update / total, 4) if total else None,
-                              eta_s=last_step.get("eta_s") if job.active else 0.0, last_loss=last_step.get("loss")),
-        last_step=StepView.model_validate(last_step) if last_step else None,
-        last_eval=EvalView.model_validate(rec["last_eval"]) if rec.get("last_eval") else None,
-        evals=[EvalView.model_validate(e) for e in evals], history=hist, data=rec.get("data"),
-        loader_len=rec.get("loader_len"), checkpoint=rec.get("checkpoint"), checkpoints=checkpoints,
-        plateaus=job.plateaus, growth=rec.get("growth", []), result=rec.get("result"), runtime=rec.get("runtime"),
-        log_tail=rec.get("log_tail"),
-        next=_next_hint(job, rec),
+    eta = last_step.get("eta_s") if job.active else 0.0
+    view = JobView(
+        job_id=job.id, status=rec["status"], active=job.active, reason=rec.get("reason"),
+        progress=ProgressView(update=update, total_updates=total,
+                              fraction=round(update / total, 4) if total else None,
+                              eta_s=round(eta, 1) if isinstance(eta, int | float) else None),
+        step=StepBrief(update=update, loss=_round(last_step.get("loss")),
+                       bpb=_bpb(last_step.get("raw_loss") if last_step.get("raw_loss") is not None
+                                else last_step.get("loss")), lr=last_step.get("lr")) if last_step else None,
+        eval=EvalBrief(update=int(last_eval.get("update") or 0), val_bpb=_round(last_eval.get("val_bpb"), 4),
+                       val_loss=_round(last_eval.get("val_loss"))) if last_eval else None,
+        gate=_gate(last_eval), checkpoint=rec.get("checkpoint"), run=job.run,
+        elapsed_s=round(end - (rec.get("started_at") or rec["created_at"]), 1), next=next_hint(job, rec),
     )
+    extra: dict[str, Any] = {}
+    for name in include:
+        if name == "plan" and rec.get("plan"):
+            extra["plan"] = _named(job, rec["plan"], "resumed_from")
+        elif name == "last_step" and last_step:
+            extra["last_step"] = last_step
+        elif name == "evals":
+            extra["evals"] = evals
+        elif name == "request":
+            req = rec.get("request") or {}
+            extra["request"] = {k: req.get(k) for k in REQUEST_KEYS if req.get(k) is not None}
+        elif name == "checkpoints":
+            extra["checkpoints"] = checkpoints
+        elif name == "plateaus":
+            extra["plateaus"] = job.plateaus
+        elif name == "growth":
+            extra["growth"] = rec.get("growth") or []
+        elif name == "result" and rec.get("result"):
+            extra["result"] = _named(job, rec["result"], "checkpoint")
+            if isinstance(extra["result"].get("plan"), dict):
+                extra["result"]["plan"] = _named(job, extra["result"]["plan"], "resumed_from")
+        elif rec.get(name) is not None:  # data, runtime, log_tail, loader_len
+            extra[name] = rec[name]
+    if hist is not None:
+        extra["history"] = hist
+    for key, value in extra.items():
+        setattr(view, key, value)
+    return view
 
 
-def _next_hint(job: Job, rec: dict[str, Any]) -> str:
+def _named(job: Job, data: dict[str, Any], key: str) -> dict[str, Any]:
+    """``data`` with a checkpoint path at ``key`` as the '<run>/<name>' agents use (no absolute paths)."""
+    value = data.get(key)
+    if isinstance(value, str) and ("/" in value or "\\" in value) and not value.startswith(job.run + "/"):
+        return {**data, key: job.qualify(value)}
+    return data
+
+
+def next_hint(job: Job, rec: dict[str, Any]) -> str:
     s, ck = rec["status"], rec.get("checkpoint")
     if job.active:
-        return f"poll get_job('{job.id}', wait_s=30), or cancel_job('{job.id}') to stop it with a checkpoint"
+        return f"get_job('{job.id}', wait_s=50) again, or cancel_job('{job.id}') to stop it with a checkpoint"
     if s == "completed":
         return f"evaluate() and generate(prompt=...) now use {ck!r}; export_int8() exports it"
     if s in ("cancelled", "interrupted"):
-        return "train(resume=true) continues from " + (repr(ck) if ck else "the run's last checkpoint")
+        return f"train(resume='{job.run}') continues from " + (repr(ck) if ck else "the run's last checkpoint")
     if s == "gated":
         return ("the safety gate or non-finite losses stopped training: lower train.lr or check the data, "
                 "then train again")
-    return "read `reason` (and `log_tail`), fix the config with patch_config, then train again"
+    return "read `reason` (get_job(include=['log_tail']) for the worker log), fix the config, then train again"
+
+
+def _includes(include: list[str]) -> tuple[str, ...]:
+    return SECTIONS if "all" in include else tuple(dict.fromkeys(include))
 
 
 def register(server: MCPServer, app) -> None:
@@ -110,27 +180,27 @@ def register(server: MCPServer, app) -> None:
         steps: Annotated[int | None, Field(ge=1, le=10_000_000, description="Optimizer updates to run (total for "
                                            "the run; with resume, counted from the run's start).")] = None,
         epochs: Annotated[int | None, Field(ge=1, le=100_000, description="Epochs instead of steps.")] = None,
-        resume: Annotated[bool, Field(description="Continue the newest run from its last checkpoint (its config, "
-                                      "optimizer, schedule and data position).")] = False,
+        resume: Annotated[bool | Annotated[str, Field(max_length=80)], Field(
+            description="Continue a run from its last checkpoint (config, optimizer, schedule, data position): "
+            "true = the newest run, or a job id ('job-0003') or run name ('job-0001').")] = False,
         fresh: Annotated[bool, Field(description="Start from a freshly initialised model even if scale_up/"
                                      "load_checkpoint chose a model for the next run.")] = False,
-        processes: Annotated[int, Field(ge=1, le=64, description="Data-parallel training processes on this machine, "
-                                        "launched with torchrun (train.distributed picks DDP or FSDP2; gloo on CPU, "
-                                        "nccl on GPUs). train.batch_size is per process.")] = 1,
+        processes: Annotated[int, Field(ge=1, le=64, description="Data-parallel processes on this machine "
+                                        "(torchrun; DDP or FSDP2 per train.distributed). batch_size is per "
+                                        "process.")] = 1,
         wait_s: WaitS = 0.0,
-    ) -> JobView:
-        """Start training in a background worker process and return its job id, status and plan (steps per epoch,
-        total optimizer updates, precision, compile status). One job at a time. Without steps/epochs the config's
-        train.steps or train.epochs apply. Checkpoints go to runs/<run>/; the trainer prunes older periodic
-        checkpoints of that run beyond train.keep_checkpoints. processes=N trains data-parallel on N local
-        processes; a checkpoint resumes with any process count."""
+    ) -> Annotated[CallToolResult, JobView]:
+        """Start training in a background worker (one job at a time; it keeps running if this client goes away)
+        and return its job_id at once. Without steps/epochs the config's train.steps/epochs apply. Then poll
+        get_job(job_id, wait_s=50) until active is false. Common mistakes: train while a job runs (the error
+        names it); a new train() to continue a stopped run: use resume=<run or job id>."""
         if steps is not None and epochs is not None:
             raise ToolError("give steps or epochs, not both")
         _check_processes(processes, app.config())
         busy = jobs.active()
         if busy is not None:
             raise ToolError(f"job {busy.id} is {busy.status} (update {busy.update()}/{busy.total_updates() or '?'}); "
-                            f"one training job at a time: wait with get_job('{busy.id}', wait_s=30) or "
+                            f"one training job at a time: wait with get_job('{busy.id}', wait_s=50) or "
                             f"cancel_job('{busy.id}') first")
         request = {**_request(app, steps, epochs, resume, fresh), "processes": processes}
         try:
@@ -140,31 +210,36 @@ def register(server: MCPServer, app) -> None:
         if request.get("init_name"):
             app.ws.update_state(init_checkpoint=None)  # consumed by this run
         await wait(job, wait_s, ctx)
-        return job_view(job)
+        return reply(job_view(job))
 
     @server.tool(annotations=read_only("Get a job's status and metrics"))
     @guarded
-    async def get_job(ctx: Context, job_id: JobId = None, wait_s: WaitS = 0.0, history: History = 50) -> JobView:
-        """Status, plan, latest step/eval metrics, gate decisions and step history of a job; with wait_s, waits
-        (sending progress notifications) until it ends or wait_s passes."""
+    async def get_job(ctx: Context, job_id: JobId = None, wait_s: WaitS = 0.0, history: History = 0,
+                      include: Include = []) -> Annotated[CallToolResult, JobView]:  # noqa: B006 - never mutated
+        """Poll a job: get_job(job_id, wait_s=50) until active is false. Returns progress (update/total, eta_s),
+        the latest step (loss, bpb = bits per byte) and eval (val_bpb), gate state, checkpoint and next (under
+        1 KB). Detail once, at the end: include=[plan, evals, result, ...] and history=N; every event is in
+        resource bt://jobs/{job_id}/metrics. Mistake: polling with history or include (costs context each time)."""
         job = find(job_id)
         await wait(job, wait_s, ctx)
-        return job_view(job, history)
+        return reply(job_view(job, history=history, include=_includes(include)))
 
     @server.tool(annotations=read_only("List jobs"))
     @guarded
-    def list_jobs(limit: Annotated[int, Field(ge=1, le=1000, description="Newest jobs to list.")] = 20) -> JobList:
-        """All jobs of this workspace (newest last) with status, progress and checkpoint."""
+    def list_jobs(limit: Annotated[int, Field(ge=1, le=1000, description="Newest jobs to list.")] = 10
+                  ) -> Annotated[CallToolResult, JobList]:
+        """The newest jobs of this workspace (newest last): status, update/total, last val_bpb, checkpoint and the
+        reason a job ended. Use to find a job id or run to resume, or after a restart. total counts all jobs."""
+        every = jobs.all()
         out = []
-        for job in jobs.all()[-limit:]:
+        for job in every[-limit:]:
             rec = job.record
             ev = rec.get("last_eval") or {}
-            out.append(JobSummary(job_id=job.id, status=rec["status"], created_at=rec["created_at"],
-                                  update=job.update(), total_updates=job.total_updates(),
-                                  last_loss=(rec.get("last_step") or {}).get("loss"), val_bpb=ev.get("val_bpb"),
-                                  checkpoint=rec.get("checkpoint"), reason=rec.get("reason")))
+            out.append(JobSummary(job_id=job.id, status=rec["status"], update=job.update(),
+                                  total_updates=job.total_updates(), val_bpb=_round(ev.get("val_bpb"), 4),
+                                  checkpoint=rec.get("checkpoint"), reason=_short(rec.get("reason"))))
         active = jobs.active()
-        return JobList(jobs=out, active_job=active.id if active else None)
+        return reply(JobList(jobs=out, total=len(every), active_job=active.id if active else None))
 
     @server.tool(annotations=writes("Cancel a job", destructive=True))
     @guarded
@@ -175,9 +250,10 @@ def register(server: MCPServer, app) -> None:
                                        "its checkpoint.")] = 15.0,
         force: Annotated[bool, Field(description="Kill the worker at once (no checkpoint; last saved one stays).")]
         = False,
-    ) -> JobView:
-        """Stop a running job at the next step boundary; it saves a consistent, resumable checkpoint
-        (train(resume=true) continues). Default job: the active one."""
+    ) -> Annotated[CallToolResult, JobView]:
+        """Stop a running job at the next step boundary; it saves a consistent, resumable checkpoint. Default job:
+        the active one. Good result: status 'cancelled' with a checkpoint; train(resume=<run>) continues it.
+        Works on jobs started by an earlier server too. Use force=true only for a worker that does not stop."""
         job = jobs.get(job_id) if job_id else (jobs.active() or jobs.latest())
         if job is None:
             raise ToolError(f"unknown job_id {job_id!r}" if job_id else "no jobs yet: nothing to cancel")
@@ -185,7 +261,11 @@ def register(server: MCPServer, app) -> None:
             raise ToolError(f"job {job.id} already ended ({job.status}); nothing to cancel")
         jobs.cancel(job, force=force)
         await wait(job, wait_s, ctx)
-        return job_view(job)
+        return reply(job_view(job))
+
+
+def _short(text: str | None, n: int = 160) -> str | None:
+    return text if text is None or len(text) <= n else text[: n - 3] + "..."
 
 
 def _check_processes(processes: int, cfg) -> None:
@@ -206,12 +286,31 @@ def _check_processes(processes: int, cfg) -> None:
                         "(each process needs at least one core)")
 
 
-def _request(app, steps: int | None, epochs: int | None, resume: bool, fresh: bool) -> dict[str, Any]:
-    cfg = app.config()
-    if resume:
-        prev = next((j for j in reversed(app.jobs.all()) if j.record.get("checkpoint")), None)
-        if prev is None:
+def resume_source(app, resume: bool | str) -> Job:
+    """The job whose run ``resume`` continues: true = the newest run with a checkpoint, else a job id or run."""
+    with_ck = [j for j in app.jobs.all() if j.record.get("checkpoint")]
+    if resume is True:
+        if not with_ck:
             raise ToolError("nothing to resume: no earlier job saved a checkpoint; start with train(steps=N)")
+        return with_ck[-1]
+    key = str(resume).strip()
+    job = app.jobs.get(key)
+    run = job.run if job is not None else key
+    same_run = [j for j in with_ck if j.run == run]
+    if not same_run:
+        runs = sorted({j.run for j in with_ck})
+        what = f"job {key!r} (run {run!r})" if job is not None else f"run or job {key!r}"
+        raise ToolError(f"nothing to resume for {what}: no checkpoint saved; runs with checkpoints: "
+                        f"{runs or 'none'} (list_jobs() shows job ids and runs)")
+    return same_run[-1]  # the run's newest job carries its latest config and request
+
+
+def _request(app, steps: int | None, epochs: int | None, resume: bool | str, fresh: bool) -> dict[str, Any]:
+    cfg = app.config()
+    if isinstance(resume, str) and resume.strip().lower() in ("true", "false", ""):
+        resume = resume.strip().lower() == "true"
+    if resume:
+        prev = resume_source(app, resume)
         req = prev.record.get("request") or {}
         if steps is None and epochs is None:
             steps, epochs = req.get("steps"), req.get("epochs")

@@ -85,7 +85,9 @@ def trained(tmp_path_factory) -> dict[str, Any]:
             while view["active"] and time.monotonic() - t0 < 240:
                 view = await call(c, "get_job", {"job_id": started["job_id"], "wait_s": 60},
                                   progress_callback=progress)
-            out["final"] = view
+            out["polled"] = view  # compact
+            out["final"] = await call(c, "get_job", {"job_id": started["job_id"], "include": ["all"],
+                                                      "history": 1000})
 
     anyio.run(run)
     return out

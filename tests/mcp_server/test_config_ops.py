@@ -65,9 +65,9 @@ def test_diff_nested():
 
 def test_other_trainers_names_are_routed_with_a_note():
     notes: list[str] = []
-    new, changes = apply_patch(RunConfig(), {"learning_rate": 1e-3, "max_steps": 7, "n_layer": 2, "n_head": 2,
-                                             "n_embd": 32, "block_size": 72, "train": {"gradient_accumulation_steps": 2},
-                                             "model.num_layers": 3}, notes)
+    new, _ = apply_patch(RunConfig(), {"learning_rate": 1e-3, "max_steps": 7, "n_layer": 2, "n_head": 2,
+                                       "n_embd": 32, "block_size": 72, "train": {"gradient_accumulation_steps": 2},
+                                       "model.num_layers": 3}, notes)
     assert (new.train.lr, new.train.steps, new.train.accum_steps) == (1e-3, 7, 2)
     assert (new.model.layers, new.model.nhead, new.model.d_model, new.model.max_seq_len) == (3, 2, 32, 72)
     assert "learning_rate -> train.lr" in notes and "max_steps -> train.steps" in notes
@@ -78,9 +78,9 @@ def test_get_config_result_shape_and_wrapper_are_accepted():
     result = {"config": RunConfig().model_dump(mode="json"), "derived": {"params": 5}, "path": "config.json"}
     result["config"]["train"]["lr"] = 0.01
     notes: list[str] = []
-    new, changes = apply_patch(RunConfig(), result, notes)
+    _, changes = apply_patch(RunConfig(), result, notes)
     assert changes == [("train.lr", 0.003, 0.01)] and "derived" in notes[0] and "path" in notes[0]
-    new, changes = apply_patch(RunConfig(), {"config": {"model": {"layers": 3}}})
+    _, changes = apply_patch(RunConfig(), {"config": {"model": {"layers": 3}}})
     assert changes == [("model.layers", 4, 3)]
     with pytest.raises(PatchError, match="inside"):
         apply_patch(RunConfig(), {"config": {"model": {"layers": 3}}, "train": {"lr": 1.0}})

@@ -25,10 +25,10 @@ async def test_tool_listing_has_fixed_names_schemas_and_annotations(tmp_path):
     assert tools["get_config"].annotations.read_only_hint is True
     assert tools["get_job"].annotations.read_only_hint is True
     assert tools["patch_config"].annotations.destructive_hint is True
-    assert tools["train"].annotations.read_only_hint is False
+    assert not tools["train"].annotations.read_only_hint  # the protocol default (false) is left off the wire
     train_props = tools["train"].input_schema["properties"]
     assert {"steps", "epochs", "resume", "wait_s"} <= set(train_props)
-    assert train_props["steps"]["anyOf"][0]["minimum"] == 1
+    assert train_props["steps"]["minimum"] == 1 and train_props["steps"]["type"] == "integer"
     assert "description" in train_props["wait_s"]
 
 
@@ -39,7 +39,7 @@ async def test_patch_config_returns_changes_and_derived_facts(tmp_path):
 
     ws = tmp_path / "ws"
     async with Client(new_server(ws)) as c:
-        out = await call(c, "patch_config", {"patch": TINY})
+        out = await call(c, "patch_config", {"patch": TINY, "include_config": True})
         changed = {ch["path"] for ch in out["changed"]}
         assert {"model.layers", "model.d_model", "train.batch_size", "data.max_bytes"} <= changed
         assert out["applied"] is True
@@ -51,7 +51,7 @@ async def test_patch_config_returns_changes_and_derived_facts(tmp_path):
         assert out["derived"]["train_windows"] == windows
         assert plan["steps_per_epoch"] == math.ceil(windows / 8)
         assert plan["updates_per_epoch"] == math.ceil(windows / 8)
-        assert out["derived"]["memory"]["total_mb"] > 0
+        assert out["derived"]["memory_mb"] > 0
         # Accumulation divides optimizer updates (task 4).
         acc = await call(c, "patch_config", {"patch": {"accum_steps": 4}, "dry_run": True})
         assert acc["applied"] is False
@@ -100,7 +100,8 @@ async def test_files_source_inside_workspace(tmp_path):
     async with Client(new_server(ws)) as c:
         (ws / "data").mkdir()
         (ws / "data" / "a.txt").write_text("hello bits " * 200)
-        out = await call(c, "patch_config", {"patch": {"data": {"source": "files", "paths": ["data/*.txt"]}}})
+        out = await call(c, "patch_config", {"patch": {"data": {"source": "files", "paths": ["data/*.txt"]}},
+                                             "include_config": True})
         assert out["config"]["data"]["paths"] == ["data/*.txt"]  # stored as given (portable)
         prep = await call(c, "prepare_data")
         assert prep["n_bytes"] == len("hello bits " * 200)

@@ -45,7 +45,8 @@ async def test_two_process_job_cancels_with_a_checkpoint_and_resumes_in_one(tiny
     async with Client(new_server(tiny_ws)) as c:
         started = await call(c, "train", {"steps": 4000, "processes": 2})
         job_id = started["job_id"]
-        job = await _until_update(c, job_id, 2)
+        await _until_update(c, job_id, 2)
+        job = await call(c, "get_job", {"job_id": job_id, "include": ["plan", "request"]})
         assert job["status"] == "running" and job["plan"]["world_size"] == 2
         assert job["plan"]["distributed"] == "ddp" and job["request"]["processes"] == 2
         launcher = _launcher(tiny_ws, job_id)
@@ -63,6 +64,7 @@ async def test_two_process_job_cancels_with_a_checkpoint_and_resumes_in_one(tiny
 
         resumed = await call(c, "train", {"resume": True, "steps": stopped_at + 2, "wait_s": 90})
         assert resumed["status"] == "completed", resumed.get("reason")
+        resumed = await call(c, "get_job", {"job_id": resumed["job_id"], "include": ["plan"]})
         assert resumed["plan"]["start_update"] == stopped_at and resumed["plan"]["world_size"] == 1
         assert "2 process(es)" in resumed["plan"]["resume_note"]
         assert resumed["progress"]["update"] == stopped_at + 2

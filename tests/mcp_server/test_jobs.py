@@ -37,6 +37,14 @@ async def test_job_completes_with_plan_matching_loader(trained):
     assert plan["precision"] == "fp32" and job["last_step"]["precision"] == "fp32"  # amp='none' in TINY
     assert plan["compile_ran"] is False and plan["compile_reason"]
     assert job["progress"]["update"] == TRAIN_STEPS and job["progress"]["fraction"] == 1.0
+    polled = trained["polled"]  # the compact poll: no detail sections, but the numbers an agent decides on
+    assert set(polled) <= {"job_id", "status", "active", "reason", "progress", "step", "eval", "gate", "checkpoint",
+                           "run", "elapsed_s", "next"}
+    assert polled["step"]["update"] == TRAIN_STEPS
+    assert polled["step"]["bpb"] == pytest.approx(job["last_step"]["raw_loss"] * 9 / math.log(2), rel=1e-3)
+    assert polled["eval"]["val_bpb"] == pytest.approx(job["evals"][-1]["val_bpb"], rel=1e-3)
+    assert polled["gate"]["state"] == ("burn-in" if job["evals"][-1]["gate"]["in_burn_in"] else "ok")
+    assert polled["checkpoint"] == job["checkpoint"]
     assert [h["update"] for h in job["history"]] == list(range(1, TRAIN_STEPS + 1))
     assert all(math.isfinite(h["loss"]) for h in job["history"])
     # Validations every 3 updates with the gate in burn-in first (burn_in=2: observations 1, 2).
@@ -60,9 +68,10 @@ async def test_progress_notifications_strictly_increase(trained):
 async def test_get_list_and_history_after_restart(trained_ws):
     async with Client(new_server(trained_ws)) as c:
         listed = await call(c, "list_jobs")
-        assert listed["active_job"] is None
+        assert listed.get("active_job") is None
         assert [j["job_id"] for j in listed["jobs"]] == ["job-0001"]
         assert listed["jobs"][0]["status"] == "completed"
+        assert listed["total"] == 1
         job = await call(c, "get_job", {"job_id": "job-0001", "history": 2})
         assert len(job["history"]) == 2 and job["history"][-1]["update"] == TRAIN_STEPS
         assert (await call(c, "get_job"))["job_id"] == "job-0001"  # default: newest

@@ -42,13 +42,15 @@ async def test_cancel_saves_a_checkpoint_that_resume_continues(tiny_ws):
         assert "resume" in view["next"]
         cks = await call(c, "list_checkpoints")
         assert cks["current"] == view["checkpoint"]
-        assert (await call(c, "list_jobs"))["active_job"] is None  # the server kept answering
+        assert (await call(c, "list_jobs")).get("active_job") is None  # the server kept answering
         # Resume continues the same run from the cancel checkpoint, with the run's own config.
         await call(c, "patch_config", {"patch": {"batch_size": 4}})  # later patches do not leak into the resume
         resumed = await call(c, "train", {"resume": True, "steps": update + 2, "wait_s": 120})
         while resumed["active"]:
             resumed = await call(c, "get_job", {"job_id": resumed["job_id"], "wait_s": 30})
         assert resumed["status"] == "completed", resumed
+        resumed = await call(c, "get_job", {"job_id": resumed["job_id"], "include": ["request", "plan"],
+                                            "history": 100})
         assert resumed["request"]["resumes"] == "job-0001" and resumed["request"]["run"] == "job-0001"
         assert resumed["plan"]["batch_size"] == 8
         assert [h["update"] for h in resumed["history"]] == [update + 1, update + 2]
@@ -67,10 +69,12 @@ async def test_shutdown_interrupts_and_resume_continues(tiny_ws):
         assert view["status"] == "interrupted", view
         assert view["checkpoint"] and "resume" in view["reason"]
         done = view["progress"]["update"]
-        resumed = await call(c, "train", {"resume": True, "steps": done + 2, "wait_s": 120})
+        resumed = await call(c, "train", {"resume": "job-0001", "steps": done + 2, "wait_s": 120})  # by run name
         while resumed["active"]:
             resumed = await call(c, "get_job", {"job_id": resumed["job_id"], "wait_s": 30})
         assert resumed["status"] == "completed", resumed
+        resumed = await call(c, "get_job", {"job_id": resumed["job_id"], "include": ["request", "plan"],
+                                            "history": 100})
         assert resumed["request"]["resumes"] == "job-0001" and resumed["request"]["run"] == "job-0001"
         assert [h["update"] for h in resumed["history"]] == [done + 1, done + 2]
         assert resumed["checkpoint"] == f"job-0001/update-{done + 2:07d}"
@@ -118,8 +122,9 @@ async def test_worker_error_event_becomes_the_reason(tiny_ws, tmp_path):
     async with Client(server) as c:
         view = await call(c, "train", {"steps": 3, "wait_s": 30})
         assert view["status"] == "failed" and view["reason"] == "ValueError: loss is NaN"
+        assert "log_tail" in view["next"] and "log_tail" not in view  # compact; detail on request
+        view = await call(c, "get_job", {"include": ["log_tail"]})
         assert "Traceback: boom" in view["log_tail"]
-        assert "patch_config" in view["next"]
         again = await call(c, "train", {"steps": 3, "wait_s": 30})  # not blocked by the failed job
         assert again["job_id"] == "job-0002"
 
@@ -138,4 +143,4 @@ async def test_real_worker_crash_reports_reason(tiny_ws):
         await call(c, "patch_config", {"patch": {"data": {"source": "files", "paths": ["missing/*.txt"]}}})
         view = await call(c, "train", {"steps": 2, "wait_s": 120})
         assert view["status"] == "failed" and "matched no files" in view["reason"]
-        assert "Traceback" in view["log_tail"]
+        assert "Traceback" in (await call(c, "get_job", {"include": ["log_tail"]}))["log_tail"]

@@ -52,7 +52,7 @@ async def test_no_model_yet_is_a_clear_error(tiny_ws):
             assert "no model yet" in error_text(await c.call_tool(tool, args)), tool
         assert (await call(c, "list_checkpoints"))["checkpoints"] == []
         t = await call(c, "telemetry")
-        assert t["telemetry"] is None and "no telemetry yet" in t["note"]
+        assert t.get("telemetry") is None and "no telemetry yet" in t["note"]
 
 
 async def test_checkpoints_list_and_load(trained_ws):
@@ -62,7 +62,7 @@ async def test_checkpoints_list_and_load(trained_ws):
         assert FINAL in names and "job-0001/best" in names and cks["current"] == FINAL
         assert all("path" not in ck for ck in cks["checkpoints"])
         final = next(ck for ck in cks["checkpoints"] if ck["name"] == FINAL)
-        assert final["update"] == TRAIN_STEPS and final["kind"] == "final" and final["is_current"]
+        assert final["update"] == TRAIN_STEPS and final["kind"] == "final" and final["current"]
         loaded = await call(c, "load_checkpoint", {"name": "job-0001/update-0000003"})
         assert loaded["name"] == "job-0001/update-0000003" and loaded["state"]["update"] == 3
         assert loaded["changed"] == [] and loaded["model"]["d_model"] == 32
@@ -97,7 +97,7 @@ async def test_export_int8(trained_ws):
         assert out["size_ratio"] > 1.0 and out["fp32_size_bytes"] > out["size_bytes"]
         assert out["info"]["quantized_linears"] > 0 and "path" not in out["info"]
         named = await call(c, "export_int8", {"name": "mine", "eval_bytes": 0})
-        assert named["path"] == "exports/mine" and named["bpb_delta"] is None
+        assert named["path"] == "exports/mine" and named.get("bpb_delta") is None
         assert "not allowed" in error_text(await c.call_tool("export_int8", {"name": "../x"}))
 
 
@@ -108,7 +108,7 @@ async def test_scale_up_rebuilds_plan_and_next_run(trained_ws):
         assert out["params_after"] > out["params_before"]
         assert out["plan"]["params"] == out["params_after"]
         assert out["plan"]["scheduler_horizon"] == out["plan"]["total_updates"]
-        assert out["report"]["new_layers"] and "max_logit_change" in out["report"]
+        assert out["exact"] and "max_logit_change" in out
         cfg = await call(c, "get_config", {"derived": False})
         assert cfg["config"]["model"]["layers"] == 4
         cks = await call(c, "list_checkpoints")
@@ -122,6 +122,7 @@ async def test_scale_up_rebuilds_plan_and_next_run(trained_ws):
     server.app_state.jobs.python = str(fake)
     async with Client(server) as c:
         job = await call(c, "train", {"steps": 2, "wait_s": 20})
+        job = await call(c, "get_job", {"job_id": job["job_id"], "include": ["request"]})
         assert job["request"]["init_name"] == out["checkpoint"]
         assert job["status"] == "failed" and "before reporting a result" in job["reason"]
-        assert (await call(c, "list_checkpoints"))["init_next"] is None  # consumed by that run
+        assert (await call(c, "list_checkpoints")).get("init_next") is None  # consumed by that run

@@ -53,8 +53,12 @@ async def test_without_playbook_tools_say_why(tmp_path, monkeypatch):
 async def test_with_playbook_tools_resources_prompts(tmp_path, fake_playbook):
     async with Client(new_server(tmp_path / "ws")) as c:
         listed = await call(c, "playbook_list", {"scale": "full"})
-        assert [r["id"] for r in listed["recipes"]] == ["1", "A"] and listed["recipes"][0]["scale"] == "full"
+        assert [r["id"] for r in listed["recipes"]] == ["1", "A"] and listed["scale"] == "full"
+        listed = await call(c, "playbook_list", {"scale": "full", "detail": True})
+        assert listed["recipes"][0]["scale"] == "full"
         step = await call(c, "playbook_step", {"task_id": "A"})
+        assert step["recipe"]["title"] == "8x256 ACT baseline" and "prompt" not in step  # compact by default
+        step = await call(c, "playbook_step", {"task_id": "A", "detail": True})
         assert step["recipe"]["title"] == "8x256 ACT baseline" and step["prompt"] == "PROMPT for A at smoke"
         msg = error_text(await c.call_tool("playbook_step", {"task_id": "Z"}))
         assert "unknown playbook task 'Z'" in msg and "['1', 'A']" in msg

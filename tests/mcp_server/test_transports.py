@@ -98,7 +98,7 @@ async def test_http_requires_the_bearer_token(http_server):
         names = {t.name for t in (await c.list_tools()).tools}
         assert "get_job" in names
         out = await call(c, "patch_config", {"patch": {"layers": 3}})
-        assert out["config"]["model"]["layers"] == 3
+        assert out["changed"] == [{"path": "model.layers", "old": 4, "new": 3}]
     bare = create_mcp_http_client()
     with pytest.raises(Exception) as err:  # the SDK's HTTP error type for a 401
         async with bare, Client(streamable_http_client(url, http_client=bare), read_timeout_seconds=20) as c:

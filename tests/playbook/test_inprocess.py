@@ -113,8 +113,9 @@ def test_served_to_agents_via_tools_prompts_and_resources(tmp_path):
 
     async def go():
         async with Client(build_server(tmp_path / "ws")) as c:
-            listed = (await c.call_tool("playbook_list", {})).structured_content
-            step = (await c.call_tool("playbook_step", {"task_id": "c", "scale": "full"})).structured_content
+            listed = (await c.call_tool("playbook_list", {"detail": True})).structured_content
+            step = (await c.call_tool("playbook_step", {"task_id": "c", "scale": "full",
+                                                         "detail": True})).structured_content
             bad = await c.call_tool("playbook_step", {"task_id": "Z"})
             prompts = {p.name for p in (await c.list_prompts()).prompts}
             task6 = await c.get_prompt("playbook_task_6", {"scale": "smoke"})

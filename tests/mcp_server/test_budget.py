@@ -1,0 +1,121 @@
+"""The context budget (mcp_server/budget.py) and the tool contract, measured as an agent host sees them.
+
+The contract snapshot pins tool names, argument names and types, and result field names, so a change to what
+agents see is deliberate. After an intended change, regenerate it and commit the JSON with the change:
+
+    BT_UPDATE_CONTRACT=1 .venv/bin/python -m pytest tests/mcp_server/test_budget.py -k contract
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from mcp.client import Client
+
+from mcp_server.budget import RESULT_BUDGET, TOOLS_BUDGET, app_only, compact, result_bytes, tools_bytes
+
+from .conftest import call, new_server
+
+pytestmark = pytest.mark.anyio
+CONTRACT = Path(__file__).with_name("tool_contract.json")
+UPDATE = "BT_UPDATE_CONTRACT=1 .venv/bin/python -m pytest tests/mcp_server/test_budget.py -k contract"
+
+# Arguments for tools that need some; every other tool is called with none.
+ARGS = {
+    "patch_config": {"patch": {"train": {"lr": 0.002}}},
+    "load_checkpoint": {"name": "latest"},
+    "playbook_step": {"task_id": "C"},  # the longest recipe
+    "delete": {"export": "tiny", "dry_run": True},
+    "export_int8": {"name": "tiny", "eval_bytes": 256},
+    "evaluate": {"max_bytes": 512},
+    "generate": {"max_bytes": 16, "seed": 0},
+    "scale_up": {"layers": 3},
+    "train": {"steps": 2},
+}
+FIRST, LAST = ["export_int8"], ["train", "cancel_job"]  # export before delete reads it; cancel the job train starts
+
+
+def _arg_type(schema: dict) -> str:
+    t = schema.get("type")
+    if t is None and "anyOf" in schema:
+        t = [s.get("type") for s in schema["anyOf"]]
+    if isinstance(t, list):
+        return "|".join(str(x) for x in t)
+    return str(t)
+
+
+def contract(tools) -> dict:
+    out = {}
+    for t in sorted(tools, key=lambda t: t.name):
+        props = (t.input_schema or {}).get("properties") or {}
+        out[t.name] = {"args": {k: _arg_type(v) for k, v in props.items()},
+                       "result": sorted((t.output_schema or {}).get("properties") or {})}
+    return out
+
+
+async def test_tools_list_fits_the_budget(tmp_path):
+    async with Client(new_server(tmp_path / "ws")) as c:
+        tools = (await c.list_tools()).tools
+    every, visible = tools_bytes(tools)
+    print(f"tools/list: {visible} bytes model-visible, {every} bytes all {len(tools)} tools (budget {TOOLS_BUDGET})")
+    assert visible <= TOOLS_BUDGET, f"tools/list is {visible} bytes for the model; the budget is {TOOLS_BUDGET}"
+    for t in tools:
+        assert t.description and "\n    " not in t.description, f"{t.name}: indented docstring text on the wire"
+        if not app_only(t):
+            schema = json.dumps(t.output_schema or {})
+            assert "$defs" not in schema and '"description"' not in schema, f"{t.name}: output schema not compact"
+
+
+async def test_every_default_result_fits_the_budget(trained_ws):
+    sizes: dict[str, int] = {}
+    async with Client(new_server(trained_ws)) as c:
+        tools = (await c.list_tools()).tools
+        names = sorted((t.name for t in tools), key=lambda n: (n not in FIRST, n in LAST, LAST.index(n) if n in LAST
+                                                                  else 0, n))
+        for name in names:
+            res = await c.call_tool(name, ARGS.get(name, {}))
+            # cancel_job may find the 2-step job already ended
+            assert not res.is_error or name == "cancel_job", (name, res.content[0].text)
+            sizes[name] = result_bytes(res)
+            if res.structured_content is not None and not name.startswith("dashboard"):  # text = the same JSON
+                assert res.content[0].text == compact(res.structured_content), name
+        job = await call(c, "get_job", {"job_id": "job-0001"})
+        asked = await call(c, "get_job", {"job_id": "job-0001", "include": ["all"], "history": 1000})
+    print("default result bytes:", json.dumps(sizes))
+    over = {n: b for n, b in sizes.items() if b > RESULT_BUDGET}
+    assert not over, f"default results over {RESULT_BUDGET} bytes: {over}"
+    # The default get_job carries what an agent decides on, and detail only when asked for.
+    assert {"status", "progress", "step", "eval", "gate", "checkpoint", "next"} <= set(job)
+    assert job["step"]["bpb"] > 0 and job["eval"]["val_bpb"] > 0 and job["gate"]["state"] in ("ok", "burn-in")
+    assert "history" not in job and "plan" not in job
+    assert len(asked["history"]) > 1 and asked["plan"]["total_updates"] == job["progress"]["total_updates"]
+    assert result_bytes_of(asked) > RESULT_BUDGET or len(asked["history"]) < 20
+
+
+def result_bytes_of(data: dict) -> int:
+    return len(compact(data).encode())
+
+
+async def test_tool_contract_matches_the_snapshot(tmp_path):
+    async with Client(new_server(tmp_path / "ws")) as c:
+        now = contract((await c.list_tools()).tools)
+    if os.environ.get("BT_UPDATE_CONTRACT"):
+        CONTRACT.write_text(json.dumps(now, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        pytest.skip(f"wrote {CONTRACT.name}")
+    pinned = json.loads(CONTRACT.read_text(encoding="utf-8"))
+    changes = []
+    for name in sorted(set(pinned) | set(now)):
+        if name not in now:
+            changes.append(f"tool {name!r} removed")
+        elif name not in pinned:
+            changes.append(f"tool {name!r} added: {now[name]}")
+        elif pinned[name] != now[name]:
+            for part in ("args", "result"):
+                if pinned[name][part] != now[name][part]:
+                    changes.append(f"{name}.{part}: {pinned[name][part]} -> {now[name][part]}")
+    assert not changes, ("the tool contract agents see changed:\n  " + "\n  ".join(changes)
+                         + "\nIf this is deliberate, regenerate the snapshot and commit it with the change:\n  "
+                         + UPDATE)
