@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -177,6 +178,22 @@ class Workspace:
                 continue
             out.append(child)
         return out
+
+    @staticmethod
+    def tree_bytes(path: Path) -> int:
+        """Bytes of the files under ``path`` without following symlinks (a link's target is never read)."""
+        if path.is_symlink():
+            return 0
+        if path.is_file():
+            return path.stat().st_size
+        total = 0
+        for root, _dirs, files in os.walk(path):  # followlinks=False: linked folders are not entered
+            for name in files:
+                with contextlib.suppress(OSError):
+                    st = os.lstat(os.path.join(root, name))
+                    if stat.S_ISREG(st.st_mode):  # a link to a file is not counted either
+                        total += st.st_size
+        return total
 
     def drop_links(self, base: Path, *, what: str) -> None:
         """Remove symlinks directly inside ``base`` (a cache: its entries are rebuilt on demand), so nothing

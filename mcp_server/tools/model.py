@@ -394,6 +394,6 @@ def _small(state: dict | None) -> dict:
 
 
 def _size(path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    from ..workspace import Workspace
+
+    return Workspace.tree_bytes(path)  # symlinks inside an export are not followed out of the workspace

@@ -87,6 +87,23 @@ def test_checkpoints_reached_through_symlinks_are_not_listed(tmp_path, caplog):
     assert "linked-run" in caplog.text and "linked-ck-root" in caplog.text and "update-0000001" in caplog.text
 
 
+@pytest.mark.anyio
+async def test_export_listing_neither_lists_nor_measures_through_links(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    out = tmp_path / "outside"
+    (out / "big").mkdir(parents=True)
+    (out / "big" / "blob.bin").write_bytes(b"x" * 100_000)
+    real = ws.exports_dir / "int8-a"
+    real.mkdir()
+    (real / "model.bin").write_bytes(b"w" * 10)
+    os.symlink(out / "big" / "blob.bin", real / "linked.bin")  # a link to a file outside
+    os.symlink(out / "big", real / "linked-dir")  # a link to a folder outside
+    os.symlink(out / "big", ws.exports_dir / "int8-linked")  # a symlinked export
+    async with Client(new_server(ws.root)) as c:
+        listed = await call(c, "list_exports")
+    assert [(e["name"], e["size_bytes"]) for e in listed["exports"]] == [("int8-a", 10)]
+
+
 def test_cache_links_are_removed_not_followed(tmp_path):
     ws = Workspace(tmp_path / "ws")
     target = tmp_path / "outside.bin"
