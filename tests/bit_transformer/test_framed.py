@@ -230,3 +230,16 @@ def test_int8_export_and_qat_work_on_the_framed_model(tmp_path):
     out = qat(x[:, :-1])
     F.cross_entropy(out.logits.reshape(-1, 2), x[0, 1:]).backward()
     assert qat.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_generation_window_jumps_in_whole_frames_and_keeps_three_quarters():
+    from bit_transformer.generate import context_start
+
+    starts = set()
+    for n in range(1, 2000):
+        s = context_start(n, 576)
+        assert s % FRAME_BITS == 0 and n - s <= 576
+        if n > 576:
+            assert n - s > 576 * 3 // 4
+        starts.add(s)
+    assert sorted(starts)[:3] == [0, 144, 288]  # a jump of a quarter window, not one frame
