@@ -101,7 +101,7 @@ def test_a_machine_that_slows_down_is_replanned_to_end_on_budget():
     assert res["final_lr"] == pytest.approx(res["schedule_final_lr"]) == pytest.approx(CFG.lr * 0.01)
 
 
-def test_the_curve_falls_on_the_old_phrase_only_because_it_is_coprime():
+def test_the_old_24_byte_phrase_is_memorised_and_its_curve_rises():
     # The diagnosis of the rising curve, kept as a test: with a 24-byte phrase (3 distinct windows) the
     # same run memorises the windows and validation gets worse between the two curve points.
     clock = UpdateClock(0.01)
