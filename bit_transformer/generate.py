@@ -123,7 +123,7 @@ class _FramedCached(_Uncached):
             self.frames = k
         if j == DATA_BITS:  # the parity bit: the same fixed logits as the model's forward
             one = (2.0 * (sum(stream[n - DATA_BITS : n]) % 2) - 1.0) * PARITY_LOGIT
-            return torch.tensor([-one, one])
+            return torch.tensor([-one, one])  # (never sampled: generate sets parity itself)
         prefix = 0
         for b in stream[n - j : n]:
             prefix = prefix * 2 + b
@@ -137,11 +137,24 @@ class _FramedCached(_Uncached):
 def sample_bit(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
     """Draw a bit from 2-way ``logits``. temperature <= 0 is greedy; top-p keeps the likelier bit alone
     when its probability already reaches ``top_p``."""
-    logits = logits.detach().double().cpu()
+    l0, l1 = logits.detach().double().cpu().tolist()
+    return _sample_pair(l0, l1, temperature, top_p, generator)
+
+
+def _p1(l0: float, l1: float) -> float:
+    """softmax([l0, l1])[1] in plain floats (per-bit torch calls dominate sampling time for small models)."""
+    x = l1 - l0
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def _sample_pair(l0: float, l1: float, temperature: float, top_p: float, generator: torch.Generator) -> int:
     u = float(torch.rand((), generator=generator, dtype=torch.float64))  # always drawn: stream stays aligned
     if temperature <= 0:
-        return int(logits[1] > logits[0])
-    p1 = float(torch.softmax(logits / temperature, dim=-1)[1])
+        return int(l1 > l0)
+    p1 = _p1(l0 / temperature, l1 / temperature)
     if max(p1, 1.0 - p1) >= top_p:
         return int(p1 > 0.5) if p1 != 0.5 else int(u < 0.5)
     return int(u < p1)
@@ -254,9 +267,9 @@ def _sample(next_logits, stream: list[int], max_bytes: int, temperature: float, 
         frame: list[int] = []
         for _phase in range(8):
             # empty prompt: the very first bit has no context, so it is a fair coin
-            logits = next_logits(stream) if stream else torch.zeros(2)
-            bit = sample_bit(logits, temperature, top_p, gen)
-            data_p1.append(float(torch.softmax(logits.double().cpu(), -1)[1]))
+            l0, l1 = next_logits(stream).tolist() if stream else (0.0, 0.0)
+            bit = _sample_pair(l0, l1, temperature, top_p, gen)
+            data_p1.append(_p1(l0, l1))
             frame.append(bit)
             stream.append(bit)
         stream.append(sum(frame) % 2)  # the frame always decodes
