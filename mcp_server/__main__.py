@@ -21,6 +21,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000).")
     p.add_argument("--token", default=os.environ.get("BT_MCP_TOKEN"),
                    help="HTTP bearer token; requests without it are refused (env BT_MCP_TOKEN).")
+    p.add_argument("--jobs-follow-session", action="store_true",
+                   default=os.environ.get("BT_JOBS_FOLLOW_SESSION") == "1",
+                   help="Stop training jobs (with a checkpoint) when this server exits, as before; default: jobs "
+                        "keep running and the next server on the workspace re-attaches (env BT_JOBS_FOLLOW_SESSION=1).")
     p.add_argument("--log-level", default=os.environ.get("BT_LOG_LEVEL", "INFO"),
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], type=str.upper)
     return p.parse_args(argv)
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from .app import build_server
 
     server = build_server(args.workspace, token=args.token if args.http else None, host=args.host, port=args.port,
-                          log_level=args.log_level)
+                          log_level=args.log_level, jobs_follow_session=args.jobs_follow_session)
     log.info("workspace: %s", server.app_state.ws.root)
     if args.http:
         log.info("streamable HTTP on http://%s:%d/mcp%s", args.host, args.port, " (bearer token required)"

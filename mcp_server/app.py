@@ -8,6 +8,7 @@ so tools can close over it; the lifespan only shuts jobs down cleanly when the s
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,10 +37,10 @@ ordered tool calls with expected results."""
 class App:
     """Everything a tool needs: the workspace, the job manager and the (lazy) engine."""
 
-    def __init__(self, workspace: str | Path):
+    def __init__(self, workspace: str | Path, *, jobs_follow_session: bool = False):
         self.ws = Workspace(workspace)
         self.engine = Engine(self.ws)
-        self.jobs = JobManager(self.ws, on_finish=self._on_finish)
+        self.jobs = JobManager(self.ws, on_finish=self._on_finish, follow_session=jobs_follow_session)
         self.config_lock = threading.Lock()
         self._config_cache: tuple[float, Any] | None = None
         self.config()  # create config.json with defaults on first start
@@ -68,14 +69,20 @@ class App:
 
 
 def build_server(workspace: str | Path = "bt_workspace", *, token: str | None = None, host: str = "127.0.0.1",
-                 port: int = 8000, log_level: str = "INFO") -> MCPServer:
-    """The BitTransformerLM MCP server over ``workspace``; ``token`` enables bearer auth for HTTP."""
+                 port: int = 8000, log_level: str = "INFO", jobs_follow_session: bool | None = None) -> MCPServer:
+    """The BitTransformerLM MCP server over ``workspace``; ``token`` enables bearer auth for HTTP.
+
+    ``jobs_follow_session`` (default: env BT_JOBS_FOLLOW_SESSION=1): jobs stop when this server exits, instead
+    of running on for the next server to re-attach.
+    """
     from . import notices, prompts, resources
     from .auth import auth_kwargs
     from .tools import register_all
     from .tools.dashboard import build_apps
 
-    app = App(workspace)
+    if jobs_follow_session is None:
+        jobs_follow_session = os.environ.get("BT_JOBS_FOLLOW_SESSION") == "1"
+    app = App(workspace, jobs_follow_session=jobs_follow_session)
 
     @asynccontextmanager
     async def lifespan(_server: MCPServer) -> AsyncIterator[App]:
@@ -84,7 +91,7 @@ def build_server(workspace: str | Path = "bt_workspace", *, token: str | None = 
         finally:
             import anyio
 
-            # Stop active jobs at a step boundary (they checkpoint) so a restart can resume them.
+            # Jobs run on (the next server re-attaches), or with --jobs-follow-session stop at a step boundary.
             await anyio.to_thread.run_sync(app.jobs.shutdown)
 
     server = MCPServer(

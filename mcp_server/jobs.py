@@ -1,15 +1,22 @@
 """Training jobs: a registry in the server, the work in a child process (``python -m mcp_server.worker``).
 
 Why a child process: a crash, NaN, out-of-memory kill or runaway C extension in training then ends
-that job only; the server keeps answering. The server talks to the worker through three channels:
+that job only; the server keeps answering. Why detached: a job outlives the server that started it (a
+one-shot client, a host restart); the next server on the workspace re-attaches. Everything goes through
+the job folder, never a pipe:
 
 - ``jobs/<id>/request.json`` (written before the start): config snapshot, steps/epochs, resume, init.
-- the worker's stdin: the line ``cancel`` asks it to stop at the next step boundary and save a
-  resumable checkpoint; EOF (the server died) means the same, so an orphan never trains on.
-- ``jobs/<id>/metrics.jsonl`` (events, see ``events.py``), tailed by a monitor thread per job.
+- ``jobs/<id>/cancel``: written by ``cancel_job`` (any server); the worker stops at the next step
+  boundary and saves a resumable checkpoint.
+- ``jobs/<id>/metrics.jsonl`` (events, see ``events.py``), appended by the worker, tailed by a monitor
+  thread per job; ``worker.log`` its output; ``exit.json`` its exit code.
 
-``job.json`` is written only by the server (on every status change), so there is one writer. A
-server that restarts marks jobs it finds 'running' as 'interrupted' with their last checkpoint.
+``job.json`` is written only by the server (on every status change), so there is one writer. It records
+the worker's pid and start time (``/proc/<pid>/stat``): a server that starts finds active jobs, checks
+each pid is still that job's worker (same start time, job id in its command line, so a reused pid is
+never signalled), re-attaches to the live ones and marks dead ones interrupted (or failed / completed
+from what they reported). ``follow_session=True`` (``--jobs-follow-session``) keeps the old behaviour:
+a job stops with a checkpoint when its server exits (stdin EOF).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .job import ACTIVE, TERMINAL, Job
-from .worker import DISK_FULL_EXIT, disk_full_reason, is_disk_full
+from .worker import CANCEL_FILE, DISK_FULL_EXIT, EXIT_FILE, FOLLOW_SESSION_ENV, disk_full_reason, is_disk_full
 from .workspace import Workspace, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -43,11 +50,14 @@ class JobManager:
     """Starts, watches, cancels and recovers training jobs (one active at a time)."""
 
     def __init__(self, ws: Workspace, *, on_finish: Callable[[Job], None] | None = None,
-                 poll_s: float = 0.1, python: str | None = None):
+                 poll_s: float = 0.1, python: str | None = None, follow_session: bool = False):
         self.ws = ws
         self.on_finish = on_finish
         self.poll_s = poll_s
         self.python = python or sys.executable
+        # False (default): jobs outlive this server and a later one re-attaches. True: the old behaviour, a job
+        # stops (with a checkpoint) when the server that started it exits.
+        self.follow_session = follow_session
         self._jobs: dict[str, Job] = {}
         self._lock = threading.RLock()
         self._recover()
@@ -68,8 +78,18 @@ class JobManager:
                 continue
             if job.active:  # history of finished jobs is replayed lazily, on first look
                 job.drain()
+                if not self.follow_session and _is_our_worker(_launcher(record), job.id, record.get("pid_start")):
+                    self._jobs[job.id] = job
+                    self._attach(job)
+                    continue
                 self._mark_interrupted(job)
             self._jobs[job.id] = job
+
+    def _attach(self, job: Job) -> None:
+        """Watch a job a previous server started (its worker is alive and is that job's, pid and start time
+        checked): status, progress, metrics and cancel_job work as for our own children."""
+        log.info("job %s: re-attached to its running worker (pid %s)", job.id, job.record.get("pid"))
+        threading.Thread(target=self._monitor, args=(job,), name=f"monitor-{job.id}", daemon=True).start()
 
     def _mark_interrupted(self, job: Job) -> None:
         rec = job.record
@@ -82,14 +102,17 @@ class JobManager:
             rec["status"], rec["reason"] = "failed", rec["error"]["reason"]
         else:
             rec["status"] = "interrupted"
+            why = ("the server stopped while this job was running" if self.follow_session else
+                   "its worker process is no longer running (killed, or the machine restarted) and reported no "
+                   "result")
             rec["reason"] = (
-                "the server stopped while this job was running"
+                why
                 + (f"; its last checkpoint is {ck!r}" if ck else "; it saved no checkpoint")
-                + ". Run train(resume=true) to continue from the last checkpoint."
+                + f". Run train(resume='{job.run}') to continue from the last checkpoint."
             )
         rec["finished_at"] = rec.get("finished_at") or time.time()
-        pid = rec.get("pid")
-        if pid and _is_our_worker(pid, job.id):
+        pid = _launcher(rec)
+        if pid and _is_our_worker(pid, job.id, rec.get("pid_start")):
             # An orphan still running (server was killed): ask it to checkpoint and stop.
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
@@ -161,12 +184,17 @@ class JobManager:
             self._jobs[job_id] = job
             self._persist(job)
             log_f = open(job_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            env.pop(FOLLOW_SESSION_ENV, None)
+            if self.follow_session:
+                env[FOLLOW_SESSION_ENV] = "1"
             try:
                 job.proc = subprocess.Popen(
                     worker_command(self.python, job_dir, int(request.get("processes") or 1)),
-                    stdin=subprocess.PIPE, stdout=log_f, stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                    start_new_session=True,  # a Ctrl-C to the server's terminal must not kill it mid-step
+                    # Detached: no pipe to this server (stdin /dev/null), its own session (no Ctrl-C or SIGHUP
+                    # from the server's terminal), events and logs written to the job folder by the worker.
+                    stdin=subprocess.PIPE if self.follow_session else subprocess.DEVNULL, stdout=log_f,
+                    stderr=subprocess.STDOUT, env=env, start_new_session=True,
                 )
             except OSError as err:
                 record.update(status="failed", reason=f"could not start the worker process: {err}",
@@ -175,7 +203,8 @@ class JobManager:
                 raise
             finally:
                 log_f.close()
-            record["pid"] = job.proc.pid
+            record["pid"] = record["launcher_pid"] = job.proc.pid  # "pid" becomes rank 0's when it reports
+            record["pid_start"] = _start_time(job.proc.pid)  # with the pid: a reused pid is never taken for it
             self._persist(job)
         threading.Thread(target=self._monitor, args=(job,), name=f"monitor-{job_id}", daemon=True).start()
         return job
@@ -187,7 +216,8 @@ class JobManager:
         last_status, exited = job.status, False
         while not exited:
             try:
-                exited = job.proc is not None and job.proc.poll() is not None
+                exited = (job.proc.poll() is not None if job.proc is not None
+                          else not _is_our_worker(_launcher(job.record), job.id, job.record.get("pid_start")))
                 job.drain()
                 if job.status != last_status and self._persist_or_log(job):
                     last_status = job.status
@@ -208,7 +238,7 @@ class JobManager:
 
     def _finalize(self, job: Job) -> bool:
         """Fold the worker's end into the record and run the finish hook; True when job.json was written."""
-        code = job.proc.returncode if job.proc else None
+        code = job.proc.returncode if job.proc else _exit_file_code(job.dir)
         with job.changed:
             rec = job.record
             result = rec.get("result")
@@ -251,21 +281,36 @@ class JobManager:
             job.record["status"] = "cancelling"
             job.changed.notify_all()
         self._persist_or_log(job)  # a full disk must not stop the cancel request reaching the worker
-        proc = job.proc
-        if proc is None:
-            return
+        pid = _launcher(job.record)
+        ours = _is_our_worker(pid, job.id, job.record.get("pid_start"))
         if force:
-            _kill_group(proc)
+            if ours:
+                _kill_group(pid)
             return
-        try:
-            assert proc.stdin is not None
-            proc.stdin.write(b"cancel\n")
-            proc.stdin.flush()
-        except (OSError, ValueError, AssertionError):
-            _kill(proc, signal.SIGTERM)  # pipe gone: the signal handler sets the same cancel event
+        try:  # the worker polls for this file: works for a worker a previous server started too
+            (job.dir / CANCEL_FILE).write_text("cancel\n", encoding="utf-8")
+            written = True
+        except OSError as err:
+            log.warning("job %s: could not write the cancel file (%s); signalling the worker", job.id, err)
+            written = False
+        proc = job.proc
+        if self.follow_session and proc is not None and proc.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                proc.stdin.write(b"cancel\n")
+                proc.stdin.flush()
+        elif not written and ours:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)  # the signal handler sets the same cancel event
 
     def shutdown(self, timeout: float = 20.0) -> None:
-        """Server exit: stop active jobs at a step boundary (checkpoint saved), mark them interrupted."""
+        """Server exit. Default: jobs keep running (the next server re-attaches). With follow_session: stop
+        active jobs at a step boundary (checkpoint saved) and mark them interrupted."""
+        if not self.follow_session:
+            running = [j.id for j in self.all() if j.active]
+            if running:
+                log.info("server exiting; jobs %s keep running (the next server on this workspace re-attaches)",
+                         ", ".join(running))
+            return
         active = [j for j in self.all() if j.active and j.proc is not None]
         for job in active:
             job.shutdown_requested = True
@@ -307,22 +352,17 @@ def worker_command(python: str, job_dir: Path, processes: int = 1) -> list[str]:
     return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *worker]
 
 
-def _kill(proc: subprocess.Popen, sig: int) -> None:
-    with contextlib.suppress(OSError):
-        proc.send_signal(sig)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(pid: int) -> None:
     """SIGKILL the worker and everything it started (DataLoader workers would otherwise be orphaned).
 
     The worker leads its own session (``start_new_session``), so its process group id is its pid. Under
     torchrun each rank leads a session of its own too, so the launcher's children are killed first.
     """
-    for child in _children(proc.pid):
+    for child in _children(pid):
         with contextlib.suppress(OSError):
             os.killpg(child, signal.SIGKILL)
     with contextlib.suppress(OSError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
 
 
 def _children(pid: int) -> list[int]:
@@ -338,12 +378,42 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _is_our_worker(pid: int, job_id: str) -> bool:
+def _launcher(rec: dict[str, Any]) -> int | None:
+    """The process this server started (torchrun's launcher under processes=N, else the worker)."""
+    return rec.get("launcher_pid") or rec.get("pid")
+
+
+def _start_time(pid: int) -> int | None:
+    """The process start time (clock ticks since boot, /proc/<pid>/stat field 22); None if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if fields[0] == "Z":  # a zombie has finished: not a running worker
+            return None
+        return int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _is_our_worker(pid: int | None, job_id: str, start: int | None = None) -> bool:
+    """``pid`` runs this job's worker: its command line names the job and, when known, its start time
+    matches the one recorded at launch, so a pid the system reused for another process is never taken."""
+    if not pid:
+        return False
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"mcp_server.worker" in cmd and any(part.endswith(job_id.encode()) for part in cmd)
+    if b"mcp_server.worker" not in cmd or not any(part.endswith(job_id.encode()) for part in cmd):
+        return False
+    now = _start_time(pid)
+    return now is not None and (start is None or now == start)
+
+
+def _exit_file_code(job_dir: Path) -> int | None:
+    try:
+        return int(read_json(job_dir / EXIT_FILE)["code"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _exit_reason(code: int | None, job: Job) -> str:

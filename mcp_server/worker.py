@@ -1,9 +1,13 @@
 """The training worker: ``python -m mcp_server.worker <job_dir>`` (started by the server, one per job).
 
 Reads ``<job_dir>/request.json``, trains with the engine's ``Trainer`` and appends every callback
-event to ``<job_dir>/metrics.jsonl``. Cancellation: the line ``cancel`` on stdin, EOF on stdin (the
-server went away) or SIGTERM/SIGINT all set the ``threading.Event`` the Trainer polls at step
-boundaries; it then saves a resumable checkpoint and returns status 'cancelled'.
+event to ``<job_dir>/metrics.jsonl`` itself. The worker does not depend on the server that started it (its
+own session, stdin /dev/null): a server that exits leaves it training and the next one re-attaches.
+Cancellation: the file ``<job_dir>/cancel`` (any server writes it) or SIGTERM/SIGINT set the
+``threading.Event`` the Trainer polls at step boundaries; it then saves a resumable checkpoint and returns
+status 'cancelled'. With ``BT_JOB_FOLLOW_SESSION=1`` (``--jobs-follow-session``) the line ``cancel`` on
+stdin and EOF on stdin (the server went away) cancel too, the old session-bound behaviour. The exit code
+is also written to ``<job_dir>/exit.json`` for a server that is not the worker's parent.
 
 Exit codes: 0 when a result was reported (completed, cancelled, gated, even 'failed' from the
 trainer), 1 on an exception (an ``error`` event names it; the traceback goes to stderr = worker.log).
@@ -81,6 +85,22 @@ def _watch_stdin(cancel: threading.Event, why: list[str]) -> None:
             cancel.set()
 
 
+CANCEL_FILE = "cancel"  # <job_dir>/cancel: any server (this one or a later one) asks the job to stop
+EXIT_FILE = "exit.json"  # <job_dir>/exit.json: the worker's exit code, for a server that is not its parent
+FOLLOW_SESSION_ENV = "BT_JOB_FOLLOW_SESSION"  # "1": the old behaviour, stdin EOF (server gone) = cancel
+
+
+def _watch_cancel_file(path: Path, cancel: threading.Event, why: list[str], poll_s: float = 0.2) -> None:
+    """Set ``cancel`` once ``path`` exists. A file, not a pipe: the job does not depend on the server that
+    started it, and a server started later can still cancel it."""
+    while not cancel.is_set():
+        if path.exists():
+            why.append("cancel_job")
+            cancel.set()
+            return
+        time.sleep(poll_s)
+
+
 def _runtime_facts(model: Any) -> dict[str, Any]:
     """Attention facts of the last forward and the mask cache counters (playbook tasks 9, 10)."""
     import torch
@@ -113,7 +133,9 @@ def run(job_dir: Path) -> int:
     why: list[str] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: (why.append("signal"), cancel.set()))
-    threading.Thread(target=_watch_stdin, args=(cancel, why), daemon=True).start()
+    threading.Thread(target=_watch_cancel_file, args=(job_dir / CANCEL_FILE, cancel, why), daemon=True).start()
+    if os.environ.get(FOLLOW_SESSION_ENV) == "1":  # --jobs-follow-session: the job ends with its server
+        threading.Thread(target=_watch_stdin, args=(cancel, why), daemon=True).start()
     events.emit("started", {"pid": os.getpid(), "python": platform.python_version()})
     trainer = None
     try:
@@ -253,7 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m mcp_server.worker <job_dir>", file=sys.stderr)
         return 2
-    return run(Path(args[0]))
+    job_dir = Path(args[0])
+    code = run(job_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        try:  # a re-attached server is not our parent: it learns the exit code from here
+            (job_dir / EXIT_FILE).write_text(json.dumps({"code": code, "t": time.time()}), encoding="utf-8")
+        except OSError as err:
+            print(f"could not write {EXIT_FILE}: {err}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

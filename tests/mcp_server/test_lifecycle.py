@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -92,8 +93,24 @@ async def test_restart_marks_running_job_interrupted(trained_ws):
         view = await call(c, "get_job")
         assert view["status"] == "interrupted"
         ck = f"job-0001/update-{TRAIN_STEPS:07d}"
-        assert view["checkpoint"] == ck and ck in view["reason"] and "train(resume=true)" in view["reason"]
+        assert view["checkpoint"] == ck and ck in view["reason"] and "train(resume='job-0001')" in view["reason"]
+        assert "no longer running" in view["reason"]
         assert json.loads((jdir / "job.json").read_text())["status"] == "interrupted"  # persisted
+
+
+async def test_a_reused_pid_is_never_taken_for_the_worker(trained_ws):
+    # The recorded pid now belongs to another live process (this test): not the job's worker, never signalled.
+    jdir = trained_ws / "jobs/job-0001"
+    rec = json.loads((jdir / "job.json").read_text())
+    rec.update(status="running", finished_at=None, result=None, pid=os.getpid(), pid_start=1)
+    (jdir / "job.json").write_text(json.dumps(rec))
+    lines = [ln for ln in (jdir / "metrics.jsonl").read_text().splitlines() if '"done"' not in ln]
+    (jdir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    async with Client(new_server(trained_ws)) as c:  # we are still alive to check: no SIGTERM reached us
+        view = await call(c, "get_job")
+        assert view["status"] == "interrupted" and not view["active"]
+        msg = error_text(await c.call_tool("cancel_job", {"job_id": "job-0001", "force": True}))
+        assert "already ended" in msg
 
 
 def _fake_python(tmp_path: Path, body: str) -> str:
