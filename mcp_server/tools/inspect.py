@@ -114,7 +114,11 @@ def register(server: MCPServer, app) -> None:
                 from bit_transformer.model import BitTransformerLM
 
                 clone = BitTransformerLM(new_cfg)
-                clone.load_state_dict(model.state_dict())  # attention settings change no parameter shapes
+                # Attention settings change no parameter shapes; only a bidirectional clone has a MASK vector
+                # (unused here: the probe reads clean bits), which a causal source lacks and the reverse.
+                result = clone.load_state_dict(model.state_dict(), strict=False)
+                if (set(result.missing_keys) | set(result.unexpected_keys)) - {"mask_emb.weight"}:
+                    raise RuntimeError(f"attention override changed parameters: {result}")
                 model = clone
             return reply(probe(model, text, layer=layer, include_maps=include_maps, source=source))
 
