@@ -252,9 +252,9 @@ class JobManager:
                     reason = (f"the server shut down; the job stopped at update {job.update()}"
                               + (f" and saved checkpoint {ck!r}" if ck else "")
                               + ". Run train(resume=true) to continue.")
-            elif error:
+            elif error and not _says_disk_full(error):  # a wrapper (e.g. SafetensorError) can hide the ENOSPC
                 status, reason = "failed", error.get("reason") or "the worker reported an error"
-            elif code == DISK_FULL_EXIT or _disk_full_seen(job, self.ws):
+            elif code == DISK_FULL_EXIT or error or _disk_full_seen(job, self.ws):
                 status, reason = "failed", disk_full_reason(self.ws.root, job.dir, job.record.get("checkpoint"))
             else:
                 status, reason = "failed", _exit_reason(code, job)
@@ -376,6 +376,11 @@ def _children(pid: int) -> list[int]:
         with contextlib.suppress(OSError, ValueError):
             found += [int(c) for c in (task / "children").read_text().split()]
     return found
+
+
+def _says_disk_full(error: dict[str, Any] | None) -> bool:
+    text = str((error or {}).get("reason") or "").lower()
+    return "no space left on device" in text or "os error 28" in text or "disk quota exceeded" in text
 
 
 def _launcher(rec: dict[str, Any]) -> int | None:
