@@ -246,6 +246,8 @@ class JobManager:
             if result:
                 status = result.get("status", "failed")
                 reason = result.get("reason")
+                if status == "failed" and _says_disk_full(result):
+                    reason = disk_full_reason(self.ws.root, job.dir, job.record.get("checkpoint"))
                 if status == "cancelled" and job.shutdown_requested:
                     status = "interrupted"
                     ck = rec.get("checkpoint")
