@@ -76,7 +76,9 @@ def register(server: MCPServer, app) -> None:
                 report = evaluate_bits(model, bits, max_bytes=max_bytes, compressors=compressors,
                                        compressor_context=context)
                 source = split
-        return reply(EvalResult(source=source, checkpoint=name, **report.model_dump(mode="json")))
+        data = report.model_dump(mode="json")
+        data.pop("telemetry", None)  # per-layer, per-head numbers grow with depth: telemetry(compute=true) has them
+        return reply(EvalResult(source=source, checkpoint=name, **data))
 
     @server.tool(annotations=writes("Generate text (records its telemetry)", destructive=False))
     @guarded
