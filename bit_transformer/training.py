@@ -5,7 +5,8 @@ One *update* is one optimizer step; it consumes ``accum_steps`` micro-batches (t
 epoch may be shorter: it still steps, with its loss scaled by its real size). Per epoch there are
 ``ceil(micro_batches / accum_steps) + extra_steps`` updates (extra updates re-use the epoch's first
 batches), and the LR schedule is built for exactly ``total_updates``; its final LR is the LR of the last
-update. Events go to ``callback(event, payload)`` and, as JSON lines, to ``out_dir/metrics.jsonl``.
+update. Events go to ``callback(event, payload)`` and, as JSON lines, to ``out_dir/metrics.jsonl``
+(unless ``metrics_log=False``: the MCP worker keeps the one event log of a job).
 """
 
 from __future__ import annotations
@@ -76,10 +77,11 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, *, corpus=None, model: BitTransformerLM | None = None,
                  callback: Callback | None = None, cancel: threading.Event | None = None,
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, metrics_log: bool = True):
         from .data import load_corpus  # lazy: data.py pulls in the text sources
 
         self.out_dir = Path(out_dir)
+        self.metrics_log = metrics_log  # False: the caller keeps the one event log (the MCP worker's job log)
         self.ckpt_root = self.out_dir / "checkpoints"
         self.callback = callback
         self.cancel = cancel or threading.Event()
@@ -127,7 +129,8 @@ class Trainer:
         self._metrics = None
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._metrics = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            if self.metrics_log:
+                self._metrics = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         failed = False
         try:
             return self._fit(steps, epochs, resume)

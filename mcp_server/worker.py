@@ -172,8 +172,10 @@ def run(job_dir: Path) -> int:
                 if sample is not None:
                     events.emit("telemetry", {"update": getattr(payload, "update", None), **sample})
 
+        # metrics_log=False: one event log per job (jobs/<id>/metrics.jsonl, written here), not a second copy in
+        # another format under runs/<run>/.
         trainer = Trainer(cfg, Path(request["out_dir"]), corpus=corpus, cache_dir=request["cache_dir"], model=model,
-                          callback=callback, cancel=cancel)
+                          callback=callback, cancel=cancel, metrics_log=False)
         corpus = trainer.corpus
         holder.append(trainer)
         events.emit("data", {

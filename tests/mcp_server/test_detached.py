@@ -62,6 +62,7 @@ async def test_a_job_survives_its_server_and_the_next_one_reattaches(tmp_path):
     assert view["progress"]["update"] == 30 and view["checkpoint"] == f"{started['job_id']}/update-0000030"
     steps = [json.loads(ln) for ln in (ws / "jobs" / started["job_id"] / "metrics.jsonl").read_text().splitlines()]
     assert sum(e["event"] == "step" for e in steps) == 30  # one event log, written by the worker itself
+    assert not (ws / "runs" / started["job_id"] / "metrics.jsonl").exists()  # and no second copy under runs/
     listed = await one_shot(ws, "list_checkpoints", {})
     assert listed["current"] == view["checkpoint"]  # the re-attached server finalised the job
 
