@@ -7,7 +7,29 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from .events import EventReader, history_point
+
+
+class TrainRequest(BaseModel):
+    """What a training job is asked to do (``jobs/<id>/request.json``): the one typed contract between the
+    train tool, the job manager and the worker process."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any] = Field(description="The RunConfig snapshot the job trains with.")
+    steps: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1)
+    resume: bool = False
+    run: str | None = Field(None, description="runs/<run>/; a fresh run is named after its first job.")
+    resumes: str | None = Field(None, description="The job whose run this one continues.")
+    init_checkpoint: str | None = Field(None, description="Absolute path of the starting model (worker only).")
+    init_name: str | None = Field(None, description="Its '<run>/<name>'.")
+    processes: int = Field(1, ge=1)
+    out_dir: str | None = None
+    cache_dir: str | None = None
+
 
 ACTIVE = ("queued", "starting", "running", "cancelling")
 TERMINAL = ("completed", "cancelled", "gated", "failed", "interrupted")

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .job import ACTIVE, TERMINAL, Job
+from .job import ACTIVE, TERMINAL, Job, TrainRequest
 from .worker import CANCEL_FILE, DISK_FULL_EXIT, EXIT_FILE, FOLLOW_SESSION_ENV, disk_full_reason, is_disk_full
 from .workspace import Workspace, atomic_write_json, read_json
 
@@ -156,8 +156,9 @@ class JobManager:
             return False
 
     # ---- start -------------------------------------------------------------------------------------
-    def start(self, request: dict[str, Any]) -> Job:
+    def start(self, request: dict[str, Any] | TrainRequest) -> Job:
         """Create a job directory, write its request and spawn the worker. Raises JobBusyError."""
+        req = TrainRequest.model_validate(request)  # a bad request fails here, not in the worker
         with self._lock:
             busy = self.active()
             if busy is not None:
@@ -165,10 +166,10 @@ class JobManager:
             job_id = self._new_id()
             job_dir = self.ws.jobs_dir / job_id
             job_dir.mkdir(parents=True)
-            request = dict(request)
-            request["run"] = request.get("run") or job_id  # a fresh run is named after its first job
-            request["out_dir"] = str(self.ws.runs_dir / request["run"])
-            request["cache_dir"] = str(self.ws.cache_dir)
+            run = req.run or job_id  # a fresh run is named after its first job
+            req = req.model_copy(update={"run": run, "out_dir": str(self.ws.runs_dir / run),
+                                         "cache_dir": str(self.ws.cache_dir)})
+            request = req.model_dump(mode="json")
             self.ws.drop_links(self.ws.cache_dir, what="cache")  # the worker writes there: no links out
             record = {
                 "job_id": job_id, "kind": "train", "status": "starting", "reason": None,

@@ -123,7 +123,9 @@ def _runtime_facts(model: Any) -> dict[str, Any]:
 
 
 def run(job_dir: Path) -> int:
-    request = json.loads((job_dir / "request.json").read_text(encoding="utf-8"))
+    from .job import TrainRequest
+
+    request = TrainRequest.model_validate_json((job_dir / "request.json").read_text(encoding="utf-8")).model_dump()
     threads = os.environ.get("BT_TORCH_THREADS")
     # Under torchrun (train(processes=N)) every rank runs this; rank 0 reports for the job, the
     # others only report their own errors.
