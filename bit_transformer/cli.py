@@ -51,6 +51,8 @@ def load_any_model(path: str, device: str = "cpu"):
     p = Path(path)
     if not p.exists():
         raise UsageError(f"no checkpoint at {p}")
+    if p.is_file() and p.name == "latest":  # the pointer file: load the checkpoint it names
+        p = p.parent
     if p.is_file() or (p / "model.int8.safetensors").is_file():
         from .quantization import load_int8  # an INT8 export (its directory or its .safetensors file)
 

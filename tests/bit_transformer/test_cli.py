@@ -174,6 +174,14 @@ def test_train_writes_checkpoint_and_progress(trained):
     assert events.count("step") == 4 and events[-1] == "done"
 
 
+def test_the_latest_pointer_file_is_accepted_as_a_checkpoint(trained, capsys):
+    args = ["generate", "--prompt", "a", "--max_bytes", "2", "--seed", "1", "--json"]
+    assert main([*args, "--checkpoint", str(trained.run / "checkpoints" / "latest")]) == 0
+    via_pointer = json.loads(capsys.readouterr().out)
+    assert main([*args, "--checkpoint", str(trained.run)]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == via_pointer["text"] and via_pointer["new_bytes"] == 2
+
+
 def test_evaluate_json_and_table(trained, capsys):
     text = "the quick brown fox jumps over the lazy dog"
     assert main(["evaluate", "--checkpoint", str(trained.run), "--text", text, "--json"]) == 0
