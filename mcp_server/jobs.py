@@ -240,6 +240,13 @@ class JobManager:
     def _finalize(self, job: Job) -> bool:
         """Fold the worker's end into the record and run the finish hook; True when job.json was written."""
         code = job.proc.returncode if job.proc else _exit_file_code(job.dir)
+        # The hook runs before the terminal status is published, so a caller that sees the job end (e.g.
+        # cancel_job's wait) also sees its effects (the final checkpoint is already the current model).
+        if self.on_finish is not None:
+            try:
+                self.on_finish(job)
+            except Exception:
+                log.exception("on_finish hook failed for %s", job.id)
         with job.changed:
             rec = job.record
             result = rec.get("result")
@@ -267,11 +274,6 @@ class JobManager:
             job.changed.notify_all()
         persisted = self._persist_or_log(job)  # on failure the monitor retries until it is written
         log.info("job %s finished: %s (%s)", job.id, status, reason)
-        if self.on_finish is not None:
-            try:
-                self.on_finish(job)
-            except Exception:
-                log.exception("on_finish hook failed for %s", job.id)
         return persisted
 
     # ---- cancel / shutdown ---------------------------------------------------------------------------
