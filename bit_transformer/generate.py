@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import math
 import secrets
+import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -50,6 +52,7 @@ class GenerationResult(BaseModel):
     telemetry: TelemetrySummary
     verdict: GateDecision
     mode: str = Field("causal", description="causal (bit by bit) or diffusion (a denoising model's rounds).")
+    stopped: str | None = Field(None, description="Why fewer than max_bytes were made (a time limit), if so.")
 
 
 def window_start(n_bits: int, max_len: int) -> int:
@@ -178,6 +181,8 @@ def generate(
     mode: str = "auto",
     steps: int = 32,
     cache: bool = True,
+    time_limit_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> GenerationResult:
     """Continue ``prompt`` by ``max_bytes`` bytes.
 
@@ -187,6 +192,9 @@ def generate(
     ``seed`` makes the output reproducible (same model, prompt and settings -> same text). The verdict
     comes from ``gate`` when given (its EMA and burn-in carry over between calls); otherwise from a
     fresh gate built from ``safety`` with burn-in 0, because a single generation is judged on its own.
+
+    ``time_limit_s`` stops causal sampling at the first byte boundary past that many seconds of ``clock``
+    (callers with a request timeout, like the MCP tool, pass one); ``stopped`` then says so and how to go on.
     """
     causal = getattr(model.cfg, "causal", True)
     if mode not in ("auto", "causal", "diffusion"):
@@ -226,7 +234,9 @@ def generate(
                 next_logits = _FramedCached(model, device, max_len, kv)
             else:
                 next_logits = _FlatCached(model, device, max_len, kv)
-            _sample(next_logits, stream, max_bytes, temperature, top_p, gen, data_bits, data_p1)
+            deadline = None if time_limit_s is None else clock() + time_limit_s
+            made = _sample(next_logits, stream, max_bytes, temperature, top_p, gen, data_bits, data_p1,
+                           lambda: deadline is not None and clock() >= deadline)
         start = window_start(len(stream), max_len)
         window = torch.tensor(stream[start:] or [0] * FRAME_BITS, dtype=torch.long, device=device)[None]
         out = model(window, return_telemetry=True)
@@ -257,13 +267,20 @@ def generate(
         S=S,
         telemetry=summary,
         verdict=verdict,
+        stopped=None if made == max_bytes else (
+            f"time limit of {time_limit_s:g} s reached after {made} of {max_bytes} bytes; to continue, call "
+            "generate again with prompt=full_text (or ask for fewer bytes)"),
     )
 
 
 def _sample(next_logits, stream: list[int], max_bytes: int, temperature: float, top_p: float,
-            gen: torch.Generator, data_bits: list[int], data_p1: list[float]) -> None:
-    """Append ``max_bytes`` frames to ``stream``: 8 sampled data bits, then their parity (set, never sampled)."""
-    for _ in range(max_bytes):
+            gen: torch.Generator, data_bits: list[int], data_p1: list[float],
+            out_of_time: Callable[[], bool] = lambda: False) -> int:
+    """Append up to ``max_bytes`` frames to ``stream`` (8 sampled data bits, then their parity: set, never
+    sampled), stopping at a byte boundary once ``out_of_time()``; returns the bytes made."""
+    for made in range(max_bytes):
+        if out_of_time():
+            return made
         frame: list[int] = []
         for _phase in range(8):
             # empty prompt: the very first bit has no context, so it is a fair coin
@@ -274,3 +291,4 @@ def _sample(next_logits, stream: list[int], max_bytes: int, temperature: float, 
             stream.append(bit)
         stream.append(sum(frame) % 2)  # the frame always decodes
         data_bits.extend(frame)
+    return max_bytes

@@ -316,6 +316,7 @@ class GenerateResult(Open):
     checkpoint: str | None = None
     verdict: GateView | None = None
     telemetry: dict[str, Any] | None = None
+    stopped: str | None = None
 
 
 class ExportResult(BaseModel):

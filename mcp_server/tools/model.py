@@ -34,6 +34,9 @@ from ..views import (
 from .common import guarded, read_only, writes
 from .compact import reply
 
+# Many hosts time a tool call out near 60 s: stop sampling before that and say so (the result's `stopped`).
+GENERATE_LIMIT_S = 40.0
+
 Checkpoint = Annotated[str | None, Field(
     max_length=200, description="Checkpoint '<run>/<name>' from list_checkpoints(); default: the current model.")]
 COMPRESSOR_CONTEXT_BYTES = 256 << 10  # enough context for gzip/bzip2 windows; keeps xz -9e quick
@@ -95,13 +98,13 @@ def register(server: MCPServer, app) -> None:
     ) -> Annotated[CallToolResult, GenerateResult]:
         """Continue a prompt with parity-constrained sampling (every byte decodes): returns text, parity_ok, K/C/S
         telemetry and the safety gate's verdict. Use seed=N for reproducible output, temperature=0 for greedy.
-        Common mistake: a large max_bytes on CPU is slow; start with 64."""
+        Common mistake: a large max_bytes on CPU is slow; start with 64 (sampling stops after 40 s, see stopped)."""
         from bit_transformer.generate import generate as gen
 
         with engine.lock:
             name, model, _ = engine.model(checkpoint)
             result = gen(model, prompt, max_bytes=max_bytes, temperature=temperature, top_p=top_p, seed=seed,
-                         safety=app.config().train.safety, mode=mode, steps=steps)
+                         safety=app.config().train.safety, mode=mode, steps=steps, time_limit_s=GENERATE_LIMIT_S)
         data = result.model_dump(mode="json")
         app.ws.update_state(last_generation={"checkpoint": name, "time": time.time(), "C": data.get("C"),
                                              "S": data.get("S"), "telemetry": data.get("telemetry"),

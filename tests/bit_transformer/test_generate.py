@@ -138,3 +138,13 @@ def test_empty_prompt_and_zero_bytes():
     assert result.new_bytes == 3 and result.parity_ok and result.prompt == ""
     none = generate(model, "abc", max_bytes=0, seed=5)
     assert none.text == "" and none.new_bytes == 0 and none.C is None
+
+
+def test_a_time_limit_stops_at_a_byte_boundary_and_says_how_to_continue():
+    model = BitTransformerLM(ModelConfig(layers=1, d_model=16, nhead=2, max_seq_len=72)).eval()
+    ticks = iter(range(10**6))  # a stand-in clock: one "second" per reading, whatever the machine's speed
+    out = generate(model, "ab", max_bytes=20, seed=3, time_limit_s=4.5, clock=lambda: float(next(ticks)))
+    assert 0 < out.new_bytes < 20 and out.parity_ok and "prompt=full_text" in out.stopped
+    assert f"after {out.new_bytes} of 20 bytes" in out.stopped
+    full = generate(model, "ab", max_bytes=20, seed=3)
+    assert full.stopped is None and full.text.startswith(out.text)  # the same draws, cut at a byte
