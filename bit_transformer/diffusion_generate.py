@@ -22,13 +22,9 @@ import torch
 from .bits import parity_errors, text_to_bits
 from .config import FRAME_BITS, SafetyConfig
 from .diffusion import MASK, Schedule, set_parity, unmask_probability
-from .generate import GenerationResult
+from .generate import GenerationResult, _device
 from .safety import SafetyGate
 from .telemetry import lz_complexity, summarize, symbiosis
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(iter(model.parameters()), torch.empty(0)).device
 
 
 def _force_fixed_parity(x: torch.Tensor, fixed: torch.Tensor) -> None:

@@ -101,6 +101,11 @@ RESULT_KEYS = ("derived", "path", "changed", "applied", "notes", "next")
 _GENERIC = {"max", "min", "num", "n", "use", "enable", "is", "total", "per", "size", "every"}
 
 
+# The kinds a value or field can have, most specific first (bool before int: True is an int too).
+_KINDS: tuple[tuple[str, type], ...] = (("bool", bool), ("int", int), ("float", float), ("str", str),
+                                        ("list", list), ("object", dict))
+
+
 def _kinds(annotation: Any) -> set[str]:
     """The JSON kinds a field accepts ('int', 'float', 'bool', 'str', 'list', 'object')."""
     import types
@@ -118,26 +123,14 @@ def _kinds(annotation: Any) -> set[str]:
     if isinstance(annotation, type):
         if issubclass(annotation, BaseModel):
             return {"object"}
-        for kind, typ in (("bool", bool), ("int", int), ("float", float), ("str", str), ("list", list)):
+        for kind, typ in _KINDS:
             if issubclass(annotation, typ):
                 return {kind, "float"} if kind == "int" else {kind}
     return {"any"}
 
 
 def _value_kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "str"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "object"
-    return "any"
+    return next((kind for kind, typ in _KINDS if isinstance(value, typ)), "any")
 
 
 def _similar(a: str, b: str) -> bool:
