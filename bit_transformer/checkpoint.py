@@ -32,25 +32,10 @@ from safetensors.torch import save_file
 
 from .config import RunConfig
 from .model import BitTransformerLM
+from .records import CheckpointInfo
 
 FORMAT = "bit-transformer-checkpoint/1"
 LATEST = "latest"
-
-
-class CheckpointInfo(BaseModel):
-    """What ``list_checkpoints`` reports and the trainer's 'checkpoint' event carries."""
-
-    name: str
-    path: str
-    update: int | None = None
-    epoch: int | None = None
-    val_loss: float | None = None
-    val_bpb: float | None = None
-    kind: str = "periodic"  # periodic | final | best | cancelled | manual
-    created_at: float = 0.0
-    params: int | None = None
-    is_latest: bool = False
-    damaged: str | None = None  # why it cannot be loaded (a truncated or corrupt file), None when intact
 
 
 class CheckpointDamaged(ValueError):

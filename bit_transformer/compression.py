@@ -1,4 +1,4 @@
-"""Lossless run-length coding of bit tensors and the compression-probability ramp.
+"""Lossless run-length coding of bit tensors (the compression-probability ramp is ``schedule.cosine_ramp``).
 
 A bit row is cut into runs of equal bits, ``(value, length)`` pairs; runs longer than ``max_run``
 are split into several pairs with the same value, so every length fits a fixed-width field.
@@ -17,7 +17,6 @@ sparse or structured streams) compress up to 128 bits -> 9.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -115,16 +114,3 @@ def compression_ratio(bits: torch.Tensor | Sequence[int]) -> float:
     raw = sum(int(r.numel()) for r in rows)
     packed = sum(int(compress_bits(r).numel()) for r in rows)
     return raw / packed if packed else 1.0
-
-
-def cosine_ramp(step: int | float, start: float, end: float, total_steps: int | float) -> float:
-    """``start`` at step <= 0, ``end`` at step >= total_steps, half-cosine in between (monotone).
-
-    value = start + (end - start) * (1 - cos(pi * step / total_steps)) / 2; total_steps <= 0 gives ``end``.
-    Used for the compression probability (playbook task 6: ramp from 0 to 0.5 over the warm-up).
-    """
-    if total_steps <= 0 or step >= total_steps:
-        return float(end)
-    if step <= 0:
-        return float(start)
-    return float(start + (end - start) * (1.0 - math.cos(math.pi * step / total_steps)) / 2.0)

@@ -20,25 +20,11 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, Field
-
 from .config import SafetyConfig
+from .records import GateDecision
 
 DEFAULT_LOSS_FACTOR = 1.05
 STATE_VERSION = 1
-
-
-class GateDecision(BaseModel):
-    """The gate's verdict after one observation."""
-
-    triggered: bool
-    reason: str | None = None
-    ema: dict[str, float] = Field(default_factory=dict, description="Current EMA of every watched value seen so far.")
-    observations: int = 0
-    in_burn_in: bool = False
-    thresholds: dict[str, float] = Field(
-        default_factory=dict, description="loss: upper bound; C, S: lower floors."
-    )
 
 
 class SafetyGate:

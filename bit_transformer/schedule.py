@@ -34,6 +34,27 @@ COSINE_FLOOR = 0.01
 REWARM_START = 0.1
 
 
+def warmup_updates(frac: float, total: int) -> int:
+    """Updates in the warm-up: the linear schedules' warm-up, the compression ramp and the plan's figure.
+
+    At least one, so a short run still ramps; OneCycle places its peak by torch's own formula instead.
+    """
+    return max(1, round(frac * total))
+
+
+def cosine_ramp(step: int | float, start: float, end: float, total_steps: int | float) -> float:
+    """``start`` at step <= 0, ``end`` at step >= total_steps, half-cosine in between (monotone).
+
+    value = start + (end - start) * (1 - cos(pi * step / total_steps)) / 2; total_steps <= 0 gives ``end``.
+    Used for the compression probability (playbook task 6: ramp from 0 to 0.5 over the warm-up).
+    """
+    if total_steps <= 0 or step >= total_steps:
+        return float(end)
+    if step <= 0:
+        return float(start)
+    return float(start + (end - start) * (1.0 - math.cos(math.pi * step / total_steps)) / 2.0)
+
+
 class PlateauSignal(BaseModel):
     """What ``progressive_plateau`` did at an evaluation that ended a plateau."""
 
@@ -56,7 +77,7 @@ class Schedule:
             raise ValueError(f"a schedule needs at least one update, got horizon={horizon}")
         self.base_lr = float(lr)
         self.horizon = int(horizon)
-        self.warmup = round(warmup_frac * horizon) if warmup_frac > 0 else 0
+        self.warmup = warmup_updates(warmup_frac, horizon) if warmup_frac > 0 else 0
         self.last_update = -1  # the last update an LR was handed out for
 
     def lr(self, i: int) -> float:

@@ -38,6 +38,8 @@ from .checkpoint import (
 from .config import FRAME_BITS, RunConfig
 from .model import BitTransformerLM
 from .parallel import Parallel
+from .plan import plan_training
+from .records import EvalMetrics, GrowthEvent, StepMetrics, TrainPlan, TrainResult
 from .runtime import (
     EpochBatchSampler,
     any_rank,
@@ -53,9 +55,8 @@ from .runtime import (
     restore_rng,
 )
 from .safety import GateDecision, SafetyGate
-from .schedule import PlateauSignal, build_schedule
+from .schedule import PlateauSignal, build_schedule, cosine_ramp, warmup_updates
 from .train_loss import LN2, eval_indices, micro_batch_loss, validation_loss
-from .train_types import EvalMetrics, GrowthEvent, StepMetrics, TrainPlan, TrainResult, plan_training, warmup_updates
 
 __all__ = ["EvalMetrics", "StepMetrics", "TrainPlan", "TrainResult", "Trainer", "plan_training"]
 
@@ -450,9 +451,5 @@ class _Clock:
 
 
 def _cosine_ramp(update: int, end: float, warmup: int) -> float:
-    if end <= 0:
-        return 0.0
-    from .compression import cosine_ramp  # lazy: only a run with a ramp needs it
-
-    return float(cosine_ramp(update, 0.0, end, warmup))
+    return 0.0 if end <= 0 else cosine_ramp(update, 0.0, end, warmup)
 

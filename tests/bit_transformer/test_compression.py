@@ -17,12 +17,12 @@ from bit_transformer.compression import (
     compress_batch,
     compress_bits,
     compression_ratio,
-    cosine_ramp,
     decompress_batch,
     decompress_bits,
     rle_decode,
     rle_encode,
 )
+from bit_transformer.schedule import cosine_ramp
 
 bit_lists = st.lists(st.integers(0, 1), max_size=600)
 # long runs are where splitting matters: build rows from (value, run length) pairs

@@ -196,14 +196,14 @@ def test_bf16_autocast_runs_and_is_reported(tmp_path, text, monkeypatch):
 
 
 def test_compression_ramp_follows_the_cosine_and_tracks_losses_separately(tmp_path, text):
-    from bit_transformer import compression
+    from bit_transformer import schedule
     events: list = []
     _, res = run(tmp_path, text, windows=40, events=events, compress_prob=0.8, warmup_frac=0.5, fit={"steps": 10})
     assert res.status == "completed", res.reason
     s = steps(events)
     warm = 5
     for k, m in enumerate(s):
-        assert m.compress_prob == pytest.approx(compression.cosine_ramp(k, 0.0, 0.8, warm))
+        assert m.compress_prob == pytest.approx(schedule.cosine_ramp(k, 0.0, 0.8, warm))
     assert s[0].compress_prob == 0.0 and s[0].compressed_loss is None
     assert s[-1].compress_prob == pytest.approx(0.8)
     comp = [m for m in s if m.compressed_loss is not None]

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # A plausible regression of task 6: someone "simplifies" the cosine compression ramp to a linear one. Installed as
 # sitecustomize, it is active in every process the run starts (CLI, MCP server, training worker) and nowhere else.
 LINEAR_RAMP = '''
-import bit_transformer.compression as _c
+import bit_transformer.schedule as _c
 
 def _linear_ramp(step, start, end, total_steps):
     if total_steps <= 0 or step >= total_steps:
