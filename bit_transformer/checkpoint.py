@@ -296,24 +296,17 @@ def _info(ckpt: Path, meta: dict[str, Any], latest: str | None = None) -> Checkp
     )
 
 
-def apply_qat(model: BitTransformerLM) -> BitTransformerLM:
-    """The one place that prepares a model for quantization-aware training (idempotent)."""
-    if getattr(model, "qat_prepared", False):
-        return model
-    from .quantization import prepare_qat  # lazy: only QAT runs need it
-
-    model = prepare_qat(model) or model
-    model.qat_prepared = True  # recorded in meta.json so loading rebuilds the same structure
-    return model
-
-
 def build_model(config: RunConfig, qat: bool = False) -> BitTransformerLM:
     """A fresh model of ``config.model``, QAT-prepared when ``qat``; refuses one this machine cannot hold."""
     from .memory_limits import check_fits
 
     check_fits(config, purpose="building")  # ModelTooLarge (estimate, limit, fix) before any allocation
     model = BitTransformerLM(config.model)
-    return apply_qat(model) if qat else model
+    if not qat:
+        return model
+    from .quantization import apply_qat  # lazy: only QAT runs need it
+
+    return apply_qat(model)
 
 
 def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:

@@ -144,6 +144,15 @@ def prepare_qat(model: BitTransformerLM, *, activations: bool = True) -> BitTran
     return model
 
 
+def apply_qat(model: BitTransformerLM) -> BitTransformerLM:
+    """The one place that prepares a model for quantization-aware training (idempotent)."""
+    if getattr(model, "qat_prepared", False):
+        return model
+    model = prepare_qat(model) or model
+    model.qat_prepared = True  # recorded in meta.json so loading rebuilds the same structure
+    return model
+
+
 def convert_qat(model: BitTransformerLM) -> BitTransformerLM:
     """A plain float model with every QAT weight snapped to its int8 grid (a copy; the input is kept).
 

@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import (
     CheckpointInfo,
-    apply_qat,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
@@ -39,6 +38,7 @@ from .config import FRAME_BITS, RunConfig
 from .model import BitTransformerLM
 from .parallel import Parallel
 from .plan import plan_training
+from .quantization import apply_qat
 from .records import EvalMetrics, GrowthEvent, StepMetrics, TrainPlan, TrainResult
 from .runtime import (
     EpochBatchSampler,

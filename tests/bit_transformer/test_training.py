@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import threading
-import types
 from pathlib import Path
 
 import numpy as np
@@ -379,10 +377,10 @@ def test_torchrun_environment_is_read(monkeypatch):
 
 
 def test_qat_hook_is_called_once(tmp_path, text, monkeypatch):
-    calls = []
-    fake = types.ModuleType("bit_transformer.quantization")
-    fake.prepare_qat = lambda model: calls.append(model) or model
-    monkeypatch.setitem(sys.modules, "bit_transformer.quantization", fake)
+    import bit_transformer.quantization as quantization
+
+    calls = []  # apply_qat (quantization.py) looks prepare_qat up in its module at call time
+    monkeypatch.setattr(quantization, "prepare_qat", lambda model: calls.append(model) or model)
     tr, res = run(tmp_path, text, quantization="int8", qat=True, fit={"steps": 1})
     assert res.status == "completed", res.reason
     assert len(calls) == 1 and calls[0] is tr.model and tr.model.qat_prepared
