@@ -152,6 +152,10 @@ class TrainConfig(_Strict):
     eval_every: int = Field(50, ge=1, description="Optimizer updates between validations.")
     eval_batches: int = Field(8, ge=1, description="Validation batches per evaluation.")
     save_every: int = Field(200, ge=1, description="Optimizer updates between checkpoints.")
+    tensorboard: bool = Field(
+        False, description="Also write step/eval curves as TensorBoard event files under <run>/tensorboard "
+        "(needs the optional extra: pip install 'bit-transformer[tensorboard]').",
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     distributed: Literal["ddp", "fsdp"] = Field(

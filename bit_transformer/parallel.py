@@ -1,6 +1,8 @@
-"""Data-parallel training on PyTorch's own stack: DDP, or FSDP2 (``fully_shard``) for large models.
+"""Data-parallel training on PyTorch's own stack: the torchrun process group, then DDP or FSDP2 (``fully_shard``).
 
-``Parallel`` wraps the model once and owns every collective the trainer needs, so ``training.py`` reads
+``dist_env`` reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK; ``init_distributed`` / ``release_distributed`` join
+and leave the group; ``local_main_first``, ``broadcast_float`` and ``any_rank`` are the few collectives outside
+the model. ``Parallel`` wraps the model once and owns every collective the trainer needs, so ``training.py`` reads
 the same whatever the strategy:
 
 - ``module``: what the training forward/backward goes through (the DDP/FSDP wrapper, or the model).
@@ -22,16 +24,97 @@ forward/backward, and gradients and optimizer state stay sharded.
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .runtime import DistInfo
-
 Strategy = Literal["ddp", "fsdp"]
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_env() -> DistInfo:
+    """RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them; single process when absent."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    return DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_distributed(info: DistInfo, device: torch.device) -> bool:
+    """Join the process group (nccl on CUDA, gloo on CPU) unless single-process or already joined.
+
+    Returns True when this call created the group (the caller then destroys it when done).
+    """
+    if not info.enabled or (dist.is_available() and dist.is_initialized()):
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def release_distributed(together: bool = True) -> None:
+    """Leave the process group; ``together`` waits for every rank first.
+
+    A rank that tears its group down while another still runs (rank 0 writing the final checkpoint) can
+    abort in gloo's C++ teardown, so a normal end waits at a barrier. A failed rank must not wait (its
+    peers may be blocked in a collective it will never join): it leaves at once and they error out.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if together:
+        with contextlib.suppress(Exception):  # a peer that already failed must not mask this rank's result
+            dist.barrier()
+    dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def local_main_first(info: DistInfo):
+    """Run the body on each machine's local rank 0 first, then on the other ranks (e.g. building a cache)."""
+    if info.enabled and info.local_rank != 0:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if info.enabled and info.local_rank == 0:
+            dist.barrier()
+
+
+def broadcast_float(value: float, info: DistInfo, device: torch.device) -> float:
+    """Rank 0's value on every rank (identity when single-process)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank when any rank's flag is set (cancellation must stop all ranks together)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 def fsdp_support(device: torch.device) -> tuple[bool, str]:

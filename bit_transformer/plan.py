@@ -11,9 +11,9 @@ import math
 import torch
 
 from .config import RunConfig
+from .device import resolve_device, resolve_precision
 from .model import BitTransformerLM
 from .records import TrainPlan
-from .runtime import resolve_device, resolve_precision
 from .schedule import warmup_updates
 
 

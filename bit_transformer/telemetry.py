@@ -20,6 +20,7 @@ Which terms may enter the loss (``TrainConfig.lambda_K/lambda_C/lambda_S``) is d
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -28,6 +29,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from .model import ForwardTelemetry
+
+log = logging.getLogger(__name__)
 
 _EPS = 1e-7  # keeps log2 finite (and gradients bounded) at p = 0 or 1
 
@@ -178,6 +181,28 @@ def summarize(bits: torch.Tensor, logits: torch.Tensor, record: ForwardTelemetry
         mean_layers_used=mean_layers,
         halting_mean=halting,
     )
+
+
+
+def sample_telemetry(model: torch.nn.Module, dataset, windows: int = 2) -> TelemetrySummary | None:
+    """Telemetry of one eval-mode forward on the first ``windows`` windows of ``dataset`` (no grad, no RNG draws).
+
+    A monitor: a failure is logged and gives None, never an exception into the training loop.
+    """
+    try:
+        x = torch.stack([dataset[i][0] for i in range(min(windows, len(dataset)))])
+        x = x.to(next(model.parameters()).device)
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(x, return_telemetry=True)
+                return summarize(x, out.logits.float(), out.telemetry)
+        finally:
+            model.train(was)
+    except Exception as err:
+        log.warning("telemetry sample failed: %r", err)
+        return None
 
 
 def telemetry_loss(

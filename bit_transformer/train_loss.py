@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .config import TrainConfig
-from .runtime import autocast
+from .device import autocast
 
 LN2 = math.log(2.0)
 

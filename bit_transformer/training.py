@@ -1,17 +1,16 @@
-"""The training loop: exact schedule horizon, accumulation, AMP, compression ramp, safety gate, compile,
-callbacks, cancellation, exact resume, torchrun/DDP.
+"""The training loop: one optimizer update per group of micro-batches, validated, gated and checkpointed.
 
-One *update* is one optimizer step; it consumes ``accum_steps`` micro-batches (the last group of an
-epoch may be shorter: it still steps, with its loss scaled by its real size). Per epoch there are
-``ceil(micro_batches / accum_steps) + extra_steps`` updates (extra updates re-use the epoch's first
-batches), and the LR schedule is built for exactly ``total_updates``; its final LR is the LR of the last
-update. Events go to ``callback(event, payload)`` and, as JSON lines, to ``out_dir/metrics.jsonl``
-(unless ``metrics_log=False``: the MCP worker keeps the one event log of a job).
+One *update* is one optimizer step over ``accum_steps`` micro-batches (the last group of an epoch may be shorter:
+it still steps, its loss scaled by its real size). ``plan_training`` fixes the number of updates and the LR
+schedule spans exactly that, so the final LR is the last update's. The parts live beside this file:
+``sampler.UpdateBatches`` yields the groups, ``train_state.TrainState`` counts, ``checkpointer.Checkpointer``
+saves and resumes, ``parallel.Parallel`` owns DDP/FSDP, ``train_loss`` computes each micro-batch's loss.
+Events go to ``callback(event, payload)`` and, as JSON lines, to ``out_dir/metrics.jsonl`` (unless
+``metrics_log=False``: the MCP worker keeps the one event log of a job); ``train.tensorboard`` adds event files.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -19,44 +18,37 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 from pydantic import BaseModel
-from torch.utils.data import DataLoader
 
-from .checkpoint import (
-    CheckpointInfo,
-    list_checkpoints,
-    load_checkpoint,
-    prune_checkpoints,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from .checkpointer import Checkpointer
 from .config import FRAME_BITS, RunConfig
+from .device import autocast, resolve_device
+from .metrics_log import open_sinks
 from .model import BitTransformerLM
-from .parallel import Parallel
-from .plan import plan_training
-from .quantization import apply_qat
-from .records import EvalMetrics, GrowthEvent, StepMetrics, TrainPlan, TrainResult
-from .runtime import (
-    EpochBatchSampler,
+from .parallel import (
+    Parallel,
     any_rank,
-    autocast,
     broadcast_float,
-    capture_rng,
-    compile_blocks,
     dist_env,
     init_distributed,
     local_main_first,
     release_distributed,
-    resolve_device,
-    restore_rng,
 )
-from .safety import GateDecision, SafetyGate
+from .plan import plan_training
+from .quantization import apply_qat
+from .records import EvalMetrics, GateDecision, GrowthEvent, StepMetrics, TrainPlan, TrainResult
+from .safety import SafetyGate
+from .sampler import UpdateBatches, UpdateGroup
 from .schedule import PlateauSignal, build_schedule, cosine_ramp, warmup_updates
+from .selective_compile import compile_blocks
+from .telemetry import TelemetrySummary, sample_telemetry
 from .train_loss import LN2, eval_indices, micro_batch_loss, validation_loss
+from .train_state import TrainState, capture_rng, restore_rng
 
 __all__ = ["EvalMetrics", "StepMetrics", "TrainPlan", "TrainResult", "Trainer", "plan_training"]
 
@@ -65,7 +57,6 @@ MAX_BAD_UPDATES = 3  # consecutive non-finite updates that stop a run
 # How gloo / NCCL report a collective whose peer process died (e.g. killed for memory).
 PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted")
 
-
 log = logging.getLogger(__name__)
 
 
@@ -73,7 +64,8 @@ class Trainer:
     """Trains ``model`` (or a fresh one from ``cfg.model``) on ``corpus`` (or ``cfg.data``, cached in ``cache_dir``).
 
     Under torchrun each rank constructs its own Trainer; the process group is joined here, so the corpus
-    cache is built by one process per machine while the others wait.
+    cache is built by one process per machine while the others wait. ``fit`` may run more than once (a
+    timing probe, then the run); each call plans, trains and leaves the process group.
     """
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, *, corpus=None, model: BitTransformerLM | None = None,
@@ -82,8 +74,7 @@ class Trainer:
         from .data import load_corpus  # lazy: data.py pulls in the text sources
 
         self.out_dir = Path(out_dir)
-        self.metrics_log = metrics_log  # False: the caller keeps the one event log (the MCP worker's job log)
-        self.ckpt_root = self.out_dir / "checkpoints"
+        self.metrics_log = metrics_log
         self.callback = callback
         self.cancel = cancel or threading.Event()
         self.dist = dist_env()
@@ -91,18 +82,22 @@ class Trainer:
         if model is not None:  # e.g. after scale_up: the model's architecture wins
             cfg = cfg.model_copy(update={"model": model.cfg})
         self.cfg = cfg
-        self._owns_group = init_distributed(self.dist, self.device)
+        self._join_group()
         if corpus is None:
             with local_main_first(self.dist):  # one process per machine builds the cache; the others read it
                 corpus = load_corpus(cfg.data, cache_dir or self.out_dir / "cache")
         self.corpus = corpus
         self._datasets()
         torch.manual_seed(cfg.train.seed)
-        if model is None:
-            model = BitTransformerLM(cfg.model)
+        model = model if model is not None else BitTransformerLM(cfg.model)
         self.model = apply_qat(model) if cfg.train.qat else model
-        self.plan = plan_training(cfg, len(self.train_set), world_size=self.dist.world_size,
-                                  params=self.model.num_parameters())
+        self.checkpoints = Checkpointer(self.out_dir / "checkpoints", cfg.train, is_main=self.dist.is_main)
+        self.plan: TrainPlan | None = None  # made by fit()
+        self.state = TrainState()
+        self.last_eval: EvalMetrics | None = None
+
+    def _join_group(self) -> None:
+        self._owns_group = init_distributed(self.dist, self.device) or getattr(self, "_owns_group", False)
 
     def _datasets(self) -> None:
         from .data import BitWindowDataset
@@ -114,24 +109,23 @@ class Trainer:
         except ValueError:
             self.val_set = None  # validation text shorter than one window: no evals, no gate
 
-    # ------------------------------------------------------------------------------------------ events
+    def telemetry_sample(self, windows: int = 2) -> TelemetrySummary | None:
+        """K/C/S of one eval-mode forward on a few validation windows; None where rank 0 alone cannot run one."""
+        if self.dist.enabled and self.cfg.train.distributed == "fsdp":
+            return None  # a sharded model's forward needs every rank
+        return sample_telemetry(self.model, self.val_set or self.train_set, windows)
+
     def _emit(self, event: str, payload: BaseModel) -> None:
         if not self.dist.is_main:
             return
-        if self._metrics is not None:
-            row = {"event": event, "time": time.time(), **payload.model_dump(mode="json")}
-            self._metrics.write(json.dumps(row, default=str) + "\n")
-            self._metrics.flush()
+        for sink in self._sinks:
+            sink.write(event, payload)
         if self.callback is not None:
             self.callback(event, payload)
 
     # ------------------------------------------------------------------------------------------ fit
     def fit(self, *, steps: int | None = None, epochs: int | None = None, resume: bool = False) -> TrainResult:
-        self._metrics = None
-        if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            if self.metrics_log:
-                self._metrics = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._sinks = open_sinks(self.out_dir, self.cfg.train, jsonl=self.metrics_log) if self.dist.is_main else []
         failed = False
         try:
             return self._fit(steps, epochs, resume)
@@ -139,228 +133,191 @@ class Trainer:
             failed = True
             if self.dist.is_main:
                 (self.out_dir / "train_error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-            result = TrainResult(status="failed", reason=self._failure_reason(exc), plan=self.plan,
-                                 updates_done=getattr(self, "update", 0), checkpoint=getattr(self, "_last_ckpt", None))
+            plan = self.plan or plan_training(self.cfg, len(self.train_set), world_size=self.dist.world_size,
+                                              params=self.model.num_parameters())
+            result = TrainResult(status="failed", reason=self._failure_reason(exc), plan=plan,
+                                 updates_done=self.state.update, checkpoint=self.checkpoints.last)
             self._emit("done", result)
             return result
         finally:
-            if self._metrics is not None:
-                self._metrics.close()
-                self._metrics = None
-            if getattr(self, "_owns_group", False):
+            for sink in self._sinks:
+                sink.close()
+            self._sinks = []
+            if self._owns_group:
                 release_distributed(together=not failed)  # a failed rank leaves at once: peers then error out
                 self._owns_group = False
 
     def _failure_reason(self, exc: Exception) -> str:
         text = f"{type(exc).__name__}: {exc}"
         if self.dist.enabled and any(m in str(exc) for m in PEER_LOST):
-            ckpt = getattr(self, "_last_ckpt", None)
+            ckpt = self.checkpoints.last
             return (f"another training process stopped (rank {self.dist.rank} lost its connection to a peer: "
                     f"{text[:300]}); its own log names the cause. Resume continues from "
                     + (f"its checkpoint {Path(ckpt).name}" if ckpt else "the last checkpoint") + ".")
         return text
 
-    def _setup(self, steps, epochs, resume: bool):
-        cfg, t = self.cfg, self.cfg.train
-        loaded = None
-        if resume:
-            try:
-                loaded = load_checkpoint(resolve_checkpoint(self.ckpt_root), self.device)
-            except FileNotFoundError:
-                loaded = None  # nothing to resume: start fresh (reported in the plan event)
-            if loaded is not None:  # the checkpoint's architecture wins (it may have been scaled up)
-                self.model = loaded.model
-                if loaded.model.cfg != cfg.model:
-                    self.cfg = cfg = cfg.model_copy(update={"model": loaded.model.cfg})
-                    self._datasets()
-        self.plan = plan_training(cfg, len(self.train_set), steps=steps, epochs=epochs,
-                                  world_size=self.dist.world_size, params=self.model.num_parameters())
+    def _fit(self, steps: int | None, epochs: int | None, resume: bool) -> TrainResult:
+        self._setup(steps, epochs, resume)
+        t, plan, state = self.cfg.train, self.plan, self.state
+        self._emit("plan", plan)
+        batches = UpdateBatches(self.train_set, t, rank=self.dist.rank, world_size=self.dist.world_size,
+                                pin_memory=self.device.type == "cuda")
+        val_idx = eval_indices(len(self.val_set), t.eval_batches * t.batch_size) if self.val_set is not None else []
+        ramp_len = warmup_updates(t.warmup_frac, plan.total_updates)
+        clock = _Clock(state.update)
+        last_step: StepMetrics | None = None
+        bad_updates, status, reason = 0, "completed", None
+        remaining = plan.total_updates - state.update
+        for group in islice(batches.groups(state.epoch, state.position), max(0, remaining)):
+            rng_at_start = capture_rng(self.np_rng)  # what a cancel inside this group saves: resume redoes it
+            compress_p = 0.0 if t.compress_prob <= 0 else cosine_ramp(state.update, 0.0, t.compress_prob, ramp_len)
+            sums = self._forward_backward(group, compress_p)
+            if sums is None:
+                status, reason = "cancelled", f"cancelled at update {state.update} (micro-step boundary)"
+                self._save("cancelled", rng=rng_at_start)
+                break
+            last_step, ok = self._step(group, sums, compress_p, clock)
+            bad_updates = 0 if ok else bad_updates + 1
+            if bad_updates >= MAX_BAD_UPDATES:
+                status, reason = "gated", f"non-finite training loss/gradients for {bad_updates} updates in a row"
+                break
+            final = state.update == plan.total_updates
+            if val_idx and (state.update % t.eval_every == 0 or final):
+                decision = self._evaluate(val_idx)
+                if decision.triggered:
+                    status, reason = "gated", f"safety gate: {decision.reason}"
+                    break
+            if self.checkpoints.due(state.update, final=final):
+                self._save("final" if final else "periodic")
+        self.optimizer.zero_grad(set_to_none=True)
+        best = state.best_val_loss
+        result = TrainResult(status=status, reason=reason, plan=plan, updates_done=state.update, last_step=last_step,
+                             last_eval=self.last_eval, checkpoint=self.checkpoints.last,
+                             best_val_bpb=None if best is None else best * FRAME_BITS / LN2)
+        self._emit("done", result)
+        return result
+
+    def _setup(self, steps: int | None, epochs: int | None, resume: bool) -> None:
+        """Plan, place and wrap the model, build optimizer, schedule and gate; then restore a checkpoint's state."""
+        self._join_group()
+        t = self.cfg.train
+        loaded = self.checkpoints.resume_point(self.device) if resume else None
+        if loaded is not None and loaded.model.cfg != self.cfg.model:  # a checkpoint's architecture wins (scale-up)
+            self.cfg = self.cfg.model_copy(update={"model": loaded.model.cfg})
+            self._datasets()
         if loaded is not None:
-            self.plan.resumed_from, self.plan.start_update = loaded.path, int(loaded.state["update"])
-        self._owns_group = init_distributed(self.dist, self.device) or self._owns_group
-        self.net = self.model.to(self.device)
-        self.net.train()
-        sample = [self.train_set[i][0] for i in range(min(t.batch_size, len(self.train_set)))]
-
-        def warmup() -> None:  # one real-shaped step so that compile errors surface here, not mid-run
-            cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=cuda), autocast(self.device, self.plan.precision):
-                x = torch.stack(sample).to(self.device)
-                self.net(x).logits.float().sum().backward()
-            self.net.zero_grad(set_to_none=True)
-
-        ran, why = compile_blocks(self.net, t.compile, warmup)
-        self.plan.compile_ran, self.plan.compile_reason = ran, why
-        self.parallel = Parallel(self.net, t.distributed, self.dist, self.device)
-        self.ddp = self.parallel.module
+            self.model = loaded.model
+        self.plan = plan = plan_training(self.cfg, len(self.train_set), steps=steps, epochs=epochs,
+                                         world_size=self.dist.world_size, params=self.model.num_parameters())
+        self.model = self.model.to(self.device).train()
+        plan.compile_ran, plan.compile_reason = compile_blocks(self.model, t.compile, self._compile_warmup)
+        self.parallel = Parallel(self.model, t.distributed, self.dist, self.device)
         self.optimizer = self._optimizer()
-        self.schedule = build_schedule(t, self.plan.total_updates)
+        self.schedule = build_schedule(t, plan.total_updates)
         self.gate = SafetyGate(t.safety)
         self.np_rng = np.random.default_rng([t.seed, self.dist.rank])
-        self.update = self.epoch = self.position = self.micro_step = 0
-        self.best_loss: float | None = None
-        self.last_eval: EvalMetrics | None = None
-        self._last_ckpt: str | None = None
-        self._last_saved_update = -1
+        self.state, self.last_eval = TrainState(), None
         if loaded is None:
             torch.manual_seed(t.seed * 1_000_003 + 7919 * self.dist.rank + 1)
             return
-        st = loaded.state
+        saved = loaded.state
+        plan.resumed_from, plan.start_update = loaded.path, int(saved["update"])
         if loaded.optimizer_state is not None:
             self.parallel.load_optimizer_state(self.optimizer, loaded.optimizer_state)
         if loaded.scheduler_state:
             self.schedule.load_state_dict(loaded.scheduler_state)
-        if st.get("gate"):
-            self.gate.load_state_dict(st["gate"])
-        self.update, self.epoch, self.position = st["update"], st["epoch"], st["position"]
-        self.micro_step = st.get("micro_step", 0)
-        saved_world = int(st.get("world_size", 1))
+        if saved.get("gate"):
+            self.gate.load_state_dict(saved["gate"])
+        self.state.load_state_dict(saved)
+        saved_world = int(saved.get("world_size", 1))
         if saved_world != self.dist.world_size:
             # The epoch's order is a function of (seed, epoch, world size): continue at the same share of
             # the epoch's samples, on an update boundary, in this world size's order.
-            self.position = self.position * saved_world // self.dist.world_size // t.accum_steps * t.accum_steps
-            self.plan.resume_note = (f"checkpoint written by {saved_world} process(es), resumed by "
-                                     f"{self.dist.world_size}: the epoch's remaining data order is re-drawn")
-            log.warning(self.plan.resume_note)
-        self.best_loss = st.get("best_val_loss")
-        self._last_ckpt = loaded.path
-        self._last_saved_update = self.update
-        restore_rng(st.get("rng", {}), loaded.tensors, self.np_rng)
+            share = self.state.position * saved_world // self.dist.world_size
+            self.state.position = share // t.accum_steps * t.accum_steps
+            plan.resume_note = (f"checkpoint written by {saved_world} process(es), resumed by "
+                                f"{self.dist.world_size}: the epoch's remaining data order is re-drawn")
+            log.warning(plan.resume_note)
+        restore_rng(saved.get("rng", {}), loaded.tensors, self.np_rng)
+
+    def _compile_warmup(self) -> None:
+        """One real-shaped step, so that compile errors surface before training, not mid-run."""
+        sample = [self.train_set[i][0] for i in range(min(self.cfg.train.batch_size, len(self.train_set)))]
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), autocast(self.device, self.plan.precision):
+            self.model(torch.stack(sample).to(self.device)).logits.float().sum().backward()
+        self.model.zero_grad(set_to_none=True)
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        decay = [p for n, p in self.net.named_parameters() if p.requires_grad and p.ndim >= 2 and "emb" not in n]
-        keep = [p for n, p in self.net.named_parameters() if p.requires_grad and not (p.ndim >= 2 and "emb" not in n)]
+        # No weight decay on embeddings, norms and biases (the usual AdamW split).
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        decay = [p for n, p in params if p.ndim >= 2 and "emb" not in n]
+        keep = [p for n, p in params if not (p.ndim >= 2 and "emb" not in n)]
         groups = [{"params": decay, "weight_decay": self.cfg.train.weight_decay}, {"params": keep, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=self.cfg.train.lr, betas=(0.9, 0.99))
 
-    def _loader(self, sampler: EpochBatchSampler) -> DataLoader:
-        t = self.cfg.train
-        # Own generator: creating an iterator (e.g. when resuming mid-epoch) never draws from the global RNG.
-        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=t.num_workers,
-                          persistent_workers=t.num_workers > 0, generator=torch.Generator().manual_seed(t.seed),
-                          pin_memory=self.device.type == "cuda")
+    # ------------------------------------------------------------------------------------------ one update
+    def _forward_backward(self, group: UpdateGroup, compress_p: float) -> _GroupSums | None:
+        """Forward + backward of each micro-batch, loss scaled by the group's real size; None when cancelled."""
+        sums = _GroupSums()
+        for i, (inputs, targets) in enumerate(group.batches):
+            if any_rank(self.cancel.is_set(), self.dist, self.device):  # checked at every micro-step boundary
+                return None
+            rows = self.np_rng.random(inputs.shape[0]) < compress_p if compress_p > 0 else None
+            with self.parallel.grad_sync(last=i == group.size - 1):  # all-reduce only on the last micro-batch
+                parts = micro_batch_loss(self.parallel.module, inputs.to(self.device, non_blocking=True),
+                                         targets.to(self.device, non_blocking=True), cfg=self.cfg.train,
+                                         ponder_weight=self.model.cfg.ponder_weight, compress=rows,
+                                         precision=self.plan.precision)
+                (parts.loss / group.size).backward()
+            sums.add(parts, group.size, bits=inputs.numel() * self.dist.world_size)
+        return sums
 
-    def _fit(self, steps, epochs, resume: bool) -> TrainResult:
-        self._setup(steps, epochs, resume)
-        t, plan = self.cfg.train, self.plan
-        self._emit("plan", plan)
-        sampler = EpochBatchSampler(len(self.train_set), t.batch_size, accum_steps=t.accum_steps,
-                                    extra_steps=t.extra_steps, shuffle=True, seed=t.seed, rank=self.dist.rank,
-                                    world_size=self.dist.world_size)
-        loader = self._loader(sampler)
-        val_idx = eval_indices(len(self.val_set), t.eval_batches * t.batch_size) if self.val_set is not None else []
-        ramp_len = warmup_updates(t.warmup_frac, plan.total_updates)
-        clock = _Clock(self.update)
-        last_step: StepMetrics | None = None
-        bad_updates, status, reason = 0, "completed", None
-        group: _Group | None = None
-        while self.update < plan.total_updates and status == "completed":
-            if self.position >= len(sampler):
-                self.epoch, self.position = self.epoch + 1, 0
-            sampler.set_epoch(self.epoch, self.position)
-            for inputs, targets in loader:
-                if any_rank(self.cancel.is_set(), self.dist, self.device):  # checked at every micro-step boundary
-                    status, reason = "cancelled", f"cancelled at update {self.update} (micro-step boundary)"
-                    break
-                if group is None:  # an update boundary: remember what a save here must restore
-                    group = _Group(size=sampler.group_of(self.position)[1], rng=capture_rng(self.np_rng),
-                                   position=self.position, epoch=self.epoch, micro_step=self.micro_step,
-                                   p=_cosine_ramp(self.update, t.compress_prob, ramp_len))
-                self._micro_step(group, inputs, targets)
-                clock.bits += inputs.numel() * self.dist.world_size
-                if len(group.losses) < group.size:
-                    continue
-                last_step, ok = self._update(group, clock)
-                group = None
-                bad_updates = 0 if ok else bad_updates + 1
-                if bad_updates >= MAX_BAD_UPDATES:
-                    status, reason = "gated", f"non-finite training loss/gradients for {bad_updates} updates in a row"
-                    break
-                final = self.update >= plan.total_updates
-                if val_idx and (self.update % t.eval_every == 0 or final):
-                    decision = self._evaluate(val_idx)
-                    if decision.triggered:
-                        status, reason = "gated", f"safety gate: {decision.reason}"
-                        break
-                if self.update % t.save_every == 0 or final:
-                    self._save("final" if final else "periodic")
-                if final:
-                    break
-        if status == "cancelled":
-            self._save("cancelled", boundary=group)  # a partial group is dropped: resume redoes it exactly
-        self.optimizer.zero_grad(set_to_none=True)
-        result = TrainResult(status=status, reason=reason, plan=plan, updates_done=self.update, last_step=last_step,
-                             last_eval=self.last_eval, checkpoint=self._last_ckpt,
-                             best_val_bpb=None if self.best_loss is None else self.best_loss * FRAME_BITS / LN2)
-        self._emit("done", result)
-        return result
-
-    def _micro_step(self, group: _Group, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        """Forward + backward of one micro-batch; its loss is scaled by its group's real size."""
-        t = self.cfg.train
-        rows = self.np_rng.random(inputs.shape[0]) < group.p if group.p > 0 else None
-        last = len(group.losses) + 1 == group.size
-        with self.parallel.grad_sync(last):  # all-reduce gradients only on the group's last micro-batch
-            parts = micro_batch_loss(self.ddp, inputs.to(self.device, non_blocking=True),
-                                     targets.to(self.device, non_blocking=True), cfg=t,
-                                     ponder_weight=self.net.cfg.ponder_weight, compress=rows,
-                                     precision=self.plan.precision)
-            (parts.loss / group.size).backward()
-        group.losses.append(float(parts.loss.detach()))
-        if parts.raw_ce is not None:
-            group.raw.append((parts.raw_ce, parts.n_raw))
-        if parts.compressed_ce is not None:
-            group.comp.append((parts.compressed_ce, parts.n_compressed))
-        group.ponder += parts.ponder / group.size
-        self.position += 1
-        self.micro_step += 1
-
-    def _update(self, group: _Group, clock: _Clock) -> tuple[StepMetrics, bool]:
-        """Clip, set the LR of this update, step (unless non-finite), report (statistics averaged over ranks)."""
-        raw_s, raw_n = sum(v * k for v, k in group.raw), sum(k for _, k in group.raw)
-        comp_s, comp_n = sum(v * k for v, k in group.comp), sum(k for _, k in group.comp)
-        loss, ponder = self.parallel.mean_over_ranks([sum(group.losses) / group.size, group.ponder])
-        raw_s, raw_n, comp_s, comp_n = self.parallel.sum_over_ranks([raw_s, raw_n, comp_s, comp_n])
+    def _step(self, group: UpdateGroup, sums: _GroupSums, compress_p: float,
+              clock: _Clock) -> tuple[StepMetrics, bool]:
+        """Clip, set this update's LR, step (unless non-finite), report (statistics averaged over ranks)."""
+        loss, ponder = self.parallel.mean_over_ranks([sum(sums.losses) / group.size, sums.ponder])
+        raw_s, raw_n, comp_s, comp_n = self.parallel.sum_over_ranks([*sums.raw, *sums.comp])
         grad_norm = self.parallel.clip_grad_norm(self.cfg.train.grad_clip)
-        lr = self.schedule.apply(self.optimizer, self.update)
+        lr = self.schedule.apply(self.optimizer, self.state.update)
         ok = math.isfinite(loss) and math.isfinite(grad_norm)
         if ok:
             self.optimizer.step()  # else skipped: weights stay finite and the last checkpoint stays good
         self.optimizer.zero_grad(set_to_none=True)
-        self.update += 1
-        clock.train_s += time.perf_counter() - group.t0
-        done = self.update - clock.start_update
+        self.state.advance(group.epoch, group.position, group.size)
+        clock.tick(sums)
         metrics = StepMetrics(
-            update=self.update, micro_step=self.micro_step, epoch=self.epoch, loss=loss,
+            update=self.state.update, micro_step=self.state.micro_step, epoch=self.state.epoch, loss=loss,
             raw_loss=raw_s / raw_n if raw_n else None, compressed_loss=comp_s / comp_n if comp_n else None, lr=lr,
-            compress_prob=group.p, ponder_cost=ponder, grad_norm=grad_norm,
-            bits_per_s=clock.bits / max(clock.train_s, 1e-9),
-            elapsed_s=time.perf_counter() - clock.t0,
-            eta_s=(self.plan.total_updates - self.update) * clock.train_s / done, precision=self.plan.precision,
+            compress_prob=compress_p, ponder_cost=ponder, grad_norm=grad_norm, bits_per_s=clock.bits_per_s,
+            elapsed_s=clock.elapsed_s, eta_s=clock.eta_s(self.state.update, self.plan.total_updates),
+            precision=self.plan.precision,
         )
         self._emit("step", metrics)
         return metrics, ok
 
-    # ------------------------------------------------------------------------------------------ eval / save
+    # ------------------------------------------------------------------------------------------ eval / grow / save
     def _evaluate(self, val_idx: list[int]) -> GateDecision:
         loss = float("nan")
         if self.dist.is_main or self.parallel.sharded:  # a sharded model needs every rank in its forward
-            loss = validation_loss(self.net, self.val_set, val_idx, self.cfg.train.batch_size, self.device,
+            loss = validation_loss(self.model, self.val_set, val_idx, self.cfg.train.batch_size, self.device,
                                    self.plan.precision, objective=self.cfg.train.objective,
                                    schedule=self.cfg.train.diffusion_schedule)
         loss = broadcast_float(loss, self.dist, self.device)  # every rank keeps identical gate/schedule state
+        update = self.state.update
         decision = self.gate.observe(loss=loss)
-        self.last_eval = EvalMetrics(update=self.update, val_loss=loss, val_bpb=loss * FRAME_BITS / LN2, gate=decision)
+        self.last_eval = EvalMetrics(update=update, val_loss=loss, val_bpb=loss * FRAME_BITS / LN2, gate=decision)
         self._emit("eval", self.last_eval)
         if decision.triggered:
             return decision
-        signal: PlateauSignal | None = self.schedule.observe(self.update - 1, loss)
+        signal: PlateauSignal | None = self.schedule.observe(update - 1, loss)
         if signal is not None and signal.scale_up_requested:
             self._emit("plateau", signal)
             if self.cfg.train.plateau_grow_layers:
                 self._grow(self.cfg.train.plateau_grow_layers)
-        if math.isfinite(loss) and (self.best_loss is None or loss < self.best_loss):
-            self.best_loss = loss
+        best = self.state.best_val_loss
+        if math.isfinite(loss) and (best is None or loss < best):
+            self.state.best_val_loss = loss
             self._save("best")
         return decision
 
@@ -378,78 +335,70 @@ class Trainer:
             return
         before = self.model.num_parameters()
         grown, model_cfg, report = scale_up(self.model, self.model.cfg, layers=self.model.cfg.layers + extra_layers)
-        self.model = self.net = self.ddp = grown.to(self.device)
-        self.parallel = Parallel(self.net, self.cfg.train.distributed, self.dist, self.device)
-        self.net.train()
+        self.model = grown.to(self.device).train()
+        self.parallel = Parallel(self.model, self.cfg.train.distributed, self.dist, self.device)
         self.cfg = self.cfg.model_copy(update={"model": model_cfg})
         self.optimizer = self._optimizer()
         self.plan.params = self.model.num_parameters()
-        self._emit("scale_up", GrowthEvent(update=self.update, layers=model_cfg.layers, params_before=before,
+        self._emit("scale_up", GrowthEvent(update=self.state.update, layers=model_cfg.layers, params_before=before,
                                            params_after=self.plan.params,
                                            max_logit_change=report.max_logit_change))
 
-    def _state(self, boundary: _Group | None) -> tuple[dict, dict]:
-        b = boundary or _Group(size=0, rng=capture_rng(self.np_rng), position=self.position, epoch=self.epoch,
-                               micro_step=self.micro_step)
-        rng_js, rng_t = b.rng
+    def _save(self, kind: str, rng: tuple[dict, dict[str, torch.Tensor]] | None = None) -> None:
+        """Checkpoint the current update (every rank calls this); ``rng``: the state at the update's start."""
+        rng_js, rng_tensors = rng or capture_rng(self.np_rng)
         ev = self.last_eval
-        state = {
-            "update": self.update, "epoch": b.epoch, "position": b.position, "micro_step": b.micro_step,
-            "total_updates": self.plan.total_updates, "seed": self.cfg.train.seed, "world_size": self.dist.world_size,
-            "val_loss": ev.val_loss if ev else None, "val_bpb": ev.val_bpb if ev else None,
-            "best_val_loss": self.best_loss, "gate": self.gate.state_dict(), "rng": rng_js,
-        }
-        return state, rng_t
-
-    def _save(self, kind: str, boundary: _Group | None = None) -> None:
-        """Write a checkpoint from rank 0; every rank calls this (a sharded model is gathered collectively)."""
-        if kind in ("periodic", "final") and self._last_saved_update == self.update:
-            return
-        ev = self.last_eval
-        if ev is not None and ev.update == self.update and not math.isfinite(ev.val_loss):
-            return  # never replace the last good checkpoint with a diverged state
-        model_state, optimizer_state = self.parallel.full_state(self.optimizer)
-        if not self.dist.is_main:
-            if kind != "best":
-                self._last_saved_update = self.update
-            return
-        state, tensors = self._state(boundary)
-        name = "best" if kind == "best" else f"update-{self.update:07d}"
-        path = save_checkpoint(self.ckpt_root / name, model=self.net, config=self.cfg, model_state=model_state,
-                               optimizer_state=optimizer_state, scheduler=self.schedule, state=state, tensors=tensors,
-                               kind=kind, update_latest=kind != "best")
-        if kind != "best":
-            self._last_ckpt, self._last_saved_update = str(path), self.update
-            prune_checkpoints(self.ckpt_root, self.cfg.train.keep_checkpoints)
-        info = next((i for i in list_checkpoints(self.ckpt_root) if i.name == name), None)
-        self._emit("checkpoint", info or CheckpointInfo(name=name, path=str(path), update=self.update, kind=kind))
+        state = {**self.state.state_dict(), "total_updates": self.plan.total_updates, "seed": self.cfg.train.seed,
+                 "world_size": self.dist.world_size, "val_loss": ev.val_loss if ev else None,
+                 "val_bpb": ev.val_bpb if ev else None, "gate": self.gate.state_dict(), "rng": rng_js}
+        info = self.checkpoints.save(kind, update=self.state.update, parallel=self.parallel, optimizer=self.optimizer,
+                                     config=self.cfg, schedule=self.schedule, state=state, tensors=rng_tensors,
+                                     last_eval=ev)
+        if info is not None:
+            self._emit("checkpoint", info)
 
 
 @dataclass
-class _Group:
-    """One optimizer update in progress: its micro-batch losses and the state at its start (boundary)."""
+class _GroupSums:
+    """One update's micro-batch statistics, summed as the micro-batches run."""
 
-    size: int
-    rng: tuple[dict, dict[str, torch.Tensor]]
-    position: int
-    epoch: int
-    micro_step: int
-    p: float = 0.0
     losses: list[float] = field(default_factory=list)
-    raw: list[tuple[float, int]] = field(default_factory=list)
-    comp: list[tuple[float, int]] = field(default_factory=list)
+    raw: list[float] = field(default_factory=lambda: [0.0, 0])  # loss x tokens, tokens (uncompressed rows)
+    comp: list[float] = field(default_factory=lambda: [0.0, 0])  # the same over compressed rows
     ponder: float = 0.0
+    bits: int = 0
     t0: float = field(default_factory=time.perf_counter)
+
+    def add(self, parts, group_size: int, bits: int) -> None:
+        self.losses.append(float(parts.loss.detach()))
+        if parts.raw_ce is not None:
+            self.raw = [self.raw[0] + parts.raw_ce * parts.n_raw, self.raw[1] + parts.n_raw]
+        if parts.compressed_ce is not None:
+            self.comp = [self.comp[0] + parts.compressed_ce * parts.n_compressed, self.comp[1] + parts.n_compressed]
+        self.ponder += parts.ponder / group_size
+        self.bits += bits
 
 
 @dataclass
 class _Clock:
+    """Training time only (evaluations and saves excluded), for throughput and the ETA."""
+
     start_update: int
     t0: float = field(default_factory=time.perf_counter)
     train_s: float = 0.0
     bits: int = 0
 
+    def tick(self, sums: _GroupSums) -> None:
+        self.train_s += time.perf_counter() - sums.t0
+        self.bits += sums.bits
 
-def _cosine_ramp(update: int, end: float, warmup: int) -> float:
-    return 0.0 if end <= 0 else cosine_ramp(update, 0.0, end, warmup)
+    @property
+    def bits_per_s(self) -> float:
+        return self.bits / max(self.train_s, 1e-9)
 
+    @property
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def eta_s(self, update: int, total: int) -> float:
+        return (total - update) * self.train_s / max(1, update - self.start_update)

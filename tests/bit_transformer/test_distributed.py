@@ -19,8 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bit_transformer.parallel import _fqn_to_index, _index_to_fqn, fsdp_support, fsdp_units
-from bit_transformer.runtime import DistInfo, local_main_first
+from bit_transformer.parallel import DistInfo, _fqn_to_index, _index_to_fqn, fsdp_support, fsdp_units, local_main_first
 
 TEXT_BYTES = 60_000
 STEPS = 3

@@ -14,8 +14,10 @@ import torch
 from bit_transformer.bits import text_to_bits
 from bit_transformer.config import RunConfig
 from bit_transformer.data import Corpus, builtin_text, make_loader
-from bit_transformer.runtime import EpochBatchSampler, compile_blocks, dist_env
+from bit_transformer.parallel import dist_env
+from bit_transformer.sampler import EpochBatchSampler
 from bit_transformer.schedule import OneCycle
+from bit_transformer.selective_compile import compile_blocks
 from bit_transformer.training import Trainer, plan_training
 
 SEQ = 36  # bits per window = 4 bytes
@@ -334,7 +336,7 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, text):
 
 
 def test_compile_skips_with_a_reason(tmp_path, text, monkeypatch):
-    import bit_transformer.runtime as rt
+    import bit_transformer.selective_compile as rt
 
     monkeypatch.setattr(rt, "compile_support", lambda: (False, "torch 2.0 has no usable torch.compile"))
     _, res = run(tmp_path, text, compile=True, fit={"steps": 1})
