@@ -22,10 +22,11 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .cli_flags import add_run_config_flags, build_run_config, data_spec, parse_bool
-from .config import FRAME_BITS, DataConfig, RunConfig
+from .config import GROWABLE as GROW
+from .config import DataConfig, RunConfig
+from .export import DEFAULT_EVAL_BYTES
 from .progress import ProgressBar
 
-GROW = ("layers", "d_model", "dim_feedforward", "nhead", "max_seq_len")  # what scale-up can change
 EXIT = {"completed": 0, "failed": 1, "gated": 3, "cancelled": 130}
 
 
@@ -81,7 +82,7 @@ def _run_config(cfg) -> RunConfig:
 
 
 def cmd_train(args: argparse.Namespace, flags: dict[str, str]) -> int:
-    from .runtime import dist_env
+    from .parallel import dist_env
     from .training import Trainer
 
     info = dist_env()
@@ -153,7 +154,8 @@ def _default_cache(checkpoint: Path) -> Path:
 
 def _eval_input(args: argparse.Namespace, cfg: RunConfig) -> tuple[Any, bytes, str]:
     """(bits, compressor context bytes, description) for the evaluate command."""
-    from .bits import bits_to_bytes, bytes_to_bits
+    from .baselines import training_context
+    from .bits import bytes_to_bits
 
     if args.text is not None:
         return bytes_to_bits(args.text.encode("utf-8")), b"", "--text"
@@ -168,10 +170,7 @@ def _eval_input(args: argparse.Namespace, cfg: RunConfig) -> tuple[Any, bytes, s
     corpus = load_corpus(data_cfg, cache)
     if args.split == "train":
         return corpus.train, b"", f"{corpus.source_id} (train split)"
-    context = b""
-    if not args.no_compressors:  # compressors see the training split first: "val given train"
-        ctx_bits = corpus.train[-(8 << 20) * FRAME_BITS :]
-        context = bits_to_bytes(ctx_bits, strict=False)[0]
+    context = b"" if args.no_compressors else training_context(corpus.train)  # "val given train"
     return corpus.val, context, f"{corpus.source_id} (validation split, compressors given train)"
 
 
@@ -227,36 +226,48 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_scale_up(args: argparse.Namespace) -> int:
-    from .checkpoint import save_checkpoint
-    from .scale import scale_up
+    from .scale import scale_up_checkpoint
 
-    model, cfg = load_any_model(args.checkpoint)
-    cfg = _run_config(cfg)
-    grow = {k: getattr(args, k) for k in GROW}
-    if all(v is None for v in grow.values()):
+    sizes = {k: getattr(args, k) for k in GROW}
+    if all(v is None for v in sizes.values()):
         raise UsageError(f"scale-up needs at least one of {', '.join('--' + k for k in GROW)}")
-    new_model, new_cfg, report = scale_up(model, cfg.model, seed=args.seed, new_layer_init=args.new_layer_init,
-                                          **grow)
-    path = save_checkpoint(Path(args.out), model=new_model, config=cfg.model_copy(update={"model": new_cfg}),
-                           state={"update": 0, "scaled_from": str(args.checkpoint), "scale": report.model_dump()},
-                           kind="manual")
+    model, cfg = load_any_model(args.checkpoint)
+    done = scale_up_checkpoint(model, _run_config(cfg), args.out, scaled_from=str(args.checkpoint), sizes=sizes,
+                               seed=args.seed, new_layer_init=args.new_layer_init)
     if args.json:
-        _print_json({"checkpoint": str(path), "model": new_cfg.model_dump(), "report": report.model_dump()})
+        _print_json({"checkpoint": done.path, "model": done.config.model.model_dump(),
+                     "report": done.report.model_dump()})
     else:
-        rows = [("checkpoint", str(path))] + [(k, str(v)) for k, v in report.model_dump().items()]
-        print(_table(rows))
+        print(_table([("checkpoint", done.path)] + [(k, str(v)) for k, v in done.report.model_dump().items()]))
     return 0
 
 
+def _export_val_bits(args: argparse.Namespace, cfg: RunConfig):
+    """Validation bits for export-int8's quality check: the checkpoint's own corpus, through its run's cache."""
+    if not args.eval_bytes:
+        return None
+    from .data import load_corpus
+
+    cache = Path(args.cache_dir) if args.cache_dir else _default_cache(Path(args.checkpoint))
+    try:
+        return load_corpus(cfg.data, cache).val
+    except (OSError, ValueError) as exc:  # the export itself needs no data: say so, and skip the check
+        sys.stderr.write(f"export-int8: quality check skipped, the checkpoint's corpus did not load ({exc}); "
+                         "pass --cache_dir, or --eval_bytes 0 to skip it quietly\n")
+        return None
+
+
 def cmd_export_int8(args: argparse.Namespace) -> int:
-    from .quantization import export_int8
+    from .export import export_int8_checked
 
     model, cfg = load_any_model(args.checkpoint)
-    info = export_int8(model, Path(args.out), config=_run_config(cfg))
+    cfg = _run_config(cfg)
+    report = export_int8_checked(model, Path(args.out), config=cfg, val_bits=_export_val_bits(args, cfg),
+                                 eval_bytes=args.eval_bytes)
     if args.json:
-        _print_json(info)
+        _print_json(report)
     else:
-        print(_table([(k, str(v)) for k, v in info.model_dump().items()]))
+        print(_table([(k, str(v)) for k, v in report.model_dump().items()]))
     return 0
 
 
@@ -330,6 +341,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
     ex = sub.add_parser("export-int8", help="INT8 artifact for CPU inference", allow_abbrev=False)
     ex.add_argument("--checkpoint", required=True, metavar="DIR")
     ex.add_argument("--out", required=True, metavar="PATH")
+    ex.add_argument("--eval_bytes", type=int, default=DEFAULT_EVAL_BYTES, metavar="N",
+                    help="validation bytes scored by the fp32 and the int8 model (bpb_delta); 0 skips the check "
+                         f"(default {DEFAULT_EVAL_BYTES})")
+    ex.add_argument("--cache_dir", metavar="DIR",
+                    help="bit cache for the checkpoint's corpus (default: the run's cache, else "
+                         "~/.cache/bit_transformer)")
     ex.add_argument("--json", action="store_true")
     return parser, flags
 

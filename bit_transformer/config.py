@@ -102,6 +102,10 @@ class ModelConfig(_Strict):
         return self.d_model // self.nhead
 
 
+# The ModelConfig sizes scale.scale_up can grow (the scale-up command's flags, the workflow's check).
+GROWABLE = ("layers", "d_model", "dim_feedforward", "nhead", "max_seq_len")
+
+
 class SafetyConfig(_Strict):
     """The EMA + burn-in gate (playbook task 7)."""
 

@@ -46,11 +46,11 @@ from typing import Literal
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel
 from safetensors import safe_open
 from torch import nn
 
 from .config import ModelConfig, RunConfig
+from .export import Int8Info
 from .model import BitTransformerLM
 
 FORMAT = "bit-transformer-int8"
@@ -306,23 +306,6 @@ def quantize_int8(model: BitTransformerLM, *, backend: Backend = "auto", engine:
 
 
 # ----------------------------------------------------------------------------------------- artifact
-class Int8Info(BaseModel):
-    """What export_int8 wrote."""
-
-    path: str
-    files: list[str]
-    artifact_bytes: int
-    fp32_bytes: int
-    size_ratio: float
-    quantized_linears: int
-    quantized_embeddings: int
-    int8_params: int
-    fp32_params: int
-    scheme: str = "weights int8 per-channel symmetric (zero point 0); activations dynamic per-tensor"
-    engine: str
-    from_qat: bool
-
-
 def export_int8(model: BitTransformerLM, path: str | Path, *, config: RunConfig | None = None) -> Int8Info:
     """Write the INT8 artifact directory atomically; ``config`` (a RunConfig) is stored when given."""
     target = Path(path)

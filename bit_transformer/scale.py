@@ -37,6 +37,7 @@ training loop rebuilds both for the grown model (new parameters, new horizon).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -44,7 +45,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from .bits import text_to_bits
-from .config import FRAME_BITS, ModelConfig
+from .config import FRAME_BITS, GROWABLE, ModelConfig, RunConfig
 from .model import BitTransformerLM
 
 PROBE_TEXT = (
@@ -335,3 +336,51 @@ def _notes(old: ModelConfig, new: ModelConfig, mode: str, deeper: bool) -> tuple
                       "(never trained)")
     approx.append("training mode: dropout perturbs copied/new dims independently (intended symmetry breaking)")
     return exact, approx
+
+
+# ------------------------------------------------------------------------------------------ workflow
+SCALED_KIND = "scaled"  # the checkpoint kind scale-ups write (listings tell them from trained checkpoints)
+
+
+class ScaledCheckpoint(BaseModel):
+    """What ``scale_up_checkpoint`` wrote: the checkpoint, the config stored in it, and the growth report."""
+
+    path: str
+    config: RunConfig
+    report: ScaleReport
+
+
+def scale_up_checkpoint(
+    model: BitTransformerLM,
+    config: RunConfig,
+    out: str | Path,
+    *,
+    scaled_from: str,
+    sizes: dict[str, int | None],
+    seed: int = 0,
+    new_layer_init: Literal["copy", "random"] = "copy",
+) -> ScaledCheckpoint:
+    """Grow ``model`` by ``sizes`` (keys from ``config.GROWABLE``; None = unchanged) and save it at ``out``.
+
+    The one scale-up workflow (``bit-transformer scale-up`` and the ``scale_up`` tool). A grown model this
+    machine cannot train is refused (ModelTooLarge) before it is built: training it is the next step. The
+    checkpoint has kind ``'scaled'`` (it is neither a training state nor a hand-saved one: update 0, no
+    optimizer), holds ``config`` with the grown model and ``state = {update: 0, scaled_from, scale: report}``,
+    and leaves its folder's ``latest`` pointer alone (it is not the newest state of a training run), so
+    ``train --init`` / ``train()`` start from it with a fresh optimizer and schedule.
+    """
+    from .checkpoint import save_checkpoint
+    from .memory_limits import check_fits
+
+    unknown = sorted(set(sizes) - set(GROWABLE))
+    grow = {k: v for k, v in sizes.items() if v is not None}
+    if unknown or not grow:
+        raise ValueError(f"nothing to grow: give at least one of {', '.join(GROWABLE)}"
+                         + (f" (not {', '.join(unknown)})" if unknown else ""))
+    target = ModelConfig.model_validate({**model.cfg.model_dump(), **grow})
+    check_fits(config.model_copy(update={"model": target}), purpose="training")
+    new_model, new_cfg, report = scale_up(model, model.cfg, seed=seed, new_layer_init=new_layer_init, **grow)
+    full = config.model_copy(update={"model": new_cfg})
+    path = save_checkpoint(Path(out), model=new_model, config=full, kind=SCALED_KIND, update_latest=False,
+                           state={"update": 0, "scaled_from": scaled_from, "scale": report.model_dump(mode="json")})
+    return ScaledCheckpoint(path=str(path), config=full, report=report)

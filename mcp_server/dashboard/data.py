@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from bit_transformer.baselines import MAX_CONTEXT_BYTES as CONTEXT_BYTES  # noqa: F401 - re-exported (one value)
 from bit_transformer.config import FRAME_BITS
 
 from ..events import downsample, num
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 
 LN2 = math.log(2.0)
 MAX_POINTS = 5000  # a first load beyond this many steps is downsampled; later polls send only new steps
-CONTEXT_BYTES = 256 << 10  # training bytes the compressors see first, as evaluate() does
 MAX_VAL_BYTES = 1 << 20  # keeps xz -9e to a few seconds on a large validation split
 TELEMETRY_KEYS = ("K_input", "C_input", "K_pred", "C_pred", "S", "mean_layers_used")
 
@@ -159,14 +159,13 @@ def compressor_baselines(app, record: dict[str, Any], *, block: bool) -> dict[st
 
 def _compute(app, data_cfg: dict[str, Any], path) -> None:
     try:
-        from bit_transformer.baselines import compressor_bpb
+        from bit_transformer.baselines import compressor_bpb, training_context
         from bit_transformer.bits import bits_to_bytes
         from bit_transformer.config import DataConfig
 
         corpus = app.engine.corpus(DataConfig.model_validate(data_cfg))
         val = bits_to_bytes(corpus.val[: MAX_VAL_BYTES * FRAME_BITS], strict=False)[0]
-        context = bits_to_bytes(corpus.train[-CONTEXT_BYTES * FRAME_BITS:], strict=False)[0] if len(corpus.train) \
-            else b""
+        context = training_context(corpus.train)  # as evaluate() conditions them
         bpb = {k: round(v, 4) for k, v in compressor_bpb(val, context).items()}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

@@ -15,6 +15,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult
 from pydantic import Field
 
+from bit_transformer.export import DEFAULT_EVAL_BYTES
+
 from ..config_ops import diff
 from ..engine import SCALE_RUN
 from ..views import (
@@ -39,7 +41,6 @@ GENERATE_LIMIT_S = 40.0
 
 Checkpoint = Annotated[str | None, Field(
     max_length=200, description="Checkpoint '<run>/<name>' from list_checkpoints(); default: the current model.")]
-COMPRESSOR_CONTEXT_BYTES = 256 << 10  # enough context for gzip/bzip2 windows; keeps xz -9e quick
 
 
 def register(server: MCPServer, app) -> None:
@@ -59,7 +60,7 @@ def register(server: MCPServer, app) -> None:
         split or given text: bits_per_byte over all 9 bit positions, data_bits_per_byte (the 8 data bits),
         bit_accuracy, and gzip/bzip2/xz baselines. Good result: bits_per_byte below the compressors'. Use after
         a job completed. Common mistake: no model yet (train first, or load_checkpoint)."""
-        from bit_transformer.bits import bits_to_bytes
+        from bit_transformer.baselines import training_context
         from bit_transformer.evaluate import evaluate_bits, evaluate_text
 
         if text is not None and not text:
@@ -72,10 +73,7 @@ def register(server: MCPServer, app) -> None:
             else:
                 corpus = engine.corpus(app.config().data)
                 bits = corpus.val if split == "val" else corpus.train
-                context = b""
-                if compressors and split == "val" and len(corpus.train):
-                    tail = corpus.train[-COMPRESSOR_CONTEXT_BYTES * 9:]
-                    context = bits_to_bytes(tail, strict=False)[0]
+                context = training_context(corpus.train) if compressors and split == "val" else b""
                 report = evaluate_bits(model, bits, max_bytes=max_bytes, compressors=compressors,
                                        compressor_context=context)
                 source = split
@@ -119,42 +117,27 @@ def register(server: MCPServer, app) -> None:
                                           "replaced.")] = None,
         checkpoint: Checkpoint = None,
         eval_bytes: Annotated[int, Field(ge=0, le=1_000_000, description="Validation bytes used to measure the "
-                                         "quality change (0 = skip).")] = 4096,
+                                         "quality change (0 = skip).")] = DEFAULT_EVAL_BYTES,
     ) -> Annotated[CallToolResult, ExportResult]:
         """Quantize the current model (or checkpoint=...) to INT8 (dynamic quantization of linear layers;
         QAT-trained weights when train.qat) and save it under exports/<name>/. Good result: size_ratio > 3 and
         a small bpb_delta (int8 minus fp32 bits per byte on validation text). list_exports() lists exports,
         delete(export=name) removes one."""
-        from bit_transformer.evaluate import evaluate_bits
+        from bit_transformer.export import Int8Info, export_int8_checked
 
         with engine.lock:
             ck_name, model, ck_cfg = engine.model(checkpoint)
-            from bit_transformer.quantization import export_int8 as do_export
-            from bit_transformer.quantization import load_int8
-
             name = name or ck_name.replace("/", "-") + "-int8"
             path = app.ws.export_path(name)
-            info = do_export(model, path, config=ck_cfg)
-            info_d = info.model_dump(mode="json") if hasattr(info, "model_dump") else dict(info)
-            info_d.pop("path", None)  # absolute paths stay on the server
-            bpb_fp32 = bpb_int8 = None
-            if eval_bytes:
-                val = engine.corpus(app.config().data).val
-                bpb_fp32 = evaluate_bits(model, val, max_bytes=eval_bytes, compressors=False,
-                                         telemetry=False).bits_per_byte
-                qmodel = load_int8(path)[0]
-                bpb_int8 = evaluate_bits(qmodel, val, max_bytes=eval_bytes, compressors=False,
-                                         telemetry=False).bits_per_byte
+            val = engine.corpus(app.config().data).val if eval_bytes else None
+            out = export_int8_checked(model, path, config=ck_cfg, val_bits=val, eval_bytes=eval_bytes)
         size = _size(path)
-        fp32 = (info_d.get("fp32_bytes") or info_d.get("fp32_size_bytes")
-                or sum(p.numel() * 4 for p in model.parameters()))
         _record_source(app.ws, name, ck_name)
-        info_small = {k: v for k, v in info_d.items() if k not in ("files",)}
+        info = out.model_dump(mode="json", include=set(Int8Info.model_fields) - {"path", "files"})  # no server paths
         return reply(ExportResult(
-            name=name, path=app.ws.rel(path), size_bytes=size, fp32_size_bytes=fp32,
-            size_ratio=round(fp32 / size, 3) if size else None, bpb_fp32=bpb_fp32, bpb_int8=bpb_int8,
-            bpb_delta=None if bpb_fp32 is None or bpb_int8 is None else bpb_int8 - bpb_fp32,
-            eval_bytes=eval_bytes or None, info=info_small, checkpoint=ck_name,
+            name=name, path=app.ws.rel(path), size_bytes=size, fp32_size_bytes=out.fp32_bytes,
+            size_ratio=round(out.fp32_bytes / size, 3) if size else None, bpb_fp32=out.bpb_fp32,
+            bpb_int8=out.bpb_int8, bpb_delta=out.bpb_delta, eval_bytes=out.eval_bytes, info=info, checkpoint=ck_name,
         ))
 
     @server.tool(annotations=writes("Grow the model", destructive=True, open_world=True))
@@ -177,42 +160,27 @@ def register(server: MCPServer, app) -> None:
             raise ToolError(f"job {busy.id} is training; scale up after it ends (or cancel_job('{busy.id}'))")
         with engine.lock:
             src, model, _ = engine.model(checkpoint)
-            from bit_transformer.config import ModelConfig
-            from bit_transformer.memory_limits import check_fits
+            from bit_transformer.scale import scale_up_checkpoint
 
-            grown = {k: v for k, v in dict(layers=layers, d_model=d_model, dim_feedforward=dim_feedforward,
-                                           nhead=nhead).items() if v is not None}
-            target = ModelConfig.model_validate({**model.cfg.model_dump(), **grown})
-            check_fits(app.config().model_copy(update={"model": target}), purpose="training")  # before building it
-            from bit_transformer.checkpoint import save_checkpoint
-            from bit_transformer.scale import scale_up as grow
-
-            old = model.cfg
-            new_model, new_cfg, report = grow(model, old, layers=layers, d_model=d_model,
-                                              dim_feedforward=dim_feedforward, nhead=nhead, seed=seed)
-            cfg = app.config()
-            full = cfg.model_copy(update={"model": new_cfg})
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            ck = f"{stamp}-{new_cfg.layers}x{new_cfg.d_model}"
-            path = app.ws.checkpoint_path(f"{SCALE_RUN}/{ck}")
-            save_checkpoint(path, model=new_model, config=full, state={"scaled_from": src, "update": 0},
-                            kind="scaled", update_latest=False)
+            sizes = dict(layers=layers, d_model=d_model, dim_feedforward=dim_feedforward, nhead=nhead)
+            target = {**model.cfg.model_dump(), **{k: v for k, v in sizes.items() if v is not None}}
+            name = f"{SCALE_RUN}/{time.strftime('%Y%m%d-%H%M%S')}-{target['layers']}x{target['d_model']}"
+            done = scale_up_checkpoint(model, app.config(), app.ws.checkpoint_path(name), scaled_from=src,
+                                       sizes=sizes, seed=seed)
+            full, report = done.config, done.report
             with app.config_lock:
                 app.save_config(full)
-            name = f"{SCALE_RUN}/{ck}"
             app.ws.update_state(current_checkpoint=name, init_checkpoint=name)
             plan = None
             try:
                 corpus = engine.corpus(full.data)
-                plan = engine.plan(full, engine.windows(corpus.train, new_cfg.max_seq_len))
+                plan = engine.plan(full, engine.windows(corpus.train, full.model.max_seq_len))
             except Exception:
                 plan = None
-        rep = report.model_dump(mode="json") if hasattr(report, "model_dump") else dict(report or {})
         return reply(ScaleResult(
-            checkpoint=name, old_model=_shape(old), new_model=_shape(new_cfg), params_before=model.num_parameters(),
-            params_after=new_model.num_parameters(), exact=rep.get("exact") or None,
-            approximate=rep.get("approximate") or None,
-            max_logit_change=rep.get("max_logit_change"), plan=plan_brief(plan),
+            checkpoint=name, old_model=_shape(model.cfg), new_model=_shape(full.model),
+            params_before=report.params_before, params_after=report.params_after, exact=report.exact or None,
+            approximate=report.approximate or None, max_logit_change=report.max_logit_change, plan=plan_brief(plan),
             next="train(steps=N) trains the grown model with a schedule rebuilt for that run",
         ))
 
