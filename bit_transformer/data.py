@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import Dataset
 
 from .bits import bytes_to_bits
 from .config import FRAME_BITS, DataConfig
@@ -39,7 +39,6 @@ __all__ = [
     "Corpus",
     "builtin_text",
     "load_corpus",
-    "make_loader",
     "split_point",
 ]
 
@@ -292,45 +291,3 @@ class BitWindowDataset(Dataset):
         if loc is not None:
             filename, offset, length = loc
             self.bits = np.memmap(filename, dtype=np.uint8, mode="r", offset=offset, shape=(length,))
-
-
-def make_loader(
-    bits: np.ndarray | Dataset,
-    seq_len: int,
-    batch_size: int,
-    *,
-    shuffle: bool = True,
-    num_workers: int = 0,
-    seed: int = 0,
-    sampler: Sampler | None = None,
-    drop_last: bool = False,
-    multiprocessing_context: str | None = None,
-) -> DataLoader:
-    """DataLoader over :class:`BitWindowDataset` windows of ``bits`` (or over a ready dataset).
-
-    ``persistent_workers = num_workers > 0`` (playbook task 1). With ``shuffle`` the order comes from
-    a ``RandomSampler`` whose own generator is seeded with ``seed`` (``loader.sampler.generator``; save
-    its state to resume mid-run): two loaders with the same seed yield the same batches whatever
-    their ``num_workers``, and successive epochs of one loader differ. With a ``sampler`` (e.g.
-    DistributedSampler) the sampler decides the order and ``shuffle`` is ignored.
-    """
-    dataset = bits if isinstance(bits, Dataset) else BitWindowDataset(bits, seq_len)
-    if sampler is None and shuffle:
-        # The order gets its own generator: DataLoader also draws worker seeds from `generator` once
-        # per iterator, which would make the order depend on num_workers / persistent_workers.
-        order = torch.Generator()
-        order.manual_seed(seed)
-        sampler = RandomSampler(dataset, generator=order)
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        sampler=sampler,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        generator=generator,
-        drop_last=drop_last,
-        multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
-    )

@@ -79,5 +79,10 @@ def open_sinks(out_dir: Path, cfg: TrainConfig, *, jsonl: bool = True) -> list[S
     out_dir.mkdir(parents=True, exist_ok=True)
     sinks: list[Sink] = [JsonLines(out_dir / "metrics.jsonl")] if jsonl else []
     if cfg.tensorboard:
-        sinks.append(TensorBoard(out_dir / "tensorboard"))
+        try:
+            sinks.append(TensorBoard(out_dir / "tensorboard"))
+        except Exception:
+            for sink in sinks:
+                sink.close()
+            raise
     return sinks

@@ -125,13 +125,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ fit
     def fit(self, *, steps: int | None = None, epochs: int | None = None, resume: bool = False) -> TrainResult:
-        self._sinks = open_sinks(self.out_dir, self.cfg.train, jsonl=self.metrics_log) if self.dist.is_main else []
-        failed = False
+        self._sinks, failed = [], False
         try:
+            if self.dist.is_main:
+                self._sinks = open_sinks(self.out_dir, self.cfg.train, jsonl=self.metrics_log)
             return self._fit(steps, epochs, resume)
         except Exception as exc:
             failed = True
             if self.dist.is_main:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
                 (self.out_dir / "train_error.txt").write_text(traceback.format_exc(), encoding="utf-8")
             plan = self.plan or plan_training(self.cfg, len(self.train_set), world_size=self.dist.world_size,
                                               params=self.model.num_parameters())

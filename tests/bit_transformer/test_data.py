@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import pickle
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader
 
 from bit_transformer import data
 from bit_transformer.bits import bits_to_bytes, bytes_to_bits
-from bit_transformer.config import FRAME_BITS, DataConfig
-from bit_transformer.data import BitWindowDataset, Corpus, builtin_text, load_corpus, make_loader
+from bit_transformer.config import FRAME_BITS, DataConfig, TrainConfig
+from bit_transformer.data import BitWindowDataset, Corpus, builtin_text, load_corpus
+from bit_transformer.sampler import EpochBatchSampler, UpdateBatches
 
 SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 if not SHAKESPEARE.exists():
@@ -303,36 +305,42 @@ def _batches(loader) -> list[torch.Tensor]:
     return [x for x, _ in loader]
 
 
-def test_loader_shuffle_is_seeded_and_accepts_a_sampler():
+def _groups(batches: UpdateBatches, n: int, epoch: int = 0, position: int = 0) -> list[torch.Tensor]:
+    return [torch.cat([x for x, _ in g.batches]) for g in islice(batches.groups(epoch, position), n)]
+
+
+def test_update_batches_are_seeded_cover_each_epoch_and_split_ranks():
     bits = bytes_to_bits(bytes(range(256)) * 8)
-    ref = _batches(make_loader(bits, 72, batch_size=8, shuffle=False))
-    a = _batches(make_loader(bits, 72, batch_size=8, seed=3))
-    b = _batches(make_loader(bits, 72, batch_size=8, seed=3))
-    c = _batches(make_loader(bits, 72, batch_size=8, seed=4))
+    ds = BitWindowDataset(bits, 72)
+    cfg = TrainConfig(batch_size=8, accum_steps=2, seed=3)
+    per_epoch = EpochBatchSampler(len(ds), 8, accum_steps=2).groups
+    a = _groups(UpdateBatches(ds, cfg), 2 * per_epoch)
+    b = _groups(UpdateBatches(ds, cfg), 2 * per_epoch)
+    c = _groups(UpdateBatches(ds, cfg.model_copy(update={"seed": 4})), 2 * per_epoch)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
-    assert not all(torch.equal(x, y) for x, y in zip(a, ref, strict=True))
-    assert sorted(map(tuple, torch.cat(a).tolist())) == sorted(map(tuple, torch.cat(ref).tolist()))
-    loader = make_loader(bits, 72, batch_size=8, seed=3)
-    assert not all(torch.equal(x, y) for x, y in zip(_batches(loader), _batches(loader), strict=True))
-    ds = BitWindowDataset(bits, 72)
-    assert len(make_loader(bits, 72, batch_size=8, drop_last=True)) == len(ds) // 8
-    sampler = DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True, seed=0)
-    dist = make_loader(ds, 72, batch_size=4, sampler=sampler)
-    assert dist.sampler is sampler and len(dist) == -(-len(ds) // 2 // 4)
+    epoch0, epoch1 = torch.cat(a[:per_epoch]), torch.cat(a[per_epoch:])
+    everything = sorted(map(tuple, torch.stack([ds[i][0] for i in range(len(ds))]).tolist()))
+    assert sorted(map(tuple, epoch0.tolist())) == sorted(map(tuple, epoch1.tolist())) == everything
+    assert not torch.equal(epoch0, epoch1)  # each epoch has its own order
+    ranks = [torch.cat(_groups(UpdateBatches(ds, cfg, rank=r, world_size=2), per_epoch // 2)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == -(-len(ds) // 2)  # DistributedSampler pads to an even split
+    assert sorted(set(map(tuple, torch.cat(ranks).tolist()))) == sorted(set(everything))
 
 
-def test_loader_with_a_persistent_worker_reads_the_memmap(tmp_path):
+def test_update_batches_resume_mid_epoch_and_with_a_persistent_worker(tmp_path):
     (tmp_path / "t.txt").write_bytes(b"Now is the winter of our discontent\n" * 500)
     c = load_corpus(_files_cfg(tmp_path / "t.txt"), tmp_path / "c")
-    loader = make_loader(c.train, 144, batch_size=16, num_workers=1, seed=1)
-    assert loader.persistent_workers and loader.num_workers == 1
-    serial = make_loader(c.train, 144, batch_size=16, num_workers=0, seed=1)
-    assert not serial.persistent_workers
-    for _ in range(2):  # second epoch reuses the same worker
-        got, want = _batches(loader), _batches(serial)
-        assert len(got) == len(want) == len(serial)
-        assert all(torch.equal(x, y) for x, y in zip(got, want, strict=True))
+    ds = BitWindowDataset(c.train, 144)
+    cfg = TrainConfig(batch_size=16, accum_steps=3, seed=1)
+    serial = _groups(UpdateBatches(ds, cfg), 26)
+    worker = UpdateBatches(ds, cfg.model_copy(update={"num_workers": 1}))
+    assert worker.loader.persistent_workers and worker.loader.num_workers == 1
+    assert all(torch.equal(x, y) for x, y in zip(_groups(worker, 26), serial, strict=True))  # across epochs
+    per_epoch = worker.sampler.groups
+    assert per_epoch < 26
+    resumed = _groups(UpdateBatches(ds, cfg), 26 - 5, epoch=0, position=5 * 3)  # after 5 full groups
+    assert all(torch.equal(x, y) for x, y in zip(resumed, serial[5:], strict=True))
 
 
 def test_loader_with_a_spawned_worker_reopens_the_memmap(tmp_path):
@@ -340,9 +348,9 @@ def test_loader_with_a_spawned_worker_reopens_the_memmap(tmp_path):
     # location travels, and the worker reads the same windows.
     (tmp_path / "t.txt").write_bytes(bytes(range(256)) * 40)
     c = load_corpus(_files_cfg(tmp_path / "t.txt"), tmp_path / "c")
-    loader = make_loader(c.val, 90, batch_size=32, num_workers=1, seed=2, multiprocessing_context="spawn")
-    got = _batches(loader)
-    want = _batches(make_loader(c.val, 90, batch_size=32, seed=2))
+    ds = BitWindowDataset(c.val, 90)
+    got = [x for x, _ in DataLoader(ds, batch_size=32, num_workers=1, multiprocessing_context="spawn")]
+    want = [x for x, _ in DataLoader(ds, batch_size=32)]
     assert len(got) == len(want) > 1
     assert all(torch.equal(x, y) for x, y in zip(got, want, strict=True))
 

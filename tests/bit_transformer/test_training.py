@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from bit_transformer.bits import text_to_bits
 from bit_transformer.config import RunConfig
-from bit_transformer.data import Corpus, builtin_text, make_loader
+from bit_transformer.data import BitWindowDataset, Corpus, builtin_text
 from bit_transformer.parallel import dist_env
 from bit_transformer.sampler import EpochBatchSampler
 from bit_transformer.schedule import OneCycle
@@ -72,7 +73,7 @@ def steps(events):
 def test_plan_matches_the_loader(text, windows, batch, accum, extra, world):
     cfg = config(batch_size=batch, accum_steps=accum, extra_steps=extra, epochs=3)
     plan = plan_training(cfg, windows, world_size=world)
-    loader = make_loader(corpus(text, windows).train, SEQ, batch)
+    loader = DataLoader(BitWindowDataset(corpus(text, windows).train, SEQ), batch_size=batch)
     micro = math.ceil(math.ceil(windows / world) / batch)
     if world == 1:
         assert plan.micro_batches_per_epoch == len(loader)
