@@ -63,7 +63,7 @@ class App:
 
     def _on_finish(self, job: Job) -> None:
         """A finished job's final checkpoint becomes the model evaluate/generate use."""
-        ck = job.record.get("checkpoint")
+        ck = job.record.checkpoint
         if ck:
             self.ws.update_state(current_checkpoint=ck)
 

@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .views import DataView, DerivedFacts, MemoryEstimate, PlanView
+from bit_transformer.records import CorpusInfo
+
+from .views import DerivedFacts, MemoryEstimate, PlanDetail
 from .workspace import Workspace, WorkspaceError
 
 log = logging.getLogger(__name__)
@@ -52,10 +54,8 @@ class Engine:
                 self._corpora[key] = corpus
             return self._corpora[key]
 
-    def data_view(self, corpus) -> DataView:
-        return DataView(source_id=corpus.source_id, n_bytes=corpus.n_bytes, train_bytes=corpus.n_train_bytes,
-                        val_bytes=corpus.n_val_bytes, cache_hit=corpus.cache_hit, cache_note=corpus.cache_note,
-                        load_s=round(getattr(corpus, "load_s", 0.0), 4), content_hash=corpus.content_hash)
+    def data_view(self, corpus) -> CorpusInfo:
+        return corpus_info(corpus, getattr(corpus, "load_s", None))
 
     @staticmethod
     def windows(bits, seq_len: int) -> int:
@@ -78,11 +78,11 @@ class Engine:
                 self._params[key] = BitTransformerLM(model_cfg).num_parameters()
         return self._params[key]
 
-    def plan(self, cfg, n_windows: int, *, steps: int | None = None, epochs: int | None = None) -> PlanView:
-        from bit_transformer.training import plan_training
+    def plan(self, cfg, n_windows: int, *, steps: int | None = None, epochs: int | None = None) -> PlanDetail:
+        from bit_transformer.plan import plan_training
 
         plan = plan_training(cfg, n_windows, steps=steps, epochs=epochs, params=self.params(cfg.model))
-        return plan_view(plan.model_dump(mode="json"))
+        return PlanDetail.model_validate(plan.model_dump())
 
     @staticmethod
     def kernel_notes(cfg) -> list[str]:
@@ -223,10 +223,11 @@ class Engine:
         return BitTransformerLM(cfg.model).eval()
 
 
-def plan_view(plan: dict[str, Any]) -> PlanView:
-    data = dict(plan)
-    data.setdefault("steps_per_epoch", data.get("micro_batches_per_epoch"))
-    return PlanView.model_validate(data)
+def corpus_info(corpus, load_s: float | None = None) -> CorpusInfo:
+    """The record of a loaded ``bit_transformer.data.Corpus`` (what the 'data' event and prepare_data report)."""
+    return CorpusInfo(source_id=corpus.source_id, content_hash=corpus.content_hash, n_bytes=corpus.n_bytes,
+                      train_bytes=corpus.n_train_bytes, val_bytes=corpus.n_val_bytes, cache_hit=corpus.cache_hit,
+                      cache_note=corpus.cache_note, load_s=round(load_s, 4) if load_s is not None else None)
 
 
 def memory_estimate(cfg, params: int) -> MemoryEstimate:

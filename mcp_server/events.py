@@ -1,29 +1,180 @@
-"""The job event stream: what a worker process writes and how the server folds it into job state.
+"""The job event log: a typed union of events, written by the worker and folded by the server into the job record.
 
 A worker appends one JSON object per line to ``jobs/<id>/metrics.jsonl``::
 
     {"event": "step", "t": 1732700000.1, "data": {...StepMetrics...}}
 
-Events: ``started`` (pid, versions), ``data`` (corpus facts incl. cache_hit), ``plan`` (TrainPlan),
-``step`` (StepMetrics), ``eval`` (EvalMetrics with the gate decision), ``checkpoint`` (CheckpointInfo),
-``plateau``, ``telemetry`` (TelemetrySummary), ``runtime`` (attention facts, mask cache, threads),
-``done`` (TrainResult) and ``error`` (reason; the traceback is in worker.log). Lines are written
-with one ``write`` each and flushed; the reader keeps a partial last line until its newline arrives.
+``Event`` is a pydantic union discriminated on ``event``; each payload is the engine's record
+(``bit_transformer.records``) or, for the worker's own facts, a small model here:
+
+==============  ===============================================================
+``started``     ``WorkerStarted`` (pid, python)
+``data``        ``CorpusInfo`` (source, sizes, cache_hit)
+``loader``      ``LoaderFacts`` (len(DataLoader), train windows)
+``plan``        ``TrainPlan``
+``step``        ``StepMetrics``
+``eval``        ``EvalMetrics`` (with the gate decision)
+``telemetry``   ``TelemetrySample`` (the update and a TelemetrySummary's fields)
+``checkpoint``  ``CheckpointInfo``
+``plateau``     ``PlateauSignal``
+``scale_up``    ``GrowthEvent``
+``runtime``     ``RuntimeFacts`` (attention facts, mask cache, threads)
+``done``        ``TrainResult``
+``error``       ``WorkerError`` (reason; the traceback is in worker.log)
+==============  ===============================================================
+
+JSON has no NaN: non-finite floats are written as the strings "nan"/"inf"/"-inf" (``to_data``) and pydantic
+reads them back as floats. Lines are written with one ``write`` each and flushed; the reader keeps a partial
+last line until its newline arrives, and skips (with a warning) a line that is not a known, valid event.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-HISTORY_KEYS = ("update", "epoch", "loss", "lr", "compress_prob", "grad_norm", "precision")
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from bit_transformer.records import (
+    CheckpointInfo,
+    CorpusInfo,
+    EvalMetrics,
+    GrowthEvent,
+    StepMetrics,
+    TrainPlan,
+    TrainResult,
+)
+from bit_transformer.schedule import PlateauSignal
+
+log = logging.getLogger(__name__)
+
+
+# ---- the worker's own payloads (everything else is an engine record) ----------------------------------------
+class WorkerStarted(BaseModel):
+    pid: int
+    python: str | None = None
+
+
+class LoaderFacts(BaseModel):
+    """len(DataLoader(train windows, batch_size)), measured apart from the plan (playbook task 1)."""
+
+    loader_len: int
+    train_windows: int | None = None
+
+
+class TelemetrySample(BaseModel):
+    """K/C/S sampled at a validation: the update and the fields of ``bit_transformer.telemetry.TelemetrySummary``
+    (kept open: that model lives beside torch, which the server does not import to read a log)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    update: int | None = None
+
+
+class RuntimeFacts(BaseModel):
+    """What the run used: attention facts of the last forward, mask-cache counters, threads (tasks 9, 10)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    attention: list[dict[str, Any]] = Field(default_factory=list)
+    mask_cache: dict[str, Any] = Field(default_factory=dict)
+    torch: str | None = None
+    threads: int | None = None
+    python: str | None = None
+
+
+class WorkerError(BaseModel):
+    reason: str = "the worker reported an error"
+    type: str | None = None
+
+
+# ---- the union ----------------------------------------------------------------------------------------------
+class _Event(BaseModel):
+    t: float = 0.0
+
+
+class Started(_Event):
+    event: Literal["started"]
+    data: WorkerStarted
+
+
+class DataLoaded(_Event):
+    event: Literal["data"]
+    data: CorpusInfo
+
+
+class Loader(_Event):
+    event: Literal["loader"]
+    data: LoaderFacts
+
+
+class Planned(_Event):
+    event: Literal["plan"]
+    data: TrainPlan
+
+
+class Step(_Event):
+    event: Literal["step"]
+    data: StepMetrics
+
+
+class Evaluated(_Event):
+    event: Literal["eval"]
+    data: EvalMetrics
+
+
+class Telemetry(_Event):
+    event: Literal["telemetry"]
+    data: TelemetrySample
+
+
+class Checkpointed(_Event):
+    event: Literal["checkpoint"]
+    data: CheckpointInfo
+
+
+class Plateau(_Event):
+    event: Literal["plateau"]
+    data: PlateauSignal
+
+
+class ScaledUp(_Event):
+    event: Literal["scale_up"]
+    data: GrowthEvent
+
+
+class Runtime(_Event):
+    event: Literal["runtime"]
+    data: RuntimeFacts
+
+
+class Done(_Event):
+    event: Literal["done"]
+    data: TrainResult
+
+
+class Failed(_Event):
+    event: Literal["error"]
+    data: WorkerError
+
+
+Event = Annotated[Started | DataLoaded | Loader | Planned | Step | Evaluated | Telemetry | Checkpointed | Plateau
+                  | ScaledUp | Runtime | Done | Failed, Field(discriminator="event")]
+EVENTS: TypeAdapter[Event] = TypeAdapter(Event)
+KINDS: tuple[str, ...] = tuple(
+    m.model_fields["event"].annotation.__args__[0]  # type: ignore[union-attr]
+    for m in (Started, DataLoaded, Loader, Planned, Step, Evaluated, Telemetry, Checkpointed, Plateau, ScaledUp,
+              Runtime, Done, Failed)
+)
 
 
 def _clean(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf become strings so every line stays strict JSON."""
+    """JSON-safe copy: NaN/inf become strings so every line stays strict JSON (the one place this happens)."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
@@ -34,7 +185,7 @@ def _clean(value: Any) -> Any:
 
 
 def to_data(payload: Any) -> Any:
-    """A pydantic model / dataclass / plain value -> JSON-able data."""
+    """A pydantic model / dataclass / plain value -> JSON-able data (non-finite floats as strings)."""
     if hasattr(payload, "model_dump"):
         return _clean(payload.model_dump(mode="python"))
     if hasattr(payload, "__dataclass_fields__"):
@@ -42,6 +193,17 @@ def to_data(payload: Any) -> Any:
 
         return _clean(asdict(payload))
     return _clean(payload)
+
+
+def parse(raw: Any) -> Event | None:
+    """One decoded line -> its typed event, or None (logged) for an unknown kind or a payload that does not fit."""
+    try:
+        return EVENTS.validate_python(raw)
+    except ValidationError as err:
+        kind = raw.get("event") if isinstance(raw, dict) else None
+        why = "unknown event kind" if kind not in KINDS else f"invalid payload ({err.error_count()} errors)"
+        log.warning("skipping event %r: %s", kind, why)
+        return None
 
 
 class EventWriter:
@@ -52,7 +214,14 @@ class EventWriter:
         self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the job's lifetime
 
     def emit(self, event: str, data: Any = None) -> None:
-        line = json.dumps({"event": event, "t": time.time(), "data": to_data(data)}, default=str)
+        row = {"event": event, "t": time.time(), "data": data}
+        try:  # the union checks the payload here, where the bug is, not in every later reader
+            ev = EVENTS.validate_python(row)
+            line = json.dumps({"event": ev.event, "t": ev.t, "data": to_data(ev.data)}, default=str)
+        except ValidationError as err:
+            # Never stop training for the log: write it as it is; readers skip it (with a warning).
+            print(f"event {event!r} does not fit the event union, written untyped: {err}", file=sys.stderr)
+            line = json.dumps(to_data(row), default=str)
         self._f.write(line + "\n")
         self._f.flush()
 
@@ -69,6 +238,7 @@ class EventReader:
         self._partial = b""
 
     def read_new(self) -> list[dict[str, Any]]:
+        """The new complete lines as decoded JSON objects (a torn or non-object line is skipped)."""
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
@@ -88,10 +258,15 @@ class EventReader:
             try:
                 ev = json.loads(line)
             except ValueError:
+                log.warning("skipping a damaged line in %s", self.path)
                 continue  # a torn line from a killed worker: skip it, keep the rest
             if isinstance(ev, dict) and isinstance(ev.get("event"), str):
                 out.append(ev)
         return out
+
+    def read_events(self) -> list[Event]:
+        """The new lines as typed events; a line that is not a known, valid event is skipped with a warning."""
+        return [ev for ev in map(parse, self.read_new()) if ev is not None]
 
 
 def num(value: Any) -> float | None:
@@ -104,11 +279,7 @@ def num(value: Any) -> float | None:
         return None
 
 
-def history_point(step: dict[str, Any]) -> dict[str, Any]:
-    return {k: step.get(k) for k in HISTORY_KEYS if k in step}
-
-
-def downsample(points: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+def downsample(points: list[Any], limit: int) -> list[Any]:
     """At most ``limit`` points, evenly spaced, always keeping the first and the last."""
     if limit <= 0:
         return []

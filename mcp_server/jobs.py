@@ -5,18 +5,19 @@ that job only; the server keeps answering. Why detached: a job outlives the serv
 one-shot client, a host restart); the next server on the workspace re-attaches. Everything goes through
 the job folder, never a pipe:
 
-- ``jobs/<id>/request.json`` (written before the start): config snapshot, steps/epochs, resume, init.
+- ``jobs/<id>/request.json`` (written before the start): the ``TrainRequest``, config snapshot included.
 - ``jobs/<id>/cancel``: written by ``cancel_job`` (any server); the worker stops at the next step
   boundary and saves a resumable checkpoint.
 - ``jobs/<id>/metrics.jsonl`` (events, see ``events.py``), appended by the worker, tailed by a monitor
   thread per job; ``worker.log`` its output; ``exit.json`` its exit code.
 
-``job.json`` is written only by the server (on every status change), so there is one writer. It records
-the worker's pid and start time (``/proc/<pid>/stat``): a server that starts finds active jobs, checks
-each pid is still that job's worker (same start time, job id in its command line, so a reused pid is
-never signalled), re-attaches to the live ones and marks dead ones interrupted (or failed / completed
-from what they reported). ``follow_session=True`` (``--jobs-follow-session``) keeps the old behaviour:
-a job stops with a checkpoint when its server exits (stdin EOF).
+``job.json`` (the ``JobRecord`` of ``job.py`` less the request) is written only by the server (on every
+status change), so there is one writer. It records the worker's pid and start time (``/proc/<pid>/stat``):
+a server that starts finds active jobs, checks each pid is still that job's worker (same start time, job
+id in its command line, so a reused pid is never signalled), re-attaches to the live ones and marks dead
+ones interrupted (or failed / completed from what they reported). ``follow_session=True``
+(``--jobs-follow-session``) keeps the old behaviour: a job stops with a checkpoint when its server exits
+(stdin EOF).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .job import ACTIVE, TERMINAL, Job, TrainRequest
+from .job import ACTIVE, REQUEST_FILE, TERMINAL, Job, JobRecord, TrainRequest, load_record
 from .worker import CANCEL_FILE, DISK_FULL_EXIT, EXIT_FILE, FOLLOW_SESSION_ENV, disk_full_reason, is_disk_full
 from .workspace import Workspace, atomic_write_json, read_json
 
@@ -71,14 +72,15 @@ class JobManager:
             if not path.is_file():
                 continue
             try:
-                record = read_json(path)
-                job = Job(d, record)
-            except (OSError, ValueError, KeyError) as err:
+                record, stale = load_record(d)
+            except (OSError, ValueError) as err:
                 log.warning("skipping unreadable job %s: %s", d.name, err)
                 continue
-            if job.active:  # history of finished jobs is replayed lazily, on first look
+            job = Job(d, record)
+            if job.active or stale:  # history of finished jobs is replayed lazily, on first look
                 job.drain()
-                if not self.follow_session and _is_our_worker(_launcher(record), job.id, record.get("pid_start")):
+            if job.active:
+                if not self.follow_session and _is_our_worker(_launcher(record), job.id, record.pid_start):
                     self._jobs[job.id] = job
                     self._attach(job)
                     continue
@@ -88,31 +90,30 @@ class JobManager:
     def _attach(self, job: Job) -> None:
         """Watch a job a previous server started (its worker is alive and is that job's, pid and start time
         checked): status, progress, metrics and cancel_job work as for our own children."""
-        log.info("job %s: re-attached to its running worker (pid %s)", job.id, job.record.get("pid"))
+        log.info("job %s: re-attached to its running worker (pid %s)", job.id, job.record.pid)
         threading.Thread(target=self._monitor, args=(job,), name=f"monitor-{job.id}", daemon=True).start()
 
     def _mark_interrupted(self, job: Job) -> None:
         rec = job.record
-        ck = rec.get("checkpoint")
-        result = rec.get("result") or {}
-        if result.get("status") in ("completed", "gated", "failed"):
-            rec["status"] = result["status"]  # it finished after the server went away
-            rec["reason"] = result.get("reason")
-        elif (rec.get("error") or {}).get("reason"):  # the worker reported why it stopped (e.g. disk full)
-            rec["status"], rec["reason"] = "failed", rec["error"]["reason"]
+        ck = rec.checkpoint
+        if rec.result is not None and rec.result.status in ("completed", "gated", "failed"):
+            rec.status = rec.result.status  # it finished after the server went away
+            rec.reason = rec.result.reason
+        elif rec.error is not None:  # the worker reported why it stopped (e.g. disk full)
+            rec.status, rec.reason = "failed", rec.error.reason
         else:
-            rec["status"] = "interrupted"
+            rec.status = "interrupted"
             why = ("the server stopped while this job was running" if self.follow_session else
                    "its worker process is no longer running (killed, or the machine restarted) and reported no "
                    "result")
-            rec["reason"] = (
+            rec.reason = (
                 why
                 + (f"; its last checkpoint is {ck!r}" if ck else "; it saved no checkpoint")
                 + f". Run train(resume='{job.run}') to continue from the last checkpoint."
             )
-        rec["finished_at"] = rec.get("finished_at") or time.time()
+        rec.finished_at = rec.finished_at or time.time()
         pid = _launcher(rec)
-        if pid and _is_our_worker(pid, job.id, rec.get("pid_start")):
+        if pid and _is_our_worker(pid, job.id, rec.pid_start):
             # An orphan still running (server was killed): ask it to checkpoint and stop.
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
@@ -124,7 +125,7 @@ class JobManager:
 
     def all(self) -> list[Job]:
         with self._lock:
-            return sorted(self._jobs.values(), key=lambda j: j.record.get("created_at", 0.0))
+            return sorted(self._jobs.values(), key=lambda j: j.record.created_at)
 
     def latest(self) -> Job | None:
         jobs = self.all()
@@ -142,8 +143,7 @@ class JobManager:
         return f"job-{n:04d}"
 
     def _persist(self, job: Job) -> None:
-        with job.lock:
-            atomic_write_json(job.dir / "job.json", job.record)
+        job.save()
 
     def _persist_or_log(self, job: Job) -> bool:
         """Persist, but never raise (the monitor thread must not die): False, with a warning, on failure."""
@@ -169,17 +169,9 @@ class JobManager:
             run = req.run or job_id  # a fresh run is named after its first job
             req = req.model_copy(update={"run": run, "out_dir": str(self.ws.runs_dir / run),
                                          "cache_dir": str(self.ws.cache_dir)})
-            request = req.model_dump(mode="json")
             self.ws.drop_links(self.ws.cache_dir, what="cache")  # the worker writes there: no links out
-            record = {
-                "job_id": job_id, "kind": "train", "status": "starting", "reason": None,
-                "created_at": time.time(), "started_at": None, "finished_at": None, "pid": None,
-                "request": {k: v for k, v in request.items() if k != "config"},
-                "config": request["config"], "plan": None, "data": None, "last_step": None,
-                "last_eval": None, "checkpoint": None, "result": None, "runtime": None,
-                "cancel_requested": False,
-            }
-            atomic_write_json(job_dir / "request.json", request)
+            record = JobRecord(job_id=job_id, status="starting", created_at=time.time(), request=req)
+            atomic_write_json(job_dir / REQUEST_FILE, req.model_dump(mode="json"))  # the config's one copy
             (job_dir / "metrics.jsonl").touch()
             job = Job(job_dir, record)
             self._jobs[job_id] = job
@@ -191,21 +183,21 @@ class JobManager:
                 env[FOLLOW_SESSION_ENV] = "1"
             try:
                 job.proc = subprocess.Popen(
-                    worker_command(self.python, job_dir, int(request.get("processes") or 1)),
+                    worker_command(self.python, job_dir, req.processes),
                     # Detached: no pipe to this server (stdin /dev/null), its own session (no Ctrl-C or SIGHUP
                     # from the server's terminal), events and logs written to the job folder by the worker.
                     stdin=subprocess.PIPE if self.follow_session else subprocess.DEVNULL, stdout=log_f,
                     stderr=subprocess.STDOUT, env=env, start_new_session=True,
                 )
             except OSError as err:
-                record.update(status="failed", reason=f"could not start the worker process: {err}",
-                              finished_at=time.time())
+                record.status, record.reason = "failed", f"could not start the worker process: {err}"
+                record.finished_at = time.time()
                 self._persist(job)
                 raise
             finally:
                 log_f.close()
-            record["pid"] = record["launcher_pid"] = job.proc.pid  # "pid" becomes rank 0's when it reports
-            record["pid_start"] = _start_time(job.proc.pid)  # with the pid: a reused pid is never taken for it
+            record.pid = record.launcher_pid = job.proc.pid  # "pid" becomes rank 0's when it reports
+            record.pid_start = _start_time(job.proc.pid)  # with the pid: a reused pid is never taken for it
             self._persist(job)
         threading.Thread(target=self._monitor, args=(job,), name=f"monitor-{job_id}", daemon=True).start()
         return job
@@ -218,7 +210,7 @@ class JobManager:
         while not exited:
             try:
                 exited = (job.proc.poll() is not None if job.proc is not None
-                          else not _is_our_worker(_launcher(job.record), job.id, job.record.get("pid_start")))
+                          else not _is_our_worker(_launcher(job.record), job.id, job.record.pid_start))
                 job.drain()
                 if job.status != last_status and self._persist_or_log(job):
                     last_status = job.status
@@ -249,28 +241,26 @@ class JobManager:
                 log.exception("on_finish hook failed for %s", job.id)
         with job.changed:
             rec = job.record
-            result = rec.get("result")
-            error = rec.get("error")
-            if result:
-                status = result.get("status", "failed")
-                reason = result.get("reason")
-                if status == "failed" and _says_disk_full(result):
-                    reason = disk_full_reason(self.ws.root, job.dir, job.record.get("checkpoint"))
+            result, error = rec.result, rec.error
+            if result is not None:
+                status, reason = result.status, result.reason
+                if status == "failed" and _says_disk_full(reason):
+                    reason = disk_full_reason(self.ws.root, job.dir, rec.checkpoint)
                 if status == "cancelled" and job.shutdown_requested:
                     status = "interrupted"
-                    ck = rec.get("checkpoint")
+                    ck = rec.checkpoint
                     reason = (f"the server shut down; the job stopped at update {job.update()}"
                               + (f" and saved checkpoint {ck!r}" if ck else "")
                               + ". Run train(resume=true) to continue.")
-            elif error and not _says_disk_full(error):  # a wrapper (e.g. SafetensorError) can hide the ENOSPC
-                status, reason = "failed", error.get("reason") or "the worker reported an error"
-            elif code == DISK_FULL_EXIT or error or _disk_full_seen(job, self.ws):
-                status, reason = "failed", disk_full_reason(self.ws.root, job.dir, job.record.get("checkpoint"))
+            elif error is not None and not _says_disk_full(error.reason):  # a wrapper can hide the ENOSPC
+                status, reason = "failed", error.reason
+            elif code == DISK_FULL_EXIT or error is not None or _disk_full_seen(job, self.ws):
+                status, reason = "failed", disk_full_reason(self.ws.root, job.dir, rec.checkpoint)
             else:
                 status, reason = "failed", _exit_reason(code, job)
-            rec.update(status=status, reason=reason, finished_at=time.time(), exit_code=code)
+            rec.status, rec.reason, rec.finished_at, rec.exit_code = status, reason, time.time(), code
             if status == "failed":
-                rec["log_tail"] = _log_tail(job.dir / "worker.log")
+                rec.log_tail = _log_tail(job.dir / "worker.log")
             job.changed.notify_all()
         persisted = self._persist_or_log(job)  # on failure the monitor retries until it is written
         log.info("job %s finished: %s (%s)", job.id, status, reason)
@@ -282,12 +272,12 @@ class JobManager:
         with job.changed:
             if not job.active:
                 return
-            job.record["cancel_requested"] = True
-            job.record["status"] = "cancelling"
+            job.record.cancel_requested = True
+            job.record.status = "cancelling"
             job.changed.notify_all()
         self._persist_or_log(job)  # a full disk must not stop the cancel request reaching the worker
         pid = _launcher(job.record)
-        ours = _is_our_worker(pid, job.id, job.record.get("pid_start"))
+        ours = _is_our_worker(pid, job.id, job.record.pid_start)
         if force:
             if ours:
                 _kill_group(pid)
@@ -327,9 +317,9 @@ class JobManager:
             if job.active:  # stuck: the closed stdin will still stop it; record the truth now
                 log.warning("job %s did not stop within %.0f s; leaving it to finish its checkpoint", job.id, timeout)
                 with job.changed:
-                    job.record.update(status="interrupted", finished_at=time.time(),
-                                      reason="the server shut down while the job was still stopping; "
-                                      "run train(resume=true) to continue from its last checkpoint")
+                    job.record.status, job.record.finished_at = "interrupted", time.time()
+                    job.record.reason = ("the server shut down while the job was still stopping; run "
+                                         "train(resume=true) to continue from its last checkpoint")
                 self._persist(job)
 
     async def wait(self, job: Job, wait_s: float, on_progress=None, poll_s: float = 0.1) -> None:
@@ -383,14 +373,14 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _says_disk_full(error: dict[str, Any] | None) -> bool:
-    text = str((error or {}).get("reason") or "").lower()
+def _says_disk_full(reason: str | None) -> bool:
+    text = (reason or "").lower()
     return "no space left on device" in text or "os error 28" in text or "disk quota exceeded" in text
 
 
-def _launcher(rec: dict[str, Any]) -> int | None:
+def _launcher(rec: JobRecord) -> int | None:
     """The process this server started (torchrun's launcher under processes=N, else the worker)."""
-    return rec.get("launcher_pid") or rec.get("pid")
+    return rec.launcher_pid or rec.pid
 
 
 def _start_time(pid: int) -> int | None:
@@ -433,7 +423,7 @@ def _exit_reason(code: int | None, job: Job) -> str:
         sig = -code
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
         hint = (" (SIGKILL: usually the out-of-memory killer; reduce batch_size/seq_len/d_model)"
-                if sig == signal.SIGKILL and not job.record.get("cancel_requested") else "")
+                if sig == signal.SIGKILL and not job.record.cancel_requested else "")
         return f"the worker process was killed by {name}{hint}"
     return f"the worker process exited with code {code} before reporting a result; see the log tail"
 

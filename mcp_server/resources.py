@@ -33,7 +33,7 @@ def register(server: MCPServer, app) -> None:
                      description="All jobs with status and progress.")
     def jobs_resource() -> str:
         rows = [{"job_id": j.id, "status": j.status, "update": j.update(), "total_updates": j.total_updates(),
-                 "checkpoint": j.record.get("checkpoint"), "reason": j.record.get("reason")} for j in app.jobs.all()]
+                 "checkpoint": j.record.checkpoint, "reason": j.record.reason} for j in app.jobs.all()]
         return json.dumps(rows, indent=2)
 
     @server.resource("bt://jobs/{job_id}/metrics", name="job-metrics", mime_type="application/x-ndjson",

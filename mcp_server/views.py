@@ -8,79 +8,26 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-JobStatus = Literal["queued", "starting", "running", "cancelling", "completed", "cancelled", "gated", "failed",
-                    "interrupted"]
+from bit_transformer.records import CorpusInfo, EvalMetrics, GateDecision, TrainPlan
+
+from .job import JobStatus
+
+Num = float | str  # a number, or "nan" / "inf" / "-inf" as a string (JSON has no NaN; see compact.py)
 
 
 class Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class PlanView(Open):
-    """The training plan (playbook tasks 1-4, 8): how many updates, which schedule horizon, precision, compile."""
+class PlanDetail(TrainPlan):
+    """The engine's TrainPlan, plus the playbook's name for the loader length (task 1)."""
 
-    steps_per_epoch: int | None = Field(None, description="Micro-batches per epoch = len(DataLoader) (task 1).")
-    micro_batches_per_epoch: int | None = None
-    accum_steps: int | None = None
-    updates_per_epoch: int | None = Field(None, description="ceil(micro_batches / accum_steps) + extra_steps.")
-    epochs: int | None = None
-    total_updates: int | None = None
-    scheduler_horizon: int | None = Field(None, description="Updates the LR schedule spans (= total_updates).")
-    precision: str | None = Field(None, description="'bf16' or 'fp32' as actually used.")
-    device: str | None = None
-    compile_requested: bool | None = None
-    compile_ran: bool | None = None
-    compile_reason: str | None = None
-    world_size: int | None = Field(None, description="Training processes (train(processes=N)).")
-    distributed: str | None = Field(None, description="'ddp' or 'fsdp' when world_size > 1.")
-    resume_note: str | None = Field(None, description="Set when resuming changed something, e.g. the process count.")
-    batch_size: int | None = Field(None, description="Per process; an update sees batch_size x accum x world_size.")
-    seq_len: int | None = None
-    params: int | None = None
-
-
-class GateView(Open):
-    triggered: bool | None = None
-    reason: str | None = None
-    ema: dict[str, Any] = Field(default_factory=dict)
-    observations: int | None = None
-    in_burn_in: bool | None = None
-
-
-class StepView(Open):
-    update: int | None = None
-    micro_step: int | None = None
-    epoch: int | None = None
-    loss: float | str | None = None
-    raw_loss: float | str | None = None
-    compressed_loss: float | str | None = None
-    lr: float | None = None
-    compress_prob: float | None = None
-    ponder_cost: float | str | None = None
-    grad_norm: float | str | None = None
-    bits_per_s: float | None = None
-    elapsed_s: float | None = None
-    eta_s: float | None = None
-    precision: str | None = None
-
-
-class EvalView(Open):
-    update: int | None = None
-    val_loss: float | str | None = None
-    val_bpb: float | str | None = None
-    gate: GateView | None = None
-
-
-class DataView(Open):
-    source_id: str | None = None
-    n_bytes: int | None = None
-    train_bytes: int | None = None
-    val_bytes: int | None = None
-    cache_hit: bool | None = Field(None, description="True when the bit cache was reused (task 5).")
-    cache_note: str | None = None
-    load_s: float | None = None
+    @computed_field(description="Micro-batches per epoch = len(DataLoader) (task 1).")
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.micro_batches_per_epoch
 
 
 class ProgressView(BaseModel):
@@ -94,7 +41,7 @@ class StepBrief(BaseModel):
     """The latest optimizer update."""
 
     update: int
-    loss: float | str | None = Field(None, description="Training loss (nats per bit).")
+    loss: Num | None = Field(None, description="Training loss (nats per bit).")
     bpb: float | None = Field(None, description="The same in bits per byte (loss x 9 / ln 2).")
     lr: float | None = None
 
@@ -103,8 +50,8 @@ class EvalBrief(BaseModel):
     """The latest validation."""
 
     update: int
-    val_bpb: float | str | None = None
-    val_loss: float | str | None = None
+    val_bpb: Num | None = None
+    val_loss: Num | None = None
 
 
 class GateBrief(BaseModel):
@@ -136,7 +83,7 @@ class JobSummary(BaseModel):
     status: JobStatus
     update: int = 0
     total_updates: int | None = None
-    val_bpb: float | str | None = None
+    val_bpb: Num | None = None
     checkpoint: str | None = None
     reason: str | None = None
 
@@ -162,9 +109,9 @@ class DerivedFacts(BaseModel):
     params: int | None = Field(None, description="Parameter count of the configured model.")
     seq_len: int = Field(description="Training window length in bits (max_seq_len rounded down to whole bytes).")
     train_windows: int | None = Field(None, description="Training windows in the configured data.")
-    plan: PlanView | None = Field(None, description="What train() would run now (epochs from the config).")
+    plan: PlanDetail | None = Field(None, description="What train() would run now (epochs from the config).")
     memory: MemoryEstimate | None = None
-    data: DataView | None = None
+    data: CorpusInfo | None = None
     notes: list[str] = Field(default_factory=list)
 
 
@@ -183,11 +130,10 @@ class PlanBrief(Open):
 PLAN_BRIEF = tuple(PlanBrief.model_fields)
 
 
-def plan_brief(plan: Any) -> PlanBrief | None:
+def plan_brief(plan: PlanDetail | None) -> PlanBrief | None:
     if plan is None:
         return None
-    data = plan.model_dump(mode="json") if hasattr(plan, "model_dump") else dict(plan)
-    return PlanBrief(**{k: data.get(k) for k in PLAN_BRIEF})
+    return PlanBrief(**{k: getattr(plan, k) for k in PLAN_BRIEF})
 
 
 class DerivedView(Open):
@@ -314,7 +260,7 @@ class GenerateResult(Open):
     parity_ok: bool
     seed: int | None = None
     checkpoint: str | None = None
-    verdict: GateView | None = None
+    verdict: GateDecision | None = None
     telemetry: dict[str, Any] | None = None
     stopped: str | None = None
 
@@ -338,15 +284,15 @@ class TelemetryView(BaseModel):
 
     job_id: str | None = None
     update: int | None = None
-    gate: GateView | None = None
-    last_eval: EvalView | None = None
+    gate: GateDecision | None = None
+    last_eval: EvalMetrics | None = None
     telemetry: dict[str, Any] | None = Field(None, description="Latest TelemetrySummary (K, C, S, entropy...).")
     telemetry_source: str | None = None
     last_generation: dict[str, Any] | None = None
     note: str = ""
 
 
-class DataPrepResult(DataView):
+class DataPrepResult(CorpusInfo):
     train_windows: int | None = None
     val_windows: int | None = None
     cache_path: str | None = None

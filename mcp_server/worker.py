@@ -28,7 +28,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .events import EventWriter
+from .events import EventWriter, RuntimeFacts
 
 DISK_FULL_EXIT = 28  # = ENOSPC: the worker stopped because the disk is full (the server words the reason)
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -101,7 +101,7 @@ def _watch_cancel_file(path: Path, cancel: threading.Event, why: list[str], poll
         time.sleep(poll_s)
 
 
-def _runtime_facts(model: Any) -> dict[str, Any]:
+def _runtime_facts(model: Any) -> RuntimeFacts:
     """Attention facts of the last forward and the mask cache counters (playbook tasks 9, 10)."""
     import torch
 
@@ -113,19 +113,16 @@ def _runtime_facts(model: Any) -> dict[str, Any]:
         from dataclasses import asdict
 
         facts = [asdict(f) for f in net.attention_facts()]
-    return {
-        "attention": facts,
-        "mask_cache": MASK_CACHE.stats(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
+    return RuntimeFacts(attention=facts, mask_cache=MASK_CACHE.stats(), torch=torch.__version__,
+                        threads=torch.get_num_threads(), python=platform.python_version())
 
 
 def run(job_dir: Path) -> int:
-    from .job import TrainRequest
+    from .engine import corpus_info
+    from .job import REQUEST_FILE, TrainRequest
 
-    request = TrainRequest.model_validate_json((job_dir / "request.json").read_text(encoding="utf-8")).model_dump()
+    req = TrainRequest.model_validate_json((job_dir / REQUEST_FILE).read_text(encoding="utf-8"))
+    request = req.model_dump()  # the Trainer(...) and fit(...) lines below read it as a dict
     threads = os.environ.get("BT_TORCH_THREADS")
     # Under torchrun (train(processes=N)) every rank runs this; rank 0 reports for the job, the
     # others only report their own errors.
@@ -150,19 +147,19 @@ def run(job_dir: Path) -> int:
         if threads:
             torch.set_num_threads(max(1, int(threads)))
 
-        cfg = RunConfig.model_validate(request["config"])
+        cfg = RunConfig.model_validate(req.config)
         from bit_transformer.memory_limits import check_fits
 
         check_fits(cfg, purpose="training")  # fail fast with the estimate and the limit, rather than thrash
         t0 = time.perf_counter()
         corpus = None
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # multi-process: the Trainer loads it, local rank 0 first
-            corpus = load_corpus(cfg.data, request["cache_dir"])
+            corpus = load_corpus(cfg.data, req.cache_dir)
         model = None
-        if request.get("init_checkpoint"):
+        if req.init_checkpoint:
             from bit_transformer.checkpoint import load_model
 
-            model, _ = load_model(request["init_checkpoint"])
+            model, _ = load_model(req.init_checkpoint)
             model.train()
 
         holder: list[Any] = []
@@ -178,22 +175,15 @@ def run(job_dir: Path) -> int:
         # another format under runs/<run>/.
         trainer = Trainer(cfg, Path(request["out_dir"]), corpus=corpus, cache_dir=request["cache_dir"], model=model,
                           callback=callback, cancel=cancel, metrics_log=False)
-        corpus = trainer.corpus
         holder.append(trainer)
-        events.emit("data", {
-            "source_id": corpus.source_id, "content_hash": corpus.content_hash, "n_bytes": corpus.n_bytes,
-            "train_bytes": corpus.n_train_bytes, "val_bytes": corpus.n_val_bytes, "cache_hit": corpus.cache_hit,
-            "cache_note": corpus.cache_note, "cache_path": Path(corpus.cache_path).name,
-            "load_s": round(time.perf_counter() - t0, 4),
-        })
+        events.emit("data", corpus_info(trainer.corpus, time.perf_counter() - t0))
         events.emit("loader", _loader_facts(trainer, cfg))
         result = trainer.fit(steps=request.get("steps"), epochs=request.get("epochs"),
                              resume=bool(request.get("resume")))
         events.emit("runtime", _runtime_facts(getattr(trainer, "model", None)))
-        data = result.model_dump(mode="python")
-        if data.get("status") == "cancelled" and why:
-            data["reason"] = data.get("reason") or f"cancelled ({why[0]})"
-        events.emit("done", data)
+        if result.status == "cancelled" and why and not result.reason:
+            result = result.model_copy(update={"reason": f"cancelled ({why[0]})"})
+        events.emit("done", result)
         return 0
     except BaseException as err:
         if is_disk_full(err):

@@ -21,6 +21,7 @@ from bit_transformer.baselines import MAX_CONTEXT_BYTES as CONTEXT_BYTES  # noqa
 from bit_transformer.config import FRAME_BITS
 
 from ..events import downsample, num
+from ..job import JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -68,44 +69,41 @@ def snapshot(app, job_id: str | None = None, since: int = 0) -> dict[str, Any]:
         return out
     job.ensure_loaded()
     with job.lock:  # one consistent view: the record's last step is the history's last point
-        rec = dict(job.record)
+        rec = job.record.model_copy()
         # Updates only grow within a job, so the new points are a tail: no copy of a long history per poll.
-        new = job.history[bisect.bisect_right(job.history, since, key=lambda p: int(p.get("update") or 0)):]
-        evals = list(job.evals)
-        telemetry = dict(job.telemetry) if job.telemetry else None
-    last = rec.get("last_step") or {}
-    plan = rec.get("plan") or {}
+        new = rec.history[bisect.bisect_right(rec.history, since, key=lambda p: p.update):]
+        evals = list(rec.evals)
+    last, plan, ev, result = rec.last_step, rec.plan, rec.last_eval, rec.result
+    telemetry = rec.telemetry.model_dump() if rec.telemetry else None
     total = job.total_updates()
     update = job.update()
-    start = rec.get("started_at") or rec.get("created_at")
-    elapsed = (rec.get("finished_at") or time.time()) - start if start else None
+    start = rec.started_at or rec.created_at
+    elapsed = (rec.finished_at or time.time()) - start if start else None
     downsampled = since == 0 and len(new) > MAX_POINTS
     if downsampled:
         new = downsample(new, MAX_POINTS)
-    gate = ((rec.get("last_eval") or {}).get("gate")) or None
-    result = rec.get("result") or {}
+    gate = ev.gate if ev else None
+    plan_facts = plan.model_dump(include={"precision", "device", "params", "world_size", "batch_size", "seq_len",
+                                          "epochs"}, exclude_none=True) if plan else {}
     out.update({
         "job": {
-            "id": job.id, "run": job.run, "status": rec["status"], "reason": rec.get("reason"), "active": job.active,
+            "id": job.id, "run": job.run, "status": rec.status, "reason": rec.reason, "active": job.active,
             "update": update, "total_updates": total,
             "fraction": round(update / total, 4) if total else None,
-            "eta_s": _sig(last.get("eta_s")) if job.active else 0.0, "elapsed_s": _sig(elapsed),
-            "loss_bpb": to_bpb(last.get("loss")), "val_bpb": _sig(((rec.get("last_eval") or {}).get("val_bpb")), 5),
-            "best_val_bpb": _sig(result.get("best_val_bpb"), 5), "checkpoint": rec.get("checkpoint"),
-            "plan": {k: plan.get(k) for k in ("precision", "device", "params", "world_size", "batch_size",
-                                                "seq_len", "epochs") if plan.get(k) is not None},
-            "data": _short_source((rec.get("data") or {}).get("source_id")),
+            "eta_s": _sig(last.eta_s if last else None) if job.active else 0.0, "elapsed_s": _sig(elapsed),
+            "loss_bpb": to_bpb(last.loss if last else None), "val_bpb": _sig(ev.val_bpb if ev else None, 5),
+            "best_val_bpb": _sig(result.best_val_bpb if result else None, 5), "checkpoint": rec.checkpoint,
+            "plan": plan_facts,
+            "data": _short_source(rec.data.source_id if rec.data else None),
         },
         # [update, train loss (bpb), learning rate, compression probability]
-        "steps": [[int(p.get("update") or 0), to_bpb(p.get("loss")), _sig(p.get("lr")), _sig(p.get("compress_prob"))]
-                  for p in new],
+        "steps": [[p.update, to_bpb(p.loss), _sig(p.lr), _sig(p.compress_prob)] for p in new],
         "downsampled": downsampled,
-        "evals": [[int(e.get("update") or 0), _sig(e.get("val_bpb"), 5)] for e in evals],
+        "evals": [[e.update, _sig(e.val_bpb, 5)] for e in evals],
         "gate": None if not gate else {
-            "triggered": bool(gate.get("triggered")), "reason": gate.get("reason"),
-            "in_burn_in": bool(gate.get("in_burn_in")), "observations": gate.get("observations"),
-            "ema": {k: _sig(v) for k, v in (gate.get("ema") or {}).items()},
-            "thresholds": {k: _sig(v) for k, v in (gate.get("thresholds") or {}).items()},
+            "triggered": gate.triggered, "reason": gate.reason, "in_burn_in": gate.in_burn_in,
+            "observations": gate.observations, "ema": {k: _sig(v) for k, v in gate.ema.items()},
+            "thresholds": {k: _sig(v) for k, v in gate.thresholds.items()},
         },
         "telemetry": None if not telemetry else {
             "update": telemetry.get("update"), **{k: _sig(telemetry.get(k)) for k in TELEMETRY_KEYS
@@ -132,13 +130,13 @@ def _checkpoints(app, run: str, current: str | None) -> list[dict[str, Any]]:
     return rows
 
 
-def compressor_baselines(app, record: dict[str, Any], *, block: bool) -> dict[str, float] | None:
+def compressor_baselines(app, record: JobRecord, *, block: bool) -> dict[str, float] | None:
     """gzip/bzip2/xz bits per byte on the job's validation split, when known (cached per corpus).
 
     With ``block=False`` a missing entry is computed in a background thread and None is returned meanwhile.
     """
-    digest = (record.get("data") or {}).get("content_hash")
-    data_cfg = (record.get("config") or {}).get("data")
+    digest = record.data.content_hash if record.data else None
+    data_cfg = record.request.config.get("data")
     if not digest or not data_cfg:
         return None
     path = app.ws.cache_dir / f"baselines-{str(digest)[:24]}.json"

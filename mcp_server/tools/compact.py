@@ -1,15 +1,18 @@
 """Compact wire format: results as compact JSON, and tool definitions a model can afford to read every turn.
 
 ``reply(view)`` returns a tool result whose structured content and text are the same compact JSON with
-``None`` fields left out. ``finalize(server)`` runs after every tool is registered: it strips docstring
-indentation from descriptions, drops pydantic's per-property titles from input schemas, and shrinks output
-schemas to their top-level field names and JSON types (no nested ``$defs``): the result fields are named in
-each tool's description, and the nested detail is documented there and in the README.
+``None`` fields left out and non-finite floats written as strings ("nan"; the one place results do that).
+``finalize(server)`` runs after every tool is registered: it strips docstring indentation from descriptions,
+drops pydantic's per-property titles from input schemas, and shrinks output schemas to their top-level field
+names and JSON types (no nested ``$defs``): the result fields are named in each tool's description, and the
+nested detail is documented there and in the README.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import math
 from typing import Any
 
 import pydantic_core
@@ -20,7 +23,7 @@ from ..budget import compact
 
 
 def reply(view: BaseModel | dict[str, Any]) -> CallToolResult:
-    data = dump(view) if isinstance(view, BaseModel) else view
+    data = dump(view) if isinstance(view, BaseModel) else _data(view)
     return CallToolResult(content=[TextContent(type="text", text=compact(data))], structured_content=data)
 
 
@@ -32,6 +35,10 @@ def dump(model: BaseModel) -> dict[str, Any]:
         if value is None and not field.is_required():
             continue
         out[field.alias or name] = _data(value)
+    for name in type(model).model_computed_fields:
+        value = getattr(model, name)
+        if value is not None:
+            out[name] = _data(value)
     for key, value in (model.__pydantic_extra__ or {}).items():
         if value is not None:
             out[key] = _data(value)
@@ -45,6 +52,10 @@ def _data(value: Any) -> Any:
         return [_data(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _data(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN: a diverged loss reads "nan" (the records keep real floats)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _data(dataclasses.asdict(value))
     return pydantic_core.to_jsonable_python(value)
 
 

@@ -8,6 +8,7 @@ app-only tool, which hosts hand to the app and keep out of the model's context.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from mcp.server.apps import Apps, client_supports_apps
@@ -29,14 +30,13 @@ def status_line(job) -> str:
     rec = job.record
     total = job.total_updates()
     text = f"{job.id} {job.status}: update {job.update()}/{total or '?'}"
-    loss = to_bpb((rec.get("last_step") or {}).get("loss"))
+    loss = to_bpb(rec.last_step.loss) if rec.last_step else None
     if loss is not None:
         text += f", train {loss:.3f} bpb"
-    val = (rec.get("last_eval") or {}).get("val_bpb")
-    if isinstance(val, int | float):
-        text += f", val {val:.3f} bpb"
-    if rec.get("checkpoint"):
-        text += f", checkpoint {rec['checkpoint']}"
+    if rec.last_eval is not None and math.isfinite(rec.last_eval.val_bpb):
+        text += f", val {rec.last_eval.val_bpb:.3f} bpb"
+    if rec.checkpoint:
+        text += f", checkpoint {rec.checkpoint}"
     return text + "."
 
 

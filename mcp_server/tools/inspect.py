@@ -8,9 +8,11 @@ from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult
 from pydantic import Field
 
+from bit_transformer.records import GateDecision
+
 from ..attention_probe import AttentionReport, probe
 from ..engine import EngineError
-from ..views import EvalView, GateView, TelemetryView
+from ..views import TelemetryView
 from .common import guarded, read_only
 from .compact import reply
 from .model import Checkpoint
@@ -38,22 +40,22 @@ def register(server: MCPServer, app) -> None:
             if job is None:
                 raise EngineError(f"unknown job_id {job_id!r}; list_jobs() shows the jobs")
         else:
-            job = next((j for j in reversed(jobs) if j.record.get("last_eval") or j.telemetry), None)
+            job = next((j for j in reversed(jobs) if j.record.last_eval or j.record.telemetry), None)
         if job is not None:
             job.ensure_loaded()
         view = TelemetryView(last_generation=app.ws.load_state().last_generation)
         if job is not None:
-            ev = job.record.get("last_eval")
+            ev, sample = job.record.last_eval, job.record.telemetry
             view.job_id, view.update = job.id, job.update()
             if ev:
-                view.last_eval = EvalView.model_validate(ev)
-                view.gate = view.last_eval.gate
-            if job.telemetry:
-                view.telemetry, view.telemetry_source = job.telemetry, f"{job.id} (sampled at each validation)"
+                view.last_eval, view.gate = ev, ev.gate
+            if sample:
+                view.telemetry = sample.model_dump()
+                view.telemetry_source = f"{job.id} (sampled at each validation)"
         if compute:
             view.telemetry, view.telemetry_source = _measure(app)
         if view.gate is None and view.last_generation and view.last_generation.get("verdict"):
-            view.gate = GateView.model_validate(view.last_generation["verdict"])
+            view.gate = GateDecision.model_validate(view.last_generation["verdict"])
         if view.telemetry is None and view.gate is None:
             view.note = "no telemetry yet: train(steps=N) reports it at each validation; telemetry(compute=true) " \
                         "measures it now"

@@ -13,11 +13,13 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult
 from pydantic import Field
 
+from bit_transformer.records import EvalMetrics, TrainPlan
+
 from ..budget import EVALS_CAP, HISTORY_CAP
 from ..dashboard import URI as DASHBOARD_URI
-from ..events import downsample, num
+from ..events import downsample
 from ..jobs import TERMINAL, Job, JobBusyError
-from ..views import EvalBrief, GateBrief, JobList, JobSummary, JobView, ProgressView, StepBrief
+from ..views import EvalBrief, GateBrief, JobList, JobSummary, JobView, PlanDetail, ProgressView, StepBrief
 from .common import guarded, read_only, writes
 from .compact import reply
 
@@ -38,91 +40,87 @@ History = Annotated[int, Field(ge=0, le=HISTORY_CAP, description="Also return up
 Include = Annotated[list[Section], Field(description="Detail sections to add.")]
 
 
-def _bpb(loss: Any) -> float | None:
-    value = num(loss)
-    return None if value is None or not math.isfinite(value) else round(value * FRAME_BITS / LN2, 4)
+def _bpb(loss: float | None) -> float | None:
+    return None if loss is None or not math.isfinite(loss) else round(loss * FRAME_BITS / LN2, 4)
 
 
-def _round(value: Any, digits: int = 5) -> Any:
-    return round(value, digits) if isinstance(value, float) and math.isfinite(value) else value
+def _round(value: float | None, digits: int = 5) -> float | None:
+    return round(value, digits) if value is not None and math.isfinite(value) else value
 
 
-def _gate(ev: dict[str, Any] | None) -> GateBrief | None:
-    gate = (ev or {}).get("gate")
-    if not isinstance(gate, dict):
+def _gate(ev: EvalMetrics | None) -> GateBrief | None:
+    if ev is None:
         return None
-    if gate.get("triggered"):
-        return GateBrief(state="triggered", reason=gate.get("reason"))
-    return GateBrief(state="burn-in" if gate.get("in_burn_in") else "ok")
+    if ev.gate.triggered:
+        return GateBrief(state="triggered", reason=ev.gate.reason)
+    return GateBrief(state="burn-in" if ev.gate.in_burn_in else "ok")
 
 
 def job_view(job: Job, *, history: int = 0, include: list[str] | tuple[str, ...] = ()) -> JobView:
-    """The compact view of a job plus the detail sections asked for."""
+    """The compact view of a job's record plus the detail sections asked for (the records themselves)."""
     job.ensure_loaded()
     with job.lock:
-        rec = dict(job.record)
-        hist = downsample(job.history, history) if history else None
-        evals = list(job.evals[-EVALS_CAP:]) if "evals" in include else None
-        checkpoints = list(job.checkpoints)
-    last_step = rec.get("last_step") or {}
-    last_eval = rec.get("last_eval") or None
-    update = int(last_step.get("update") or 0)
-    total = job.total_updates()
-    end = rec.get("finished_at") or time.time()
-    eta = last_step.get("eta_s") if job.active else 0.0
+        rec = job.record.model_copy()  # shallow: the lists are copied below, under the lock
+        hist = downsample(rec.history, history) if history else None
+        evals = list(rec.evals[-EVALS_CAP:]) if "evals" in include else None
+        checkpoints = [job.qualify(c.name) for c in rec.checkpoints]
+        growth = list(rec.growth)
+    step, ev = rec.last_step, rec.last_eval
+    update = step.update if step else 0
+    total = rec.plan.total_updates if rec.plan else None
+    end = rec.finished_at or time.time()
+    eta = (step.eta_s if step else None) if job.active else 0.0
     view = JobView(
-        job_id=job.id, status=rec["status"], active=job.active, reason=rec.get("reason"),
+        job_id=job.id, status=rec.status, active=job.active, reason=rec.reason,
         progress=ProgressView(update=update, total_updates=total,
                               fraction=round(update / total, 4) if total else None,
-                              eta_s=round(eta, 1) if isinstance(eta, int | float) else None),
-        step=StepBrief(update=update, loss=_round(last_step.get("loss")),
-                       bpb=_bpb(last_step.get("raw_loss") if last_step.get("raw_loss") is not None
-                                else last_step.get("loss")), lr=last_step.get("lr")) if last_step else None,
-        eval=EvalBrief(update=int(last_eval.get("update") or 0), val_bpb=_round(last_eval.get("val_bpb"), 4),
-                       val_loss=_round(last_eval.get("val_loss"))) if last_eval else None,
-        gate=_gate(last_eval), checkpoint=rec.get("checkpoint"), run=job.run,
-        elapsed_s=round(end - (rec.get("started_at") or rec["created_at"]), 1), next=next_hint(job, rec),
+                              eta_s=round(eta, 1) if eta is not None else None),
+        step=StepBrief(update=update, loss=_round(step.loss),
+                       bpb=_bpb(step.raw_loss if step.raw_loss is not None else step.loss), lr=step.lr)
+        if step else None,
+        eval=EvalBrief(update=ev.update, val_bpb=_round(ev.val_bpb, 4), val_loss=_round(ev.val_loss)) if ev else None,
+        gate=_gate(ev), checkpoint=rec.checkpoint, run=job.run,
+        elapsed_s=round(end - (rec.started_at or rec.created_at), 1), next=next_hint(job),
     )
-    extra: dict[str, Any] = {}
+    sections: dict[str, Any] = {
+        "plan": lambda: _plan(job, rec.plan),
+        "last_step": lambda: step,
+        "evals": lambda: evals,
+        "data": lambda: rec.data,
+        "result": lambda: rec.result and rec.result.model_copy(update={
+            "plan": _plan(job, rec.result.plan), "checkpoint": _named(job, rec.result.checkpoint)}),
+        "request": lambda: rec.request.model_dump(include=set(REQUEST_KEYS), exclude_none=True),
+        "runtime": lambda: rec.runtime,
+        "checkpoints": lambda: checkpoints,
+        "growth": lambda: growth,
+        "log_tail": lambda: rec.log_tail,
+        "loader_len": lambda: rec.loader_len,
+        "plateaus": lambda: rec.plateaus,
+    }
     for name in include:
-        if name == "plan" and rec.get("plan"):
-            extra["plan"] = _named(job, rec["plan"], "resumed_from")
-        elif name == "last_step" and last_step:
-            extra["last_step"] = last_step
-        elif name == "evals":
-            extra["evals"] = evals
-        elif name == "request":
-            req = rec.get("request") or {}
-            extra["request"] = {k: req.get(k) for k in REQUEST_KEYS if req.get(k) is not None}
-        elif name == "checkpoints":
-            extra["checkpoints"] = checkpoints
-        elif name == "plateaus":
-            extra["plateaus"] = job.plateaus
-        elif name == "growth":
-            extra["growth"] = rec.get("growth") or []
-        elif name == "result" and rec.get("result"):
-            extra["result"] = _named(job, rec["result"], "checkpoint")
-            if isinstance(extra["result"].get("plan"), dict):
-                extra["result"]["plan"] = _named(job, extra["result"]["plan"], "resumed_from")
-        elif rec.get(name) is not None:  # data, runtime, log_tail, loader_len
-            extra[name] = rec[name]
+        value = sections[name]()
+        if value is not None:
+            setattr(view, name, value)
     if hist is not None:
-        extra["history"] = hist
-    for key, value in extra.items():
-        setattr(view, key, value)
+        view.history = hist
     return view
 
 
-def _named(job: Job, data: dict[str, Any], key: str) -> dict[str, Any]:
-    """``data`` with a checkpoint path at ``key`` as the '<run>/<name>' agents use (no absolute paths)."""
-    value = data.get(key)
-    if isinstance(value, str) and ("/" in value or "\\" in value) and not value.startswith(job.run + "/"):
-        return {**data, key: job.qualify(value)}
-    return data
+def _named(job: Job, path: str | None) -> str | None:
+    """A checkpoint path as the '<run>/<name>' agents use (no absolute paths in results)."""
+    if isinstance(path, str) and ("/" in path or "\\" in path) and not path.startswith(job.run + "/"):
+        return job.qualify(path)
+    return path
 
 
-def next_hint(job: Job, rec: dict[str, Any]) -> str:
-    s, ck = rec["status"], rec.get("checkpoint")
+def _plan(job: Job, plan: TrainPlan | None) -> PlanDetail | None:
+    if plan is None:
+        return None
+    return PlanDetail.model_validate({**plan.model_dump(), "resumed_from": _named(job, plan.resumed_from)})
+
+
+def next_hint(job: Job) -> str:
+    s, ck = job.status, job.record.checkpoint
     if job.active:
         return f"get_job('{job.id}', wait_s=50) again, or cancel_job('{job.id}') to stop it with a checkpoint"
     if s == "completed":
@@ -160,11 +158,10 @@ def register(server: MCPServer, app) -> None:
             if ctx is None or update <= last:  # progress values must strictly increase
                 return
             last = update
-            step = j.record.get("last_step") or {}
-            loss = step.get("loss")
+            step = j.record.last_step
             msg = f"{j.id} {j.status}: update {int(update)}/{j.total_updates() or '?'}"
-            if isinstance(loss, int | float):
-                msg += f", loss {loss:.4f}"
+            if step is not None:
+                msg += f", loss {step.loss:.4f}"
             try:
                 await ctx.report_progress(update, j.total_updates(), msg)
             except Exception:  # a client that went away must not fail the call
@@ -234,10 +231,10 @@ def register(server: MCPServer, app) -> None:
         out = []
         for job in every[-limit:]:
             rec = job.record
-            ev = rec.get("last_eval") or {}
-            out.append(JobSummary(job_id=job.id, status=rec["status"], update=job.update(),
-                                  total_updates=job.total_updates(), val_bpb=_round(ev.get("val_bpb"), 4),
-                                  checkpoint=rec.get("checkpoint"), reason=_short(rec.get("reason"))))
+            out.append(JobSummary(job_id=job.id, status=rec.status, update=job.update(),
+                                  total_updates=job.total_updates(),
+                                  val_bpb=_round(rec.last_eval.val_bpb, 4) if rec.last_eval else None,
+                                  checkpoint=rec.checkpoint, reason=_short(rec.reason)))
         active = jobs.active()
         return reply(JobList(jobs=out, total=len(every), active_job=active.id if active else None))
 
@@ -288,7 +285,7 @@ def _check_processes(processes: int, cfg) -> None:
 
 def resume_source(app, resume: bool | str) -> Job:
     """The job whose run ``resume`` continues: true = the newest run with a checkpoint, else a job id or run."""
-    with_ck = [j for j in app.jobs.all() if j.record.get("checkpoint")]
+    with_ck = [j for j in app.jobs.all() if j.record.checkpoint]
     if resume is True:
         if not with_ck:
             raise ToolError("nothing to resume: no earlier job saved a checkpoint; start with train(steps=N)")
@@ -311,10 +308,10 @@ def _request(app, steps: int | None, epochs: int | None, resume: bool | str, fre
         resume = resume.strip().lower() == "true"
     if resume:
         prev = resume_source(app, resume)
-        req = prev.record.get("request") or {}
+        req = prev.record.request
         if steps is None and epochs is None:
-            steps, epochs = req.get("steps"), req.get("epochs")
-        return {"config": prev.record["config"], "steps": steps, "epochs": epochs, "resume": True,
+            steps, epochs = req.steps, req.epochs
+        return {"config": req.config, "steps": steps, "epochs": epochs, "resume": True,
                 "run": prev.run, "resumes": prev.id, "init_checkpoint": None}
     init_name = None if fresh else app.ws.load_state().init_checkpoint
     init_path = None

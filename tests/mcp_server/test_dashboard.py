@@ -75,18 +75,19 @@ async def test_dashboard_data_is_the_jobs_record(trained_ws):
         snap = await call(c, "dashboard_data", {})
         tail = await call(c, "dashboard_data", {"job_id": "job-0001", "since": TRAIN_STEPS - 2})
         unknown = await call(c, "dashboard_data", {"job_id": "job-0042"})
-    record = app.jobs.get("job-0001")
-    record.ensure_loaded()
+    found = app.jobs.get("job-0001")
+    found.ensure_loaded()
+    record = found.record
     job = snap["job"]
     assert (job["id"], job["status"], job["active"]) == ("job-0001", "completed", False)
-    assert job["update"] == job["total_updates"] == record.update() == TRAIN_STEPS
+    assert job["update"] == job["total_updates"] == found.update() == TRAIN_STEPS
     # One point per update, in bits per byte, with the schedules the trainer reported.
     assert [s[0] for s in snap["steps"]] == list(range(1, TRAIN_STEPS + 1))
     for (u, bpb, lr, cp), h in zip(snap["steps"], record.history, strict=True):
-        assert u == h["update"] and bpb == pytest.approx(h["loss"] * BPB, rel=1e-4)
-        assert lr == pytest.approx(h["lr"], rel=1e-3) and cp == pytest.approx(h["compress_prob"], abs=1e-4)
+        assert u == h.update and bpb == pytest.approx(h.loss * BPB, rel=1e-4)
+        assert lr == pytest.approx(h.lr, rel=1e-3) and cp == pytest.approx(h.compress_prob, abs=1e-4)
     assert [s[0] for s in tail["steps"]] == [TRAIN_STEPS - 1, TRAIN_STEPS]
-    assert snap["evals"] == [[e["update"], pytest.approx(e["val_bpb"], rel=1e-4)] for e in record.evals]
+    assert snap["evals"] == [[e.update, pytest.approx(e.val_bpb, rel=1e-4)] for e in record.evals]
     assert snap["evals"] and snap["gate"]["observations"] == len(snap["evals"]) and "loss" in snap["gate"]["ema"]
     assert {"K_input", "C_input", "S"} <= set(snap["telemetry"])
     run_cks = [name for name, _ in app.engine.checkpoints() if name.startswith("job-0001/")]
@@ -107,7 +108,7 @@ async def test_compressor_lines_are_the_validation_text_given_training(trained_w
     app = server.app_state
     record = app.jobs.get("job-0001").record
     got = compressor_baselines(app, record, block=True)
-    corpus = app.engine.corpus(DataConfig.model_validate(record["config"]["data"]))
+    corpus = app.engine.corpus(DataConfig.model_validate(record.request.config["data"]))
     val = bits_to_bytes(corpus.val, strict=False)[0]
     context = bits_to_bytes(corpus.train[-CONTEXT_BYTES * 9:], strict=False)[0]
     assert got == {k: round(v, 4) for k, v in compressor_bpb(val, context).items()}
