@@ -91,8 +91,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         model = model if model is not None else BitTransformerLM(cfg.model)
         self.model = apply_qat(model) if cfg.train.qat else model
-        self.checkpoints = Checkpointer(self.out_dir / "checkpoints", cfg.train, is_main=self.dist.is_main)
-        self.plan: TrainPlan | None = None  # made by fit()
+        self.plan: TrainPlan | None = None  # each fit() plans, counts and checkpoints afresh
         self.state = TrainState()
         self.last_eval: EvalMetrics | None = None
 
@@ -125,7 +124,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ fit
     def fit(self, *, steps: int | None = None, epochs: int | None = None, resume: bool = False) -> TrainResult:
-        self._sinks, failed = [], False
+        self._sinks, failed, self.plan, self.state = [], False, None, TrainState()
+        self.checkpoints = Checkpointer(self.out_dir / "checkpoints", self.cfg.train, is_main=self.dist.is_main)
         try:
             if self.dist.is_main:
                 self._sinks = open_sinks(self.out_dir, self.cfg.train, jsonl=self.metrics_log)

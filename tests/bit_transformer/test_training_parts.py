@@ -97,3 +97,15 @@ def test_tensorboard_without_the_package_fails_the_run_with_the_fix(tmp_path, mo
     result = Trainer(_cfg(tensorboard=True), tmp_path / "run", corpus=_corpus()).fit()
     assert result.status == "failed"
     assert "pip install 'bit-transformer[tensorboard]'" in result.reason and "train.tensorboard" in result.reason
+
+
+def test_a_second_fit_plans_counts_and_checkpoints_afresh(tmp_path):
+    # A timing probe (fit(steps=1)) before the run must not make the run skip its own first checkpoint.
+    events: list = []
+    tr = Trainer(_cfg(save_every=1, eval_every=100), tmp_path / "run", corpus=_corpus(),
+                 callback=lambda e, p: events.append((e, p)))
+    assert tr.fit(steps=1).updates_done == 1
+    events.clear()
+    result = tr.fit(steps=3)
+    assert result.status == "completed" and result.updates_done == 3 and result.plan.total_updates == 3
+    assert [p.update for e, p in events if e == "checkpoint"] == [1, 2, 3]
