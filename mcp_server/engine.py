@@ -88,7 +88,7 @@ class Engine:
     def kernel_notes(cfg) -> list[str]:
         """Settings that pick a slow attention kernel on the device training would use."""
         from bit_transformer.attention import kernel_notes
-        from bit_transformer.runtime import resolve_device
+        from bit_transformer.device import resolve_device
 
         try:
             device = resolve_device(cfg.train.device).type

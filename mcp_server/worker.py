@@ -167,9 +167,10 @@ def run(job_dir: Path) -> int:
         def callback(event: str, payload: Any) -> None:
             events.emit(event, payload)
             if event == "eval" and holder:
-                sample = _telemetry_sample(holder[0])  # K/C/S sampled at each validation, not every step
+                sample = holder[0].telemetry_sample()  # K/C/S sampled at each validation, not every step
                 if sample is not None:
-                    events.emit("telemetry", {"update": getattr(payload, "update", None), **sample})
+                    events.emit("telemetry", {"update": getattr(payload, "update", None),
+                                              **sample.model_dump(mode="python")})
 
         # metrics_log=False: one event log per job (jobs/<id>/metrics.jsonl, written here), not a second copy in
         # another format under runs/<run>/.
@@ -226,32 +227,6 @@ def _loader_facts(trainer: Any, cfg: Any) -> dict[str, Any]:
 
     return {"loader_len": len(DataLoader(trainer.train_set, batch_size=cfg.train.batch_size)),
             "train_windows": len(trainer.train_set)}
-
-
-def _telemetry_sample(trainer: Any, windows: int = 2) -> dict[str, Any] | None:
-    """TelemetrySummary of one eval-mode forward on a few validation windows (no grad, no RNG draws)."""
-    import torch
-
-    from bit_transformer.telemetry import summarize
-
-    parallel = getattr(trainer, "parallel", None)
-    if parallel is not None and parallel.sharded:
-        return None  # a sharded model's forward needs every rank; the sample is rank 0's alone
-    ds = getattr(trainer, "val_set", None) or trainer.train_set
-    net = getattr(trainer, "net", None) or trainer.model
-    try:
-        x = torch.stack([ds[i][0] for i in range(min(windows, len(ds)))]).to(next(net.parameters()).device)
-        was = net.training
-        net.eval()
-        try:
-            with torch.no_grad():
-                out = net(x, return_telemetry=True)
-                return summarize(x, out.logits.float(), out.telemetry).model_dump(mode="python")
-        finally:
-            net.train(was)
-    except Exception as err:  # telemetry is a monitor: never stop training for it
-        print(f"telemetry sample failed: {err!r}", file=sys.stderr)
-        return None
 
 
 def _describe(err: BaseException) -> str:
