@@ -21,7 +21,15 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .cli_flags import add_run_config_flags, build_run_config, data_spec, parse_bool
+from .cli_flags import (
+    SPELLING_NOTE,
+    FlagParser,
+    add_run_config_flags,
+    build_run_config,
+    data_spec,
+    parse_bool,
+    spell,
+)
 from .config import GROWABLE as GROW
 from .config import DataConfig, RunConfig
 from .export import DEFAULT_EVAL_BYTES
@@ -275,79 +283,83 @@ def cmd_export_int8(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
-    parser = argparse.ArgumentParser(prog="bit-transformer", description=__doc__.split("\n\n")[0],
-                                     allow_abbrev=False)
-    parser.add_argument("--threads", type=int, metavar="N",
+    parser = FlagParser(prog="bit-transformer", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument(*spell("--threads"), type=int, metavar="N",
                         help="torch intra-op threads (default: torch's choice; 1 is often fastest for tiny models "
                              "on a busy machine)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="train a model (playbook flags verbatim)", allow_abbrev=False,
-                           description="Train a BitTransformerLM. Every config field is a flag.")
-    train.add_argument("--config", metavar="FILE.json", help="RunConfig JSON to start from; flags override it")
-    train.add_argument("--data", nargs="+", metavar="SPEC",
+                           description="Train a BitTransformerLM. Every config field is a flag.",
+                           epilog=f"{SPELLING_NOTE} A config flag also takes its section (--model.layers, "
+                                  "--train.safety.decay), a data field its bare name (--val_fraction).")
+    train.add_argument(*spell("--config"), metavar="FILE.json", help="RunConfig JSON to start from; flags override it")
+    train.add_argument(*spell("--data"), nargs="+", metavar="SPEC",
                        help="builtin | file paths or globs | hf:NAME[:CONFIG] (default: the config's data)")
-    train.add_argument("--out", metavar="DIR", help="run directory (default: runs/<timestamp>)")
-    train.add_argument("--init", metavar="CHECKPOINT",
+    train.add_argument(*spell("--out"), metavar="DIR", help="run directory (default: runs/<timestamp>)")
+    train.add_argument(*spell("--init"), metavar="CHECKPOINT",
                        help="start from this checkpoint's weights and config (e.g. after scale-up), with a fresh "
                             "optimizer and an LR schedule for this run's horizon")
-    train.add_argument("--resume", type=parse_bool, nargs="?", const=True, default=False, metavar="true|false",
+    train.add_argument(*spell("--resume"), type=parse_bool, nargs="?", const=True, default=False, metavar="true|false",
                        help="continue from the run directory's latest checkpoint")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument("--json", action="store_true", help="print the TrainResult as JSON")
+    train.add_argument(*spell("--quiet"), action="store_true", help="no progress bar")
+    train.add_argument(*spell("--json"), action="store_true", help="print the TrainResult as JSON")
     flags = add_run_config_flags(train)
 
     ev = sub.add_parser("evaluate", help="bits per byte, per-phase loss, compressor baselines", allow_abbrev=False)
-    ev.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint dir, run dir or INT8 artifact")
+    ev.add_argument(*spell("--checkpoint"), required=True, metavar="DIR",
+                    help="checkpoint dir, run dir or INT8 artifact")
     src = ev.add_mutually_exclusive_group()
-    src.add_argument("--text", help="evaluate this text")
-    src.add_argument("--file", metavar="PATH", help="evaluate this file's bytes")
-    src.add_argument("--data", nargs="+", metavar="SPEC", help="a corpus (as for train); default: the checkpoint's")
-    ev.add_argument("--split", choices=("val", "train"), default="val", help="corpus split (default: val)")
-    ev.add_argument("--val_fraction", type=float, help="override the corpus validation fraction")
-    ev.add_argument("--cache_dir", metavar="DIR",
+    src.add_argument(*spell("--text"), help="evaluate this text")
+    src.add_argument(*spell("--file"), metavar="PATH", help="evaluate this file's bytes")
+    src.add_argument(*spell("--data"), nargs="+", metavar="SPEC",
+                     help="a corpus (as for train); default: the checkpoint's")
+    ev.add_argument(*spell("--split"), choices=("val", "train"), default="val", help="corpus split (default: val)")
+    ev.add_argument(*spell("--val_fraction"), type=float, help="override the corpus validation fraction")
+    ev.add_argument(*spell("--cache_dir"), metavar="DIR",
                     help="bit cache for corpora (default: the run's cache, else ~/.cache/bit_transformer)")
-    ev.add_argument("--seq_len", type=int, help="window length in bits (default: the model's max_seq_len)")
-    ev.add_argument("--context_bits", type=int, default=0, help="warm context per window, multiple of 9 (default 0)")
-    ev.add_argument("--batch_size", type=int, default=16)
-    ev.add_argument("--max_bytes", type=int, help="evaluate only the first N bytes")
-    ev.add_argument("--amp", choices=("none", "bf16"), default="none")
-    ev.add_argument("--no_compressors", action="store_true", help="skip the gzip/bzip2/xz baselines")
-    ev.add_argument("--json", action="store_true", help="print the EvalReport as JSON")
+    ev.add_argument(*spell("--seq_len"), type=int, help="window length in bits (default: the model's max_seq_len)")
+    ev.add_argument(*spell("--context_bits"), type=int, default=0,
+                    help="warm context per window, multiple of 9 (default 0)")
+    ev.add_argument(*spell("--batch_size"), type=int, default=16)
+    ev.add_argument(*spell("--max_bytes"), type=int, help="evaluate only the first N bytes")
+    ev.add_argument(*spell("--amp"), choices=("none", "bf16"), default="none")
+    ev.add_argument(*spell("--no_compressors"), action="store_true", help="skip the gzip/bzip2/xz baselines")
+    ev.add_argument(*spell("--json"), action="store_true", help="print the EvalReport as JSON")
 
     gen = sub.add_parser("generate", help="sample text (parity bit set, never sampled)", allow_abbrev=False)
-    gen.add_argument("--checkpoint", required=True, metavar="DIR")
-    gen.add_argument("--prompt", default="", help="text to continue")
-    gen.add_argument("--max_bytes", type=int, default=64)
-    gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    gen.add_argument("--top_p", type=float, default=1.0)
-    gen.add_argument("--seed", type=int)
-    gen.add_argument("--mode", choices=("auto", "causal", "diffusion"), default="auto",
+    gen.add_argument(*spell("--checkpoint"), required=True, metavar="DIR")
+    gen.add_argument(*spell("--prompt"), default="", help="text to continue")
+    gen.add_argument(*spell("--max_bytes"), type=int, default=64)
+    gen.add_argument(*spell("--temperature"), type=float, default=1.0, help="0 = greedy")
+    gen.add_argument(*spell("--top_p"), type=float, default=1.0)
+    gen.add_argument(*spell("--seed"), type=int)
+    gen.add_argument(*spell("--mode"), choices=("auto", "causal", "diffusion"), default="auto",
                      help="auto: the model's own (diffusion for a denoising model)")
-    gen.add_argument("--steps", type=int, default=32, help="diffusion: unmasking rounds (more: slower, better)")
-    gen.add_argument("--json", action="store_true")
+    gen.add_argument(*spell("--steps"), type=int, default=32, help="diffusion: unmasking rounds (more: slower, better)")
+    gen.add_argument(*spell("--json"), action="store_true")
 
     sc = sub.add_parser("scale-up", help="grow depth/width from a checkpoint", allow_abbrev=False)
-    sc.add_argument("--checkpoint", required=True, metavar="DIR")
-    sc.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to write")
+    sc.add_argument(*spell("--checkpoint"), required=True, metavar="DIR")
+    sc.add_argument(*spell("--out"), required=True, metavar="DIR", help="checkpoint directory to write")
     for name in GROW:
-        sc.add_argument(f"--{name}", type=int, help=f"new {name} (default: unchanged)")
-    sc.add_argument("--new_layer_init", choices=("copy", "random"), default="copy",
+        sc.add_argument(*spell(f"--{name}"), type=int, help=f"new {name} (default: unchanged)")
+    sc.add_argument(*spell("--new_layer_init"), choices=("copy", "random"), default="copy",
                     help="added blocks copy the last block (default) or start random; either way their residual "
                          "output projections are zeroed, so they start as identities")
-    sc.add_argument("--seed", type=int, default=0, help="seed for the freshly initialised parts")
-    sc.add_argument("--json", action="store_true")
+    sc.add_argument(*spell("--seed"), type=int, default=0, help="seed for the freshly initialised parts")
+    sc.add_argument(*spell("--json"), action="store_true")
 
     ex = sub.add_parser("export-int8", help="INT8 artifact for CPU inference", allow_abbrev=False)
-    ex.add_argument("--checkpoint", required=True, metavar="DIR")
-    ex.add_argument("--out", required=True, metavar="PATH")
-    ex.add_argument("--eval_bytes", type=int, default=DEFAULT_EVAL_BYTES, metavar="N",
+    ex.add_argument(*spell("--checkpoint"), required=True, metavar="DIR")
+    ex.add_argument(*spell("--out"), required=True, metavar="PATH")
+    ex.add_argument(*spell("--eval_bytes"), type=int, default=DEFAULT_EVAL_BYTES, metavar="N",
                     help="validation bytes scored by the fp32 and the int8 model (bpb_delta); 0 skips the check "
                          f"(default {DEFAULT_EVAL_BYTES})")
-    ex.add_argument("--cache_dir", metavar="DIR",
+    ex.add_argument(*spell("--cache_dir"), metavar="DIR",
                     help="bit cache for the checkpoint's corpus (default: the run's cache, else "
                          "~/.cache/bit_transformer)")
-    ex.add_argument("--json", action="store_true")
+    ex.add_argument(*spell("--json"), action="store_true")
     return parser, flags
 
 

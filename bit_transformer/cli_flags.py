@@ -1,10 +1,15 @@
-"""Command-line flags derived from the pydantic run config.
+"""Command-line flags: the one rule for flag names and spellings, and the flags derived from the config.
 
-Every field of ``ModelConfig`` and ``TrainConfig`` becomes a flag of the same name (``--layers``,
-``--d_model``, ``--accum_steps``, ...), so the playbook's command lines work verbatim and a field added
-to the config later gets its flag without touching the CLI. Nested models and the data config get a
-dotted prefix (``--safety.decay``, ``--data.val_fraction``). Booleans take ``true``/``false`` as in the
-playbook (a bare ``--act`` means true); optional fields also take ``none``.
+Routing (``field_owner`` / ``route``): a config field is named ``section.field`` or, when only one section
+has a field of that name, just ``field`` (``batch_size`` is ``train.batch_size``; nested models keep their
+prefix: ``safety.decay``). The CLI's config flags and patch_config's flat keys (``mcp_server.config_ops``)
+both use it. Every field of ``ModelConfig`` and ``TrainConfig`` is a bare flag (``--layers``,
+``--accum_steps``), so the playbook's command lines work verbatim and a field added to the config later
+gets its flag without touching the CLI; data fields are shown as ``--data.val_fraction``. Booleans take
+``true``/``false`` as in the playbook (a bare ``--act`` means true); optional fields also take ``none``.
+
+Spellings (``spell``, ``FlagParser``): every flag of every CLI takes snake_case (canonical, shown in help)
+and kebab-case (``--cache_dir`` / ``--cache-dir``, ``--log_level`` / ``--log-level``).
 
 Flags default to "not given", so only what the user typed overrides the base config (``--config
 file.json`` or the defaults); the merged result is validated as one ``RunConfig``.
@@ -13,6 +18,7 @@ file.json`` or the defaults); the merged result is validated as one ``RunConfig`
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import types
 import typing
@@ -21,11 +27,60 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .config import RunConfig
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 _NONE = {"none", "null"}
+
+
+# ------------------------------------------------------------------------------------------ spellings
+SPELLING_NOTE = "Every flag is accepted in snake_case or kebab-case (e.g. --max_bytes or --max-bytes)."
+
+
+def spell(*names: str) -> list[str]:
+    """Option strings for one flag in both spellings, snake_case (canonical, shown in help) first.
+
+    ``spell("--log-level")`` -> ``["--log_level", "--log-level"]``; short options (``-v``) pass through.
+    Every CLI (bit-transformer, bit-transformer-mcp, python -m playbook) names its flags through this.
+    Snake_case is canonical because most flags are config field names, which are snake_case.
+    """
+    out: list[str] = []
+    for name in names:
+        body = name[2:]
+        forms = ["--" + body.replace("-", "_"), "--" + body.replace("_", "-")] if name.startswith("--") else [name]
+        out += [f for f in dict.fromkeys(forms) if f not in out]
+    return out
+
+
+class FlagHelp(argparse.HelpFormatter):
+    """Help that shows each flag once: its short options and its canonical (first) long spelling."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if len(longs) < 2:
+            return super()._format_action_invocation(action)
+        shown = copy.copy(action)
+        shown.option_strings = [o for o in action.option_strings if not o.startswith("--")] + longs[:1]
+        return super()._format_action_invocation(shown)
+
+
+class FlagParser(argparse.ArgumentParser):
+    """An ArgumentParser for flags named by ``spell``: one spelling in help, and an abbreviation that
+    matches both spellings of one flag (``--log`` for ``--log_level``/``--log-level``) is not ambiguous."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", FlagHelp)
+        kwargs.setdefault("epilog", SPELLING_NOTE)
+        super().__init__(*args, **kwargs)
+
+    def _get_option_tuples(self, option_string: str):
+        found, seen = [], set()
+        for option in super()._get_option_tuples(option_string):
+            if id(option[0]) not in seen:  # option[0] is the action; its other spellings are the same flag
+                seen.add(id(option[0]))
+                found.append(option)
+        return found
 
 
 def parse_bool(text: str) -> bool:
@@ -96,38 +151,86 @@ def _help(field, default_repr: str) -> str:
     return f"{text} (default: {default_repr})".strip()
 
 
-def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], path: tuple[str, ...], prefix: str = "",
-                    seen: dict[str, str] | None = None, skip: tuple[str, ...] = ()) -> dict[str, str]:
-    """Add one flag per field of ``model`` (recursing into nested models); returns flag -> dest."""
-    seen = {} if seen is None else seen
-    group = parser.add_argument_group(f"{model.__name__} ({'--' + prefix + '*' if prefix else 'flags'})")
+# ------------------------------------------------------------------------------------------ routing
+def config_sections(config: type[BaseModel] = RunConfig) -> dict[str, type[BaseModel]]:
+    """The config's sections by name (RunConfig: model, train, data)."""
+    return {name: f.annotation for name, f in config.model_fields.items()
+            if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+
+
+def field_owner(config: type[BaseModel] = RunConfig) -> dict[str, str]:
+    """The routing rule for a name without its section: field name -> the one section that has it.
+
+    ``batch_size`` -> train, ``layers`` -> model, ``max_bytes`` -> data; a nested model is one field
+    (``safety`` -> train, so ``safety.decay`` means ``train.safety.decay``). A name two sections share
+    routes nowhere and must be given with its section. The CLI's config flags and patch_config's flat keys
+    both follow it (``route``), so a name means the same field in both.
+    """
+    seen: dict[str, list[str]] = {}
+    for section, model in config_sections(config).items():
+        for name in model.model_fields:
+            seen.setdefault(name, []).append(section)
+    return {name: sections[0] for name, sections in seen.items() if len(sections) == 1}
+
+
+def route(name: str, config: type[BaseModel] = RunConfig) -> str | None:
+    """The dotted config path a flag or patch key names (``section.field...`` as given, else via
+    ``field_owner``); None when the rule routes it nowhere. Existence of the leaf is not checked."""
+    head = name.split(".", 1)[0]
+    if head in config_sections(config):
+        return name
+    owner = field_owner(config).get(head)
+    return f"{owner}.{name}" if owner else None
+
+
+def _leaf_fields(model: type[BaseModel], path: tuple[str, ...]):
+    """(dotted path, field) for every leaf field of ``model``, recursing into nested models."""
     for name, field in model.model_fields.items():
-        if name in skip:
-            continue
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            add_model_flags(parser, annotation, (*path, name), f"{prefix}{name}.", seen)
-            continue
-        kw = _argument_kwargs(annotation)
-        if kw is None:
-            continue
-        flag = f"--{prefix}{name}"
-        dest = ".".join((*path, name))
-        if flag in seen:  # two config fields with one flag name would silently shadow each other
-            raise ValueError(f"flag {flag} would set both {seen[flag]} and {dest}; rename one field")
-        seen[flag] = dest
-        default = field.get_default(call_default_factory=True)
-        group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=_help(field, repr(default)), **kw)
-    return seen
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _leaf_fields(ann, (*path, name))
+        else:
+            yield ".".join((*path, name)), field
+
+
+def config_flag_names(dest: str, config: type[BaseModel] = RunConfig) -> list[str]:
+    """Every name ``route`` maps to ``dest``: the path without its section when the rule allows it, and the
+    full dotted path (``batch_size``, ``train.batch_size``; ``safety.decay``, ``train.safety.decay``)."""
+    section, rest = dest.split(".", 1)
+    short = [rest] if field_owner(config).get(rest.split(".", 1)[0]) == section else []
+    return [*short, dest]
+
+
+# ------------------------------------------------------------------------------------------ config flags
+BARE_SECTIONS = ("model", "train")  # their fields are the playbook's flags: --layers, --batch_size
+# Data fields are shown as --data.<field> next to the --data shorthand; the bare names work as well.
 
 
 def add_run_config_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """All RunConfig flags: model and train fields bare, data fields as ``--data.<field>``."""
-    seen: dict[str, str] = {}
-    add_model_flags(parser, ModelConfig, ("model",), seen=seen)
-    add_model_flags(parser, TrainConfig, ("train",), seen=seen)
-    add_model_flags(parser, DataConfig, ("data",), "data.", seen=seen)
-    return seen
+    """One flag per leaf field of RunConfig, named by the routing rule; returns canonical flag -> dest.
+
+    Shown (canonical): model and train fields bare (``--layers``, ``--safety.decay``), data fields as
+    ``--data.<field>``. Accepted too: every other name ``route`` maps to the field (``--model.layers``,
+    ``--val_fraction``) and the kebab-case spelling of each (``--d-model``).
+    """
+    flags: dict[str, str] = {}
+    for section, model in config_sections().items():
+        prefix = "" if section in BARE_SECTIONS else f"{section}."
+        group = parser.add_argument_group(f"{model.__name__} ({'--' + prefix + '*' if prefix else 'flags'})")
+        for dest, field in _leaf_fields(model, (section,)):
+            kw = _argument_kwargs(field.annotation)
+            if kw is None:
+                continue
+            names = config_flag_names(dest)
+            if section in BARE_SECTIONS and names[0] == dest:  # the playbook's bare flag would be lost
+                raise ValueError(f"field {dest.split('.', 1)[1]!r} is in two config sections; rename one field")
+            canonical = names[0] if section in BARE_SECTIONS else dest
+            ordered = [canonical] + [n for n in names if n != canonical]
+            default = field.get_default(call_default_factory=True)
+            group.add_argument(*spell(*("--" + n for n in ordered)), dest=dest, default=argparse.SUPPRESS,
+                               help=_help(field, repr(default)), **kw)
+            flags["--" + canonical] = dest
+    return flags
 
 
 def data_spec(spec: list[str] | str) -> dict[str, Any]:

@@ -10,22 +10,24 @@ import logging
 import os
 import sys
 
+from bit_transformer.cli_flags import FlagParser, spell
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bit-transformer-mcp", description=__doc__.splitlines()[0])
-    p.add_argument("--workspace", default=os.environ.get("BT_WORKSPACE", "bt_workspace"),
+    p = FlagParser(prog="bit-transformer-mcp", description=__doc__.splitlines()[0])
+    p.add_argument(*spell("--workspace"), default=os.environ.get("BT_WORKSPACE", "bt_workspace"),
                    help="State directory: config, jobs, checkpoints, exports, data cache (env BT_WORKSPACE; "
                         "default ./bt_workspace).")
-    p.add_argument("--http", action="store_true", help="Serve streamable HTTP instead of stdio.")
-    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1).")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000).")
-    p.add_argument("--token", default=os.environ.get("BT_MCP_TOKEN"),
+    p.add_argument(*spell("--http"), action="store_true", help="Serve streamable HTTP instead of stdio.")
+    p.add_argument(*spell("--host"), default="127.0.0.1", help="HTTP bind address (default 127.0.0.1).")
+    p.add_argument(*spell("--port"), type=int, default=8000, help="HTTP port (default 8000).")
+    p.add_argument(*spell("--token"), default=os.environ.get("BT_MCP_TOKEN"),
                    help="HTTP bearer token; requests without it are refused (env BT_MCP_TOKEN).")
-    p.add_argument("--jobs-follow-session", action="store_true",
+    p.add_argument(*spell("--jobs-follow-session"), action="store_true",
                    default=os.environ.get("BT_JOBS_FOLLOW_SESSION") == "1",
                    help="Stop training jobs (with a checkpoint) when this server exits, as before; default: jobs "
                         "keep running and the next server on the workspace re-attaches (env BT_JOBS_FOLLOW_SESSION=1).")
-    p.add_argument("--log-level", default=os.environ.get("BT_LOG_LEVEL", "INFO"),
+    p.add_argument(*spell("--log-level"), default=os.environ.get("BT_LOG_LEVEL", "INFO"),
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], type=str.upper)
     return p.parse_args(argv)
 

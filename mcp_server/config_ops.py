@@ -3,7 +3,8 @@
 Extras on top of RFC 7386 (all optional, all reported back as normal changes):
 - dotted keys: ``{"model.d_model": 64}`` is ``{"model": {"d_model": 64}}``;
 - flat playbook flag names: a top-level key that is not a section is routed to the one section that
-  owns that field, so ``{"layers": 8, "batch_size": 64, "amp": "bf16"}`` works like the playbook's flags;
+  owns that field (``bit_transformer.cli_flags.route``, the rule the CLI's flags follow), so
+  ``{"layers": 8, "batch_size": 64, "amp": "bf16"}`` works like the playbook's flags;
 - ``null`` removes a key, which resets that field to its default (RFC 7386 semantics);
 - other trainers' names (``learning_rate``, ``max_steps``, ``n_layer``, ``block_size`` ...) are routed to our
   field of the same meaning (``ALIASES``); look-alikes of another meaning get a hint instead (``NOT_ALIASES``);
@@ -22,6 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from bit_transformer.cli_flags import config_sections, field_owner
+from bit_transformer.cli_flags import route as route_name
 from bit_transformer.config import RunConfig
 
 
@@ -30,21 +33,7 @@ class PatchError(ValueError):
 
 
 def _sections() -> dict[str, type[BaseModel]]:
-    out = {}
-    for name, field in RunConfig.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out[name] = ann
-    return out
-
-
-def field_owner() -> dict[str, str]:
-    """Field name -> section, for names that exist in exactly one section."""
-    seen: dict[str, list[str]] = {}
-    for sec, model in _sections().items():
-        for f in model.model_fields:
-            seen.setdefault(f, []).append(sec)
-    return {f: secs[0] for f, secs in seen.items() if len(secs) == 1}
+    return config_sections(RunConfig)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -247,8 +236,8 @@ def normalize_patch(patch: Any, notes: list[str] | None = None) -> tuple[dict[st
                 notes.append(f"{key} -> {target}")
                 parts = target.split(".")
             put(parts, value)
-        elif head in owner:
-            put([owner[head], *parts], value)
+        elif route_name(key) is not None:  # the engine's rule, the same as the CLI's flags
+            put(route_name(key).split("."), value)
         elif len(parts) == 1 and head in ALIASES:
             target = ALIASES[head]
             notes.append(f"{head} -> {target}")

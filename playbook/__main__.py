@@ -4,7 +4,9 @@
     python -m playbook run --phase 1                  # Phase 1 checks only
     python -m playbook run --task 6 --task 10         # chosen tasks
     python -m playbook run --url http://127.0.0.1:8000/mcp --token SECRET   # a server that is already running
-    python -m playbook list | show C --scale full | prompt phase-1
+    python -m playbook list                           # the recipes, in order
+    python -m playbook show C --scale full            # one recipe as JSON
+    python -m playbook prompt phase-1                 # the agent prompt for a task id, phase-1, phase-2 or all
 """
 
 from __future__ import annotations
@@ -19,43 +21,49 @@ import tempfile
 import time
 from pathlib import Path
 
+from bit_transformer.cli_flags import SPELLING_NOTE, FlagHelp, FlagParser, spell
+
 from .recipes import UnknownTask, list_recipes, resolve, select
 
 
+class _Help(FlagHelp, argparse.RawDescriptionHelpFormatter):
+    """One spelling per flag; the epilog's examples keep their lines."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m playbook", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = FlagParser(prog="python -m playbook", description=__doc__.splitlines()[0], formatter_class=_Help,
+                   epilog=__doc__ + "\n" + SPELLING_NOTE)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="execute recipes through the MCP server and print a pass/fail table")
-    r.add_argument("--phase", type=int, choices=(1, 2), help="only this phase")
-    r.add_argument("--task", action="append", help="only this task id (repeatable), e.g. 1, 12, A")
-    r.add_argument("--scale", choices=("smoke", "full"), default="smoke",
+    r.add_argument(*spell("--phase"), type=int, choices=(1, 2), help="only this phase")
+    r.add_argument(*spell("--task"), action="append", help="only this task id (repeatable), e.g. 1, 12, A")
+    r.add_argument(*spell("--scale"), choices=("smoke", "full"), default="smoke",
                    help="smoke: CPU-sized, minutes (default); full: the real run")
-    r.add_argument("--server-cmd", help="command that starts the server over stdio (default: "
+    r.add_argument(*spell("--server-cmd"), help="command that starts the server over stdio (default: "
                    "'<python> -m mcp_server --workspace <workspace>')")
-    r.add_argument("--url", help="connect to a running server over streamable HTTP instead, e.g. "
+    r.add_argument(*spell("--url"), help="connect to a running server over streamable HTTP instead, e.g. "
                    "http://127.0.0.1:8000/mcp")
-    r.add_argument("--token", help="bearer token for --url")
-    r.add_argument("--workspace", help="server workspace (default: a fresh temporary directory, removed after a "
-                   "green run)")
-    r.add_argument("--report", default="playbook-report.json", help="JSON report path (default %(default)s)")
-    r.add_argument("--override", action="append", default=[], metavar="ID",
+    r.add_argument(*spell("--token"), help="bearer token for --url")
+    r.add_argument(*spell("--workspace"), help="server workspace (default: a fresh temporary directory, removed "
+                   "after a green run)")
+    r.add_argument(*spell("--report"), default="playbook-report.json", help="JSON report path (default %(default)s)")
+    r.add_argument(*spell("--override"), action="append", default=[], metavar="ID",
                    help="run this task even if its precondition fails (repeatable), e.g. --override C")
-    r.add_argument("--poll-s", type=float, default=50.0, help="get_job wait_s per poll (default %(default)s; the "
-                   "call returns as soon as the job ends)")
-    r.add_argument("--job-timeout", type=float, default=None,
+    r.add_argument(*spell("--poll-s"), type=float, default=50.0, help="get_job wait_s per poll (default "
+                   "%(default)s; the call returns as soon as the job ends)")
+    r.add_argument(*spell("--job-timeout"), type=float, default=None,
                    help="cancel a job that runs longer (seconds; default: 300 at smoke, none at full)")
-    r.add_argument("--threads", type=int, default=None,
+    r.add_argument(*spell("--threads"), type=int, default=None,
                    help="torch/OpenMP threads of the stdio server and its training workers (OMP_NUM_THREADS); "
                    "default: 1 at smoke (tiny models lose to thread contention on small CPUs), torch's default at "
                    "full; ignored with --url")
-    r.add_argument("--verbose", "-v", action="store_true", help="show every check in the table")
+    r.add_argument(*spell("--verbose"), "-v", action="store_true", help="show every check in the table")
     for name, text in (("list", "list the recipes"), ("show", "show one recipe as JSON"),
                        ("prompt", "print the agent prompt for a task id, phase-1, phase-2 or all")):
         s = sub.add_parser(name, help=text)
         if name != "list":
             s.add_argument("target")
-        s.add_argument("--scale", choices=("smoke", "full"), default="smoke")
+        s.add_argument(*spell("--scale"), choices=("smoke", "full"), default="smoke")
     return p.parse_args(argv)
 
 
