@@ -200,6 +200,8 @@ class JobRecord(BaseModel):
             self.checkpoint = self.qualify(info.name)
 
     def save(self, job_dir: Path) -> None:
+        if not (job_dir / REQUEST_FILE).is_file():  # a job of the old layout: its config moves out of job.json
+            atomic_write_json(job_dir / REQUEST_FILE, self.request.model_dump(mode="json"))
         atomic_write_json(job_dir / RECORD_FILE, to_data(self))
 
 
