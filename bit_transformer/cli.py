@@ -1,7 +1,9 @@
 """``bit-transformer``: train, evaluate, generate, scale-up and export-int8 from the command line.
 
 ``train`` takes the playbook's flags verbatim (``--layers 8 --d_model 256 --causal true ...``); they are
-derived from the pydantic config (see ``cli_flags.py``). Results go to stdout (a table, or JSON with
+derived from the pydantic config (see ``cli_flags.py``), and every flag also takes its kebab-case spelling.
+scale-up and export-int8 are the engine's workflows (``scale.scale_up_checkpoint``,
+``export.export_int8_checked``), shared with the MCP tools. Results go to stdout (a table, or JSON with
 ``--json``); progress and notes go to stderr. Exit codes: 0 done, 1 failed, 2 bad arguments,
 3 stopped by the safety gate, 130 cancelled (Ctrl-C; a checkpoint is saved first).
 """

@@ -351,7 +351,7 @@ def _repoint_latest(root) -> None:
     from ..workspace import atomic_write_bytes
 
     pointer = root / LATEST
-    left = [i for i in list_checkpoints(root) if not getattr(i, "damaged", False)]
+    left = [i for i in list_checkpoints(root) if not i.damaged]
     if not left:
         pointer.unlink(missing_ok=True)
         return
@@ -362,8 +362,8 @@ def _repoint_latest(root) -> None:
 
 
 def _small(state: dict | None) -> dict:
-    """The checkpoint's training state without bulky internals (RNG)."""
-    return {k: v for k, v in (state or {}).items() if k not in ("rng",)}
+    """The checkpoint's training state without bulky internals (RNG, the growth report scale_up returned)."""
+    return {k: v for k, v in (state or {}).items() if k not in ("rng", "scale")}
 
 
 def _size(path) -> int:
