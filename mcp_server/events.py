@@ -23,7 +23,7 @@ A worker appends one JSON object per line to ``jobs/<id>/metrics.jsonl``::
 ``error``       ``WorkerError`` (reason; the traceback is in worker.log)
 ==============  ===============================================================
 
-JSON has no NaN: non-finite floats are written as the strings "nan"/"inf"/"-inf" (``to_data``) and pydantic
+JSON has no NaN: non-finite floats are written as the strings "nan"/"inf"/"-inf" (``json_safe``) and pydantic
 reads them back as floats. Lines are written with one ``write`` each and flushed; the reader keeps a partial
 last line until its newline arrives, and skips (with a warning) a line that is not a known, valid event.
 """
@@ -173,26 +173,27 @@ KINDS: tuple[str, ...] = tuple(
 )
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf become strings so every line stays strict JSON (the one place this happens)."""
+def json_safe(value: Any) -> Any:
+    """JSON has no NaN: non-finite floats become "nan"/"inf"/"-inf" (in dicts and lists too). The one rule for
+    the event log, job.json and tool results (``tools/compact.py``); pydantic reads the strings back as floats."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
 def to_data(payload: Any) -> Any:
     """A pydantic model / dataclass / plain value -> JSON-able data (non-finite floats as strings)."""
     if hasattr(payload, "model_dump"):
-        return _clean(payload.model_dump(mode="python"))
+        return json_safe(payload.model_dump(mode="python"))
     if hasattr(payload, "__dataclass_fields__"):
         from dataclasses import asdict
 
-        return _clean(asdict(payload))
-    return _clean(payload)
+        return json_safe(asdict(payload))
+    return json_safe(payload)
 
 
 def parse(raw: Any) -> Event | None:

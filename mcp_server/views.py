@@ -1,7 +1,9 @@
 """Result models of the tools: compact views (each default result fits the 2 KB budget of ``budget.py``).
 
 They become the tools' output schemas, shrunk to field names and types (``tools/compact.py``). Views with
-``extra='allow'`` (``Open``) take detail sections an agent asked for explicitly.
+``extra='allow'`` (``Open``) take detail sections an agent asked for explicitly; those sections are the
+engine's records themselves (``bit_transformer.records``: TrainPlan, StepMetrics, EvalMetrics, GateDecision,
+CorpusInfo, TrainResult), taken from the job record (``job.py``), never copies of their fields here.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from typing import Any
 
 import pydantic_core
@@ -20,6 +19,7 @@ from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel
 
 from ..budget import compact
+from ..events import json_safe
 
 
 def reply(view: BaseModel | dict[str, Any]) -> CallToolResult:
@@ -52,8 +52,8 @@ def _data(value: Any) -> Any:
         return [_data(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _data(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN: a diverged loss reads "nan" (the records keep real floats)
+    if isinstance(value, float):
+        return json_safe(value)  # a diverged loss reads "nan" (the records keep real floats)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _data(dataclasses.asdict(value))
     return pydantic_core.to_jsonable_python(value)
