@@ -1,11 +1,11 @@
-"""The benchmark suite: a registry, a runner (one subprocess per benchmark) and the README table.
+"""The benchmark suite: a registry, a runner (one subprocess per benchmark) and the published table.
 
 Every benchmark runs in its own Python process with its own thread settings (``OMP_NUM_THREADS``), a
 quick and a full argument set and a time limit, so a crash or a hang fails that entry and the suite goes
 on. Afterwards the suite reads each benchmark's JSON (every one carries a one-line ``summary``), records
-the machine, and writes ``suite.json`` + ``suite.md`` (what | command | result). ``update_readme``
-swaps the table into README.md between the bench-table markers and copies the quality plot to
-``docs/figures/quality.png``.
+the machine, and writes ``suite.json`` + ``suite.md`` (what | command | result). ``update_docs``
+swaps the table into docs/benchmarks.md (the one place the figures are published) between the bench-table
+markers and copies the quality plot to ``docs/figures/quality.png``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from benchmarks.common import ROOT, cpu_model, git_commit, machine_info
 
 BEGIN, END = "<!-- bench-table:begin -->", "<!-- bench-table:end -->"
 FIGURE = ROOT / "docs" / "figures" / "quality.png"
-# The published results (committed): what the README's table is generated from. A run of some benchmarks
+DOC = ROOT / "docs" / "benchmarks.md"  # the generated table lives here and nowhere else
+# The published results (committed): what the table in DOC is generated from. A run of some benchmarks
 # replaces their entries and keeps the others', so no figure has to be copied by hand.
 PUBLISHED = ROOT / "docs" / "benchmarks" / "suite.json"
 
@@ -187,17 +188,22 @@ def _short(commit: str | None) -> str:
     return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
-def table(entries: list[dict], machine: dict) -> str:
+def _link(path: Path, doc: Path) -> str:
+    """``path`` as a link target from ``doc``'s folder (relative inside the repository)."""
+    return Path(os.path.relpath(path, doc.parent)).as_posix() if path.is_relative_to(ROOT) else str(path)
+
+
+def table(entries: list[dict], machine: dict, doc: Path = DOC) -> str:
     flags = ", ".join(machine.get("cpu_flags") or []) or "-"
     dates = sorted(e["started"][:10] for e in entries if e.get("started")) or [machine["date"][:10]]
     when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
-    published = PUBLISHED.relative_to(ROOT).as_posix() if PUBLISHED.is_relative_to(ROOT) else str(PUBLISHED)
+    shown = PUBLISHED.relative_to(ROOT).as_posix() if PUBLISHED.is_relative_to(ROOT) else str(PUBLISHED)
     cpus = sorted({e.get("cpu") or machine["cpu"] for e in entries}) or [machine["cpu"]]
     where = f"{cpus[0]} ({machine['cpu_count']} CPUs; {flags})" if len(cpus) == 1 else " and ".join(cpus)
     lines = [f"Measured on {where}, torch {machine['torch']}, Python "
-             f"{machine['python']}, {when} (each row's date, commit and CPU: [{published}]({published})); "
+             f"{machine['python']}, {when} (each row's date, commit and CPU: [{shown}]({_link(PUBLISHED, doc)})); "
              f"{machine.get('threads') or 'default'} torch thread(s) per benchmark. "
-             "Regenerate: `python -m benchmarks --update-readme [NAME ...]` (rows not run keep their published "
+             "Regenerate: `python -m benchmarks --update-docs [NAME ...]` (rows not run keep their published "
              "result).", "",
              "| what | command | result |", "| --- | --- | --- |"]
     for e in entries:
@@ -207,7 +213,7 @@ def table(entries: list[dict], machine: dict) -> str:
         lines.append(f"| {e['what']} | `{e['command']}` | {result} |")
     if any(e.get("plot") and e.get("status") == "ok" for e in entries):
         lines += ["", f"![Validation bits per byte vs training time, bit vs byte model]"
-                      f"({FIGURE.relative_to(ROOT).as_posix()})"]
+                      f"({_link(FIGURE, doc)})"]
     return "\n".join(lines) + "\n"
 
 
@@ -227,26 +233,26 @@ def merge_previous(entries: list[dict], out: Path) -> list[dict]:
     return sorted(done.values(), key=lambda e: order.index(e["name"]) if e["name"] in order else len(order))
 
 
-def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
-    """``text`` with everything between the begin and end markers replaced by ``block``."""
+def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END, where: str = "docs/benchmarks.md") -> str:
+    """``text`` (the contents of ``where``) with everything between the begin and end markers replaced by ``block``."""
     if text.count(begin) != 1 or text.count(end) != 1:
-        raise ValueError(f"README.md must contain exactly one '{begin}' and one '{end}' marker (found "
+        raise ValueError(f"{where} must contain exactly one '{begin}' and one '{end}' marker (found "
                          f"{text.count(begin)} and {text.count(end)}); add them around the benchmark table")
     i, j = text.index(begin) + len(begin), text.index(end)
     if j < i:
-        raise ValueError(f"'{end}' comes before '{begin}' in README.md")
+        raise ValueError(f"'{end}' comes before '{begin}' in {where}")
     return text[:i] + "\n" + block.strip("\n") + "\n" + text[j:]
 
 
-def update_readme(readme: Path, block: str, entries: list[dict], *, allow_quick: bool = False,
-                  figure: Path = FIGURE, publish: bool = True) -> list[str]:
-    """Swap the table into ``readme``, publish the entries and copy the quality plot; returns what was written."""
+def update_docs(doc: Path, block: str, entries: list[dict], *, allow_quick: bool = False,
+                figure: Path = FIGURE, publish: bool = True) -> list[str]:
+    """Swap the table into ``doc``, publish the entries and copy the quality plot; returns what was written."""
     quick = [e["name"] for e in entries if e.get("mode") == "quick"]
     if quick and not allow_quick:
-        raise ValueError(f"quick-mode results for {', '.join(quick)}: the README quotes full runs "
+        raise ValueError(f"quick-mode results for {', '.join(quick)}: the published table quotes full runs "
                          "(run them without --quick, or pass --allow-quick)")
-    readme.write_text(replace_block(readme.read_text(), block))
-    written = [str(readme)]
+    doc.write_text(replace_block(doc.read_text(), block, where=doc.name))
+    written = [str(doc)]
     for e in entries:
         plot = ROOT / e["plot"] if e.get("plot") else None  # published paths are relative to the repository
         if plot is not None and plot.is_file() and plot.resolve() != figure.resolve():
@@ -262,6 +268,9 @@ def update_readme(readme: Path, block: str, entries: list[dict], *, allow_quick:
         PUBLISHED.write_text(json.dumps({"entries": rows}, indent=2) + "\n")
         written.append(str(PUBLISHED))
     return written
+
+
+update_readme = update_docs  # the name before the table moved out of README.md
 
 
 def run_suite(benches: list[Bench], *, quick: bool, out: Path, threads: int = 1, echo: bool = True) -> dict:

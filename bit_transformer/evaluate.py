@@ -1,17 +1,8 @@
 """Bits-per-byte evaluation of a BitTransformerLM, with compressor baselines.
 
-Metrics (all from next-bit cross-entropy in nats, ``ce``; a byte is 9 bits: 8 data + 1 parity):
-
-- ``bits_per_byte`` = mean ``ce`` over every scored bit x 9 / ln 2: the code length per byte that an
-  arithmetic coder driven by the model would pay, parity bit included.
-- ``data_bits_per_byte`` = mean ``ce`` over the scored data bits (frame phases 0-7) x 8 / ln 2: the cost
-  of the 8 bits that carry the byte. This is the figure to put next to a compressor or a byte-level LM.
-- ``parity_bits_per_byte`` = mean ``ce`` over the parity bits (phase 8) / ln 2. The parity bit is a
-  function of the 8 data bits before it, so a trained model should pay ~0 here; if it does not, that is a
-  bug signal. ``bits_per_byte`` ~= ``data_bits_per_byte + parity_bits_per_byte``.
-- ``bit_accuracy``: share of scored bits whose argmax prediction is right.
-- ``loss_by_phase[i]``: mean ``ce`` (nats) of predicting bits at phase ``i`` of the frame (the phase of
-  the *predicted* bit, 0 = most significant data bit, 8 = parity).
+Every metric (``bits_per_byte``, ``data_bits_per_byte``, ``parity_bits_per_byte``, ``bit_accuracy``,
+``loss_by_phase``) comes from the next-bit cross-entropy in nats of the scored bits, split by frame phase
+(0-7 data, 8 parity); their definitions are in docs/cli.md (``evaluate``).
 
 Windows: the stream is cut into frame-aligned windows of ``seq_len`` input bits (a multiple of 9).
 Window ``k`` reads bits ``[s_k, s_k + seq_len)`` and position ``p`` predicts bit ``s_k + p + 1``, so

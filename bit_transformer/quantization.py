@@ -13,14 +13,9 @@ Scheme (shared by export, the loader and QAT, so they agree bit for bit on the i
 - Everything else (LayerNorms, biases, the 2-way head, ACT halting units) stays float32: < 1% of the
   weights, and the head/halting units make the logits and discrete halting decisions.
 
-Artifact: a directory (written to a temporary sibling, then renamed) holding ``model.int8.safetensors``
-(int8 weights, float32 scales, int8 zero points, float32 rest; the config is repeated in its metadata so
-the file alone suffices) and ``config.json``. No pickle anywhere: safetensors + JSON.
-
-Loading rebuilds a BitTransformerLM whose block linears are ``torch.ao.nn.quantized.dynamic.Linear``
-modules, packed from the stored integers, so CPU inference runs real int8 GEMMs (fbgemm / onednn).
-Where no quantized engine exists (``backend='reference'``, or torch without one), ``Int8Linear``
-emulates the same numerics in float32 (same integers, same 7-bit dynamic activation rounding).
+The artifact (``model.int8.safetensors`` + ``config.json``, no pickle) and how loading packs it into
+``torch.ao.nn.quantized.dynamic.Linear`` (or the float ``Int8Linear`` emulation with ``backend='reference'``)
+are described in docs/engine.md (INT8 export).
 
 QAT: ``prepare_qat`` swaps those linears (and embeddings) for subclasses that fake-quantize their
 weights with exactly the rule above and a straight-through estimator; the linears also fake-quantize

@@ -5,7 +5,7 @@
 ``finalize(server)`` runs after every tool is registered: it strips docstring indentation from descriptions,
 drops pydantic's per-property titles from input schemas, and shrinks output schemas to their top-level field
 names and JSON types (no nested ``$defs``): the result fields are named in each tool's description, and the
-nested detail is documented there and in the README.
+nested detail is documented there and in docs/server.md.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The suite runner: isolation (a failing, hanging or missing benchmark does not stop the suite), stale
-results, the README block replacement and the registry."""
+results, the generated block in docs/benchmarks.md and the registry."""
 
 import json
 import subprocess
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import suite
-from benchmarks.suite import BEGIN, END, REGISTRY, Bench, replace_block, run_one, run_suite, update_readme
+from benchmarks.suite import BEGIN, END, REGISTRY, Bench, replace_block, run_one, run_suite, table, update_docs
 
 
 @pytest.fixture(autouse=True)
@@ -87,19 +87,39 @@ def test_replace_block(tmp_path):
         replace_block(f"{END}\n{BEGIN}", "x")
 
 
-def test_update_readme_writes_table_and_plot(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"top\n{BEGIN}\n{END}\nbottom\n")
+def test_update_docs_writes_table_and_plot(tmp_path):
+    doc = tmp_path / "docs" / "benchmarks.md"
+    doc.parent.mkdir()
+    doc.write_text(f"top\n{BEGIN}\n{END}\nbottom\n")
     plot = tmp_path / "q.png"
     plot.write_bytes(b"\x89PNG fake")
     figure = tmp_path / "docs" / "figures" / "quality.png"
     entries = [{"name": "quality", "mode": "full", "plot": str(plot)}]
-    written = update_readme(readme, "| new |", entries, figure=figure)
-    assert readme.read_text() == f"top\n{BEGIN}\n| new |\n{END}\nbottom\n"
+    written = update_docs(doc, "| new |", entries, figure=figure)
+    assert doc.read_text() == f"top\n{BEGIN}\n| new |\n{END}\nbottom\n"
     assert figure.read_bytes() == b"\x89PNG fake" and str(figure) in written
     with pytest.raises(ValueError, match="quick-mode"):
-        update_readme(readme, "| x |", [{"name": "amp", "mode": "quick"}], figure=figure)
-    assert "| new |" in readme.read_text()  # a refused update leaves the README alone
+        update_docs(doc, "| x |", [{"name": "amp", "mode": "quick"}], figure=figure)
+    assert "| new |" in doc.read_text()  # a refused update leaves the page alone
+    with pytest.raises(ValueError, match=r"benchmarks\.md must contain"):
+        replace_block("", "x", where="docs/benchmarks.md")  # the error names the page to fix
+
+
+def test_the_table_links_from_docs_and_is_published_once(monkeypatch):
+    """The generated block lives in docs/benchmarks.md only; its links resolve from that folder."""
+    monkeypatch.setattr(suite, "PUBLISHED", suite.ROOT / "docs" / "benchmarks" / "suite.json")
+    machine = {"cpu": "x", "cpu_count": 2, "torch": "t", "python": "p", "date": "2026-01-01", "threads": 1}
+    entry = {"name": "quality", "what": "w", "command": "c", "summary": "s", "status": "ok", "plot": "p.png",
+             "started": "2026-01-01T00:00:00+00:00"}
+    block = table([entry], machine, doc=suite.DOC)
+    assert "](benchmarks/suite.json)" in block and "](figures/quality.png)" in block
+    assert "--update-docs" in block
+    for target in ("benchmarks/suite.json", "figures/quality.png"):
+        assert (suite.DOC.parent / target).is_file(), target
+    docs = suite.DOC.read_text()
+    assert docs.count(BEGIN) == 1 and docs.count(END) == 1
+    readme = (suite.ROOT / "README.md").read_text()
+    assert BEGIN not in readme and "quality.png" not in readme  # no second copy of the figures
 
 
 def test_a_partial_run_keeps_the_published_rows_and_publishes_its_own(tmp_path, _published):
@@ -114,9 +134,9 @@ def test_a_partial_run_keeps_the_published_rows_and_publishes_its_own(tmp_path, 
     rows = {e["name"]: e["summary"] for e in result["entries"]}
     assert rows == {"good": "fast: 2.00x", "old": "1.5x"}  # this run's result replaces the published one
     assert "2026-01-02 to " in result["table"] and "| what old | `c` | 1.5x |" in result["table"]
-    readme = tmp_path / "README.md"
-    readme.write_text(f"{BEGIN}\n{END}\n")
-    written = update_readme(readme, result["table"], result["entries"], figure=tmp_path / "fig.png")
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"{BEGIN}\n{END}\n")
+    written = update_docs(doc, result["table"], result["entries"], figure=tmp_path / "fig.png")
     assert str(_published) in written
     published = {e["name"]: e for e in json.loads(_published.read_text())["entries"]}
     assert published["good"]["summary"] == "fast: 2.00x" and published["good"]["commit"] == suite.git_commit()
@@ -142,3 +162,10 @@ def test_cli_plan_and_bad_names():
     bad = subprocess.run([sys.executable, "-m", "benchmarks", "nonsense"], capture_output=True, text=True,
                          cwd=suite.ROOT)
     assert bad.returncode == 2 and "unknown benchmark" in bad.stderr
+    for flag in ("--update-docs", "--update-readme"):  # the old spelling is an alias of the new one
+        quick = subprocess.run([sys.executable, "-m", "benchmarks", flag, "--quick", "codec"], capture_output=True,
+                               text=True, cwd=suite.ROOT)
+        assert quick.returncode == 2 and "--update-docs writes the published numbers" in quick.stderr, flag
+    missing = subprocess.run([sys.executable, "-m", "benchmarks", "--update-docs", "--doc", "nowhere.md", "codec"],
+                             capture_output=True, text=True, cwd=suite.ROOT)
+    assert missing.returncode == 2 and "nowhere.md" in missing.stderr
