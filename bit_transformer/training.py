@@ -3,8 +3,9 @@
 One *update* is one optimizer step over ``accum_steps`` micro-batches (the last group of an epoch may be shorter:
 it still steps, its loss scaled by its real size). ``plan_training`` fixes the number of updates and the LR
 schedule spans exactly that, so the final LR is the last update's. The parts live beside this file:
-``sampler.UpdateBatches`` yields the groups, ``train_state.TrainState`` counts, ``checkpointer.Checkpointer``
-saves and resumes, ``parallel.Parallel`` owns DDP/FSDP, ``train_loss`` computes each micro-batch's loss.
+``sampler.UpdateBatches`` yields the groups, ``train_state.TrainState`` counts, ``validator.Validator`` scores
+held-out windows and applies the safety gate, ``checkpointer.Checkpointer`` saves and resumes, ``parallel.Parallel``
+owns DDP/FSDP, ``train_loss`` computes each micro-batch's loss.
 Events go to ``callback(event, payload)`` and, as JSON lines, to ``out_dir/metrics.jsonl`` (unless
 ``metrics_log=False``: the MCP worker keeps the one event log of a job); ``train.tensorboard`` adds event files.
 """
@@ -33,7 +34,6 @@ from .model import BitTransformerLM
 from .parallel import (
     Parallel,
     any_rank,
-    broadcast_float,
     dist_env,
     init_distributed,
     local_main_first,
@@ -42,13 +42,13 @@ from .parallel import (
 from .plan import plan_training
 from .quantization import apply_qat
 from .records import EvalMetrics, GateDecision, GrowthEvent, StepMetrics, TrainPlan, TrainResult
-from .safety import SafetyGate
 from .sampler import UpdateBatches, UpdateGroup
 from .schedule import PlateauSignal, build_schedule, cosine_ramp, warmup_updates
 from .selective_compile import compile_blocks
 from .telemetry import TelemetrySummary, sample_telemetry
-from .train_loss import LN2, eval_indices, micro_batch_loss, validation_loss
+from .train_loss import LN2, micro_batch_loss
 from .train_state import TrainState, capture_rng, restore_rng
+from .validator import Validator
 
 __all__ = ["EvalMetrics", "StepMetrics", "TrainPlan", "TrainResult", "Trainer", "plan_training"]
 
@@ -82,6 +82,7 @@ class Trainer:
         if model is not None:  # e.g. after scale_up: the model's architecture wins
             cfg = cfg.model_copy(update={"model": model.cfg})
         self.cfg = cfg
+        self._owns_group = False  # True while this Trainer holds a process group it created
         self._join_group()
         if corpus is None:
             with local_main_first(self.dist):  # one process per machine builds the cache; the others read it
@@ -96,7 +97,7 @@ class Trainer:
         self.last_eval: EvalMetrics | None = None
 
     def _join_group(self) -> None:
-        self._owns_group = init_distributed(self.dist, self.device) or getattr(self, "_owns_group", False)
+        self._owns_group = init_distributed(self.dist, self.device) or self._owns_group
 
     def _datasets(self) -> None:
         from .data import BitWindowDataset
@@ -164,7 +165,6 @@ class Trainer:
         self._emit("plan", plan)
         batches = UpdateBatches(self.train_set, t, rank=self.dist.rank, world_size=self.dist.world_size,
                                 pin_memory=self.device.type == "cuda")
-        val_idx = eval_indices(len(self.val_set), t.eval_batches * t.batch_size) if self.val_set is not None else []
         ramp_len = warmup_updates(t.warmup_frac, plan.total_updates)
         clock = _Clock(state.update)
         last_step: StepMetrics | None = None
@@ -184,8 +184,8 @@ class Trainer:
                 status, reason = "gated", f"non-finite training loss/gradients for {bad_updates} updates in a row"
                 break
             final = state.update == plan.total_updates
-            if val_idx and (state.update % t.eval_every == 0 or final):
-                decision = self._evaluate(val_idx)
+            if self.validator.due(state.update, final=final):
+                decision = self._evaluate()
                 if decision.triggered:
                     status, reason = "gated", f"safety gate: {decision.reason}"
                     break
@@ -216,7 +216,7 @@ class Trainer:
         self.parallel = Parallel(self.model, t.distributed, self.dist, self.device)
         self.optimizer = self._optimizer()
         self.schedule = build_schedule(t, plan.total_updates)
-        self.gate = SafetyGate(t.safety)
+        self.validator = Validator(self.val_set, t, self.dist, self.device)
         self.np_rng = np.random.default_rng([t.seed, self.dist.rank])
         self.state, self.last_eval = TrainState(), None
         if loaded is None:
@@ -229,7 +229,7 @@ class Trainer:
         if loaded.scheduler_state:
             self.schedule.load_state_dict(loaded.scheduler_state)
         if saved.get("gate"):
-            self.gate.load_state_dict(saved["gate"])
+            self.validator.gate.load_state_dict(saved["gate"])
         self.state.load_state_dict(saved)
         saved_world = int(saved.get("world_size", 1))
         if saved_world != self.dist.world_size:
@@ -299,17 +299,12 @@ class Trainer:
         return metrics, ok
 
     # ------------------------------------------------------------------------------------------ eval / grow / save
-    def _evaluate(self, val_idx: list[int]) -> GateDecision:
-        loss = float("nan")
-        if self.dist.is_main or self.parallel.sharded:  # a sharded model needs every rank in its forward
-            loss = validation_loss(self.model, self.val_set, val_idx, self.cfg.train.batch_size, self.device,
-                                   self.plan.precision, objective=self.cfg.train.objective,
-                                   schedule=self.cfg.train.diffusion_schedule)
-        loss = broadcast_float(loss, self.dist, self.device)  # every rank keeps identical gate/schedule state
+    def _evaluate(self) -> GateDecision:
+        """Validate; then let a plateau schedule react, and keep the best model so far."""
         update = self.state.update
-        decision = self.gate.observe(loss=loss)
-        self.last_eval = EvalMetrics(update=update, val_loss=loss, val_bpb=loss * FRAME_BITS / LN2, gate=decision)
-        self._emit("eval", self.last_eval)
+        self.last_eval = ev = self.validator.run(self.model, update, self.plan.precision, sharded=self.parallel.sharded)
+        self._emit("eval", ev)
+        loss, decision = ev.val_loss, ev.gate
         if decision.triggered:
             return decision
         signal: PlateauSignal | None = self.schedule.observe(update - 1, loss)
@@ -352,7 +347,7 @@ class Trainer:
         ev = self.last_eval
         state = {**self.state.state_dict(), "total_updates": self.plan.total_updates, "seed": self.cfg.train.seed,
                  "world_size": self.dist.world_size, "val_loss": ev.val_loss if ev else None,
-                 "val_bpb": ev.val_bpb if ev else None, "gate": self.gate.state_dict(), "rng": rng_js}
+                 "val_bpb": ev.val_bpb if ev else None, "gate": self.validator.gate.state_dict(), "rng": rng_js}
         info = self.checkpoints.save(kind, update=self.state.update, parallel=self.parallel, optimizer=self.optimizer,
                                      config=self.cfg, schedule=self.schedule, state=state, tensors=rng_tensors,
                                      last_eval=ev)
