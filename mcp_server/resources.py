@@ -10,7 +10,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 
 from . import playbook_hook as hook
 from .dashboard.data import compressor_baselines, to_bpb
-from .events import EventReader
+from .events import Evaluated, Event, EventReader, Step
 from .workspace import WorkspaceError
 
 
@@ -44,7 +44,7 @@ def register(server: MCPServer, app) -> None:
     @server.resource("bt://jobs/{job_id}/loss.png", name="job-loss-curve", mime_type="image/png",
                      description="Training and validation bits per byte of a job, with gzip/bzip2/xz lines, as PNG.")
     def loss_png(job_id: str) -> bytes:
-        events = EventReader(job_dir(job_id) / "metrics.jsonl").read_new()
+        events = EventReader(job_dir(job_id) / "metrics.jsonl").read_events()
         job = app.jobs.get(job_id)
         baselines = compressor_baselines(app, job.record, block=True) if job is not None else None
         return loss_curve_png(events, title=job_id, baselines=baselines)
@@ -80,19 +80,18 @@ def register(server: MCPServer, app) -> None:
             raise ResourceNotFoundError(str(err)) from err
 
 
-def loss_curve_figure(events: list[dict], title: str = "", baselines: dict[str, float] | None = None):
+def loss_curve_figure(events: list[Event], title: str = "", baselines: dict[str, float] | None = None):
     """Training loss and validation (dots) in bits per byte against the update, with compressor lines."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display; safe in a server thread
     from matplotlib.figure import Figure
 
-    def points(kind: str, key: str) -> list[tuple[int, float]]:
-        rows = [(e["data"].get("update"), to_bpb(e["data"].get(key))) for e in events
-                if e.get("event") == kind and isinstance(e.get("data"), dict)]
-        return [(u, v) for u, v in rows if u is not None and v is not None]
+    def points(rows: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        return [(u, v) for u, v in ((u, to_bpb(loss)) for u, loss in rows) if v is not None]
 
-    steps, evals = points("step", "loss"), points("eval", "val_loss")
+    steps = points([(e.data.update, e.data.loss) for e in events if isinstance(e, Step)])
+    evals = points([(e.data.update, e.data.val_loss) for e in events if isinstance(e, Evaluated)])
     fig = Figure(figsize=(6.4, 3.6), dpi=100)
     ax = fig.add_subplot()
     if steps:
@@ -114,7 +113,7 @@ def loss_curve_figure(events: list[dict], title: str = "", baselines: dict[str, 
     return fig
 
 
-def loss_curve_png(events: list[dict], title: str = "", baselines: dict[str, float] | None = None) -> bytes:
+def loss_curve_png(events: list[Event], title: str = "", baselines: dict[str, float] | None = None) -> bytes:
     buf = io.BytesIO()
     loss_curve_figure(events, title, baselines).savefig(buf, format="png")
     return buf.getvalue()

@@ -18,6 +18,7 @@ from bit_transformer.records import EvalMetrics, TrainPlan
 from ..budget import EVALS_CAP, HISTORY_CAP
 from ..dashboard import URI as DASHBOARD_URI
 from ..events import downsample
+from ..job import TrainRequest
 from ..jobs import TERMINAL, Job, JobBusyError
 from ..views import EvalBrief, GateBrief, JobList, JobSummary, JobView, PlanDetail, ProgressView, StepBrief
 from .common import guarded, read_only, writes
@@ -199,12 +200,12 @@ def register(server: MCPServer, app) -> None:
             raise ToolError(f"job {busy.id} is {busy.status} (update {busy.update()}/{busy.total_updates() or '?'}); "
                             f"one training job at a time: wait with get_job('{busy.id}', wait_s=50) or "
                             f"cancel_job('{busy.id}') first")
-        request = {**_request(app, steps, epochs, resume, fresh), "processes": processes}
+        request = _request(app, steps, epochs, resume, fresh, processes)
         try:
             job = jobs.start(request)
         except JobBusyError as err:
             raise ToolError(f"job {err} is already running; one training job at a time") from err
-        if request.get("init_name"):
+        if request.init_name:
             app.ws.update_state(init_checkpoint=None)  # consumed by this run
         await wait(job, wait_s, ctx)
         return reply(job_view(job))
@@ -302,7 +303,9 @@ def resume_source(app, resume: bool | str) -> Job:
     return same_run[-1]  # the run's newest job carries its latest config and request
 
 
-def _request(app, steps: int | None, epochs: int | None, resume: bool | str, fresh: bool) -> dict[str, Any]:
+def _request(app, steps: int | None, epochs: int | None, resume: bool | str, fresh: bool,
+             processes: int = 1) -> TrainRequest:
+    """The job's TrainRequest (the job manager adds where it runs: run, out_dir, cache_dir)."""
     cfg = app.config()
     if isinstance(resume, str) and resume.strip().lower() in ("true", "false", ""):
         resume = resume.strip().lower() == "true"
@@ -311,8 +314,8 @@ def _request(app, steps: int | None, epochs: int | None, resume: bool | str, fre
         req = prev.record.request
         if steps is None and epochs is None:
             steps, epochs = req.steps, req.epochs
-        return {"config": req.config, "steps": steps, "epochs": epochs, "resume": True,
-                "run": prev.run, "resumes": prev.id, "init_checkpoint": None}
+        return TrainRequest(config=req.config, steps=steps, epochs=epochs, resume=True, run=prev.run,
+                            resumes=prev.id, processes=processes)
     init_name = None if fresh else app.ws.load_state().init_checkpoint
     init_path = None
     if init_name:
@@ -324,5 +327,5 @@ def _request(app, steps: int | None, epochs: int | None, resume: bool | str, fre
                             "train a new model of the current config")
         init_name, init_path = name, str(path)
     cfg = app.ws.confine_config(cfg, check_files=True)  # the worker gets absolute paths inside the workspace
-    return {"config": cfg.model_dump(mode="json"), "steps": steps, "epochs": epochs, "resume": False,
-            "init_checkpoint": init_path, "init_name": init_name}
+    return TrainRequest(config=cfg.model_dump(mode="json"), steps=steps, epochs=epochs, init_checkpoint=init_path,
+                        init_name=init_name, processes=processes)

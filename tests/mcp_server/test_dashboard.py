@@ -122,9 +122,9 @@ async def test_loss_png_plots_bits_per_byte_with_validation_and_compressors(trai
     from mcp_server.events import EventReader
     from mcp_server.resources import loss_curve_figure
 
-    events = EventReader(trained_ws / "jobs" / "job-0001" / "metrics.jsonl").read_new()
-    steps = [e["data"] for e in events if e["event"] == "step"]
-    evals = [e["data"] for e in events if e["event"] == "eval"]
+    events = EventReader(trained_ws / "jobs" / "job-0001" / "metrics.jsonl").read_events()
+    steps = [e.data.model_dump() for e in events if e.event == "step"]
+    evals = [e.data.model_dump() for e in events if e.event == "eval"]
     fig = loss_curve_figure(events, "job-0001", {"gzip": 3.1, "bzip2": 2.4, "xz": 2.5})
     ax = fig.axes[0]
     assert ax.get_ylabel() == "bits per byte"
