@@ -4,9 +4,9 @@ Layout (created on first use)::
 
     <root>/config.json              the current RunConfig (what patch_config edits)
     <root>/state.json               which checkpoint is current / starts the next run, last telemetry
-    <root>/jobs/<job_id>/job.json   a job's record (status, request, plan, result)
-    <root>/jobs/<job_id>/request.json   what the worker process is asked to do
-    <root>/jobs/<job_id>/metrics.jsonl  every event the worker emitted, one JSON object per line
+    <root>/jobs/<job_id>/job.json   a job's record (status, pid, latest plan/step/eval, result; no config)
+    <root>/jobs/<job_id>/request.json   what the worker process is asked to do (its TrainRequest, config included)
+    <root>/jobs/<job_id>/metrics.jsonl  every event the worker emitted, one typed JSON object per line
     <root>/jobs/<job_id>/worker.log     the worker's stdout/stderr (tracebacks go here)
     <root>/runs/<run>/              a Trainer output directory: one per fresh training run; a resumed job
                                     continues in the directory of the run it resumes
