@@ -268,3 +268,19 @@ def test_export_int8_then_evaluate_the_artifact(trained, capsys):
     # The artifact carries the run config, so generate gets the safety floors from it.
     assert main(["generate", "--checkpoint", str(out), "--prompt", "Line", "--max_bytes", "4", "--seed", "1"]) == 0
     assert "parity ok" in capsys.readouterr().err
+
+
+def test_export_int8_measures_quality_and_skips_it_with_a_note_when_the_corpus_is_gone(trained, capsys):
+    assert main(["export-int8", "--checkpoint", str(trained.run), "--out", str(trained.tmp / "q-eval"),
+                 "--eval-bytes", "100", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["eval_bytes"] == 100 and info["bpb_delta"] == pytest.approx(info["bpb_int8"] - info["bpb_fp32"])
+    moved = trained.text.with_suffix(".away")
+    trained.text.rename(moved)  # the checkpoint's corpus file is gone: the export still works, the check is skipped
+    try:
+        assert main(["export-int8", "--checkpoint", str(trained.run), "--out", str(trained.tmp / "q-none"),
+                     "--cache_dir", str(trained.tmp / "empty-cache"), "--json"]) == 0
+    finally:
+        moved.rename(trained.text)
+    out = capsys.readouterr()
+    assert json.loads(out.out)["bpb_delta"] is None and "quality check skipped" in out.err
