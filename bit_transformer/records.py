@@ -123,3 +123,18 @@ class CorpusInfo(BaseModel):
     cache_hit: bool = Field(description="True when the bit cache was reused.")
     cache_note: str | None = Field(None, description="Why an existing cache entry was rebuilt, if it was.")
     load_s: float | None = None
+
+
+class TelemetrySummary(BaseModel):
+    """K/C/S of one forward pass (means over batch rows) plus attention and ACT statistics."""
+
+    K_input: float = Field(description="Negentropy 1 - H2(p1) of the input bits.")
+    C_input: float = Field(description="Normalized LZ76 complexity of the input bits.")
+    K_pred: float = Field(description="Negentropy of the predicted probabilities P(bit = 1).")
+    C_pred: float = Field(description="Normalized LZ76 complexity of the most likely predicted bits.")
+    S: float = Field(description="Symbiosis exp(-KL(observed || predicted)) of the next-bit predictions.")
+    attention_entropy: list[list[float]] = Field(
+        default_factory=list, description="Mean attention entropy in bits, per layer, per head."
+    )
+    mean_layers_used: float | None = Field(None, description="ACT: mean number of layers a position computed.")
+    halting_mean: float | None = Field(None, description="ACT: mean halting probability over positions and layers.")

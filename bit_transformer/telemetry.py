@@ -26,9 +26,9 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
 
 from .model import ForwardTelemetry
+from .records import TelemetrySummary
 
 log = logging.getLogger(__name__)
 
@@ -127,21 +127,6 @@ def lz_proxy(pred_probs: torch.Tensor) -> torch.Tensor:
     has a gradient. Used only by :func:`telemetry_loss`; reported C values are always true LZ76.
     """
     return binary_entropy(_as_float_tensor(pred_probs)).mean(dim=-1)
-
-
-class TelemetrySummary(BaseModel):
-    """K/C/S of one forward pass (means over batch rows) plus attention and ACT statistics."""
-
-    K_input: float = Field(description="Negentropy 1 - H2(p1) of the input bits.")
-    C_input: float = Field(description="Normalized LZ76 complexity of the input bits.")
-    K_pred: float = Field(description="Negentropy of the predicted probabilities P(bit = 1).")
-    C_pred: float = Field(description="Normalized LZ76 complexity of the most likely predicted bits.")
-    S: float = Field(description="Symbiosis exp(-KL(observed || predicted)) of the next-bit predictions.")
-    attention_entropy: list[list[float]] = Field(
-        default_factory=list, description="Mean attention entropy in bits, per layer, per head."
-    )
-    mean_layers_used: float | None = Field(None, description="ACT: mean number of layers a position computed.")
-    halting_mean: float | None = Field(None, description="ACT: mean halting probability over positions and layers.")
 
 
 def _predicted_p1(logits: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,7 @@ from bit_transformer.records import (
     EvalMetrics,
     GrowthEvent,
     StepMetrics,
+    TelemetrySummary,
     TrainPlan,
     TrainResult,
 )
@@ -67,11 +68,8 @@ class LoaderFacts(BaseModel):
     train_windows: int | None = None
 
 
-class TelemetrySample(BaseModel):
-    """K/C/S sampled at a validation: the update and the fields of ``bit_transformer.telemetry.TelemetrySummary``
-    (kept open: that model lives beside torch, which the server does not import to read a log)."""
-
-    model_config = ConfigDict(extra="allow")
+class TelemetrySample(TelemetrySummary):
+    """K/C/S sampled at a validation (``Trainer.telemetry_sample``), with the update it followed."""
 
     update: int | None = None
 
