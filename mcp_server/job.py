@@ -210,6 +210,10 @@ SUMMARY = frozenset(("worker", "data", "loader_len", "plan", "last_step", "last_
 REPLAYED = frozenset(("history", "evals", "checkpoints", "growth", "plateaus", "telemetry"))
 
 
+class RequestDamaged(ValueError):
+    """A job's request.json cannot be read (and no older copy exists): the job manager rebuilds it."""
+
+
 def _request(job_dir: Path, raw: dict[str, Any]) -> TrainRequest:
     """request.json; for a job.json of the previous layout, its own request + config copy when that is missing."""
     try:
@@ -217,7 +221,7 @@ def _request(job_dir: Path, raw: dict[str, Any]) -> TrainRequest:
     except (OSError, ValueError) as err:
         old = raw.get("request")
         if not isinstance(old, dict) or not isinstance(raw.get("config"), dict):
-            raise ValueError(f"{REQUEST_FILE} is missing or invalid ({err})") from err
+            raise RequestDamaged(f"{REQUEST_FILE} is missing or invalid ({err})") from err
         return TrainRequest.model_validate({**{k: v for k, v in old.items() if k in TrainRequest.model_fields},
                                             "config": raw["config"]})
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .job import ACTIVE, REQUEST_FILE, TERMINAL, Job, JobRecord, TrainRequest, load_record
+from .job import ACTIVE, REQUEST_FILE, TERMINAL, Job, JobRecord, RequestDamaged, TrainRequest, load_record
 from .worker import CANCEL_FILE, DISK_FULL_EXIT, EXIT_FILE, FOLLOW_SESSION_ENV, disk_full_reason, is_disk_full
 from .workspace import Workspace, atomic_write_json, read_json
 
@@ -72,7 +72,11 @@ class JobManager:
             if not path.is_file():
                 continue
             try:
-                record, stale = load_record(d)
+                try:
+                    record, stale = load_record(d)
+                except RequestDamaged as err:
+                    self._rebuild_request(d, str(err))
+                    record, stale = load_record(d)
             except (OSError, ValueError) as err:
                 log.warning("skipping unreadable job %s: %s", d.name, err)
                 continue
@@ -86,6 +90,33 @@ class JobManager:
                     continue
                 self._mark_interrupted(job)
             self._jobs[job.id] = job
+
+    def _rebuild_request(self, job_dir: Path, why: str) -> None:
+        """A damaged request.json must not hide the job (its status, metrics and checkpoints are intact): keep the
+        file as ``request.json.bad-<ts>``, write a request with the config of the run's newest checkpoint (else
+        the workspace config), and leave a notice saying so."""
+        raw = read_json(job_dir / "job.json")
+        if not isinstance(raw, dict):
+            raise ValueError("job.json is not an object")
+        run = str(raw.get("checkpoint") or "").split("/")[0] or job_dir.name
+        config, source = self.ws.load_config_dict(), "the workspace config"
+        ckpts = self.ws.entries(self.ws.runs_dir / run / "checkpoints", what="checkpoint", files=("meta.json",))
+        for ckpt in reversed([c for c in ckpts if c.name.startswith("update-")]):
+            meta = ckpt / "meta.json"
+            with contextlib.suppress(OSError, ValueError):
+                data = read_json(meta) if meta.is_file() else None
+                if isinstance(data, dict) and isinstance(data.get("config"), dict):
+                    config, source = data["config"], f"checkpoint {run}/{ckpt.name}"
+                    break
+        request = TrainRequest(config=config, run=run, out_dir=str(self.ws.runs_dir / run),
+                               cache_dir=str(self.ws.cache_dir))
+        if (job_dir / REQUEST_FILE).exists():
+            self.ws._set_aside(job_dir / REQUEST_FILE, why, f"job {job_dir.name} keeps its status and metrics; its "
+                               f"config was rebuilt from {source}")
+        else:
+            self.ws.add_notice(f"{job_dir.name}/{REQUEST_FILE}", f"{job_dir.name}/{REQUEST_FILE} was missing; the "
+                               f"job keeps its status and metrics, its config was rebuilt from {source}")
+        atomic_write_json(job_dir / REQUEST_FILE, request.model_dump(mode="json"))
 
     def _attach(self, job: Job) -> None:
         """Watch a job a previous server started (its worker is alive and is that job's, pid and start time

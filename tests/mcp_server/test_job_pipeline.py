@@ -202,14 +202,33 @@ def test_an_old_format_job_dir_still_loads(tmp_path, with_request_json):
     assert load_record(d)[0].request.config == OLD_CONFIG
 
 
-def test_an_old_job_dir_without_any_config_is_skipped(tmp_path, caplog):
+def test_a_damaged_request_json_keeps_the_job_and_says_what_replaced_it(tmp_path):
     ws = Workspace(tmp_path / "ws")
-    d = _old_job_dir(ws.root, "job-0003", with_request_json=False)
+    d = _old_job_dir(ws.root, "job-0003", with_request_json=True)
+    raw = json.loads((d / "job.json").read_text())
+    (d / "job.json").write_text(json.dumps({k: v for k, v in raw.items() if k not in ("config", "request")}))
+    (d / "request.json").write_text('{"config": {"mod')  # the one copy of the config, torn by a crash
+    ckpt = ws.runs_dir / "job-0003" / "checkpoints" / "update-0000002"
+    ckpt.mkdir(parents=True)
+    (ckpt / "meta.json").write_text(json.dumps({"config": OLD_CONFIG}))
+    job = JobManager(ws).get("job-0003")
+    assert job is not None and job.status == "completed" and job.update() == 2  # status and metrics intact
+    assert job.record.request.config == OLD_CONFIG and job.run == "job-0003"
+    assert [p.name for p in d.glob("request.json.bad-*")]  # the damaged file is kept, not overwritten
+    notes = " ".join(ws.pending_notices())
+    assert "request.json was damaged" in notes and "checkpoint job-0003/update-0000002" in notes
+
+
+def test_an_old_job_dir_without_any_config_gets_the_workspace_config(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    d = _old_job_dir(ws.root, "job-0004", with_request_json=False)
     raw = json.loads((d / "job.json").read_text())
     del raw["config"]
     (d / "job.json").write_text(json.dumps(raw))
-    assert JobManager(ws).get("job-0003") is None
-    assert "job-0003" in caplog.text and "request.json" in caplog.text
+    job = JobManager(ws).get("job-0004")
+    assert job is not None and job.status == "completed"
+    assert "job-0004/request.json was missing" in " ".join(ws.pending_notices())
+    assert "the workspace config" in " ".join(ws.pending_notices())
 
 
 def test_a_diverged_loss_reads_nan_in_the_compact_view(tmp_path):
