@@ -203,3 +203,42 @@ def test_every_documented_command_exists(monkeypatch):
                 bad.append(f"{page}: no file {arg}")
     assert seen == set(heads), f"the docs show no command for {set(heads) - seen}"
     assert not bad, "commands in the docs that the code does not have:\n" + "\n".join(bad)
+
+
+DOTTED = re.compile(r"`((?:bit_transformer|mcp_server|playbook|benchmarks)(?:\.[A-Za-z_]\w*)+)")
+
+
+def _resolves(name: str) -> bool:
+    """``a.b.c`` is a module, or an attribute of the longest importable module prefix."""
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        module = ".".join(parts[:i])
+        try:
+            if importlib.util.find_spec(module) is None:
+                continue
+        except ModuleNotFoundError:
+            continue
+        obj = importlib.import_module(module)
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+# Short forms the docs use for engine names: `quantization.apply_qat`, `checkpoint.build_model`, ...
+# (not the module names that are also config sections or result fields: `model.layers`, `plan.precision`, ...)
+ENGINE = {p.stem for p in (ROOT / "bit_transformer").glob("*.py")} - {"__init__", "__main__", "model", "config",
+                                                                     "plan", "data"}
+SHORT = re.compile(r"`(" + "|".join(sorted(ENGINE)) + r")\.([A-Za-z_]\w*)(?![\w.])")
+FILES = ("py", "json", "safetensors", "md", "png", "txt", "sh")
+
+
+def test_every_dotted_api_name_exists():
+    """`bit_transformer.data.builtin_text`, `quantization.apply_qat`, ...: each name the docs cite is importable."""
+    names = {(page.name, name) for page in PAGES for name in DOTTED.findall(page.read_text())}
+    names |= {(page.name, f"bit_transformer.{mod}.{attr}") for page in PAGES
+              for mod, attr in SHORT.findall(page.read_text()) if attr not in FILES}
+    bad = sorted(f"{page}: {name}" for page, name in names if not _resolves(name.rstrip(".")))
+    assert not bad, "names in the docs that the code does not have:\n" + "\n".join(bad)
