@@ -242,3 +242,12 @@ def test_every_dotted_api_name_exists():
               for mod, attr in SHORT.findall(page.read_text()) if attr not in FILES}
     bad = sorted(f"{page}: {name}" for page, name in names if not _resolves(name.rstrip(".")))
     assert not bad, "names in the docs that the code does not have:\n" + "\n".join(bad)
+
+
+def test_the_readme_shows_what_ci_runs():
+    """CI (.ci/run) runs "the README's test command" and main job: both must be in the README, as CI calls them."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for command in ("bash scripts/test.sh", "bash scripts/main.sh"):
+        assert command in ci, f".ci/run no longer calls {command!r}: update the README's Tests section with it"
+        assert command in readme, f"README.md must show {command!r}, the command CI runs"
