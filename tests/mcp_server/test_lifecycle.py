@@ -60,7 +60,10 @@ async def test_cancel_saves_a_checkpoint_that_resume_continues(tiny_ws):
 
 @pytest.mark.slow
 async def test_shutdown_interrupts_and_resume_continues(tiny_ws):
-    async with Client(new_server(tiny_ws)) as c:
+    from mcp_server.app import build_server
+
+    # Jobs tied to the session (--jobs-follow-session): the behaviour from before jobs outlived their server.
+    async with Client(build_server(tiny_ws, jobs_follow_session=True)) as c:
         await call(c, "patch_config", {"patch": LONG})
         job = await call(c, "train", {"steps": 5000})
         await _wait_for_update(c, job["job_id"], 1)
