@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_parsers import parser_of
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
@@ -63,24 +65,6 @@ def test_every_relative_link_resolves(page):
             elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
                 bad.append(f"{target}: no heading with anchor #{anchor} in {file.name}")
     assert not bad, f"{page.name}: broken links:\n" + "\n".join(bad)
-
-
-class _Captured(Exception):
-    def __init__(self, parser: argparse.ArgumentParser):
-        self.parser = parser
-
-
-def _parser_of(entry, monkeypatch) -> argparse.ArgumentParser:
-    """The parser an entry point builds, taken when it parses (nothing runs)."""
-    def grab(self, *args, **kwargs):
-        raise _Captured(self)
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", grab)
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", grab)
-    try:
-        entry()
-    except _Captured as got:
-        return got.parser
-    raise AssertionError(f"{entry} never parsed its arguments")
 
 
 def _options(parser: argparse.ArgumentParser) -> tuple[dict[str, argparse.Action], dict[str, argparse.ArgumentParser]]:
@@ -177,9 +161,9 @@ def test_every_documented_command_exists(monkeypatch):
 
     parsers = {
         "bit-transformer": build_parser()[0],
-        "bit-transformer-mcp": _parser_of(lambda: server_args([]), monkeypatch),
-        "playbook": _parser_of(lambda: playbook_args(["list"]), monkeypatch),
-        "benchmarks": _parser_of(lambda: bench_main([]), monkeypatch),
+        "bit-transformer-mcp": parser_of(lambda: server_args([]), monkeypatch),
+        "playbook": parser_of(lambda: playbook_args(["list"]), monkeypatch),
+        "benchmarks": parser_of(lambda: bench_main([]), monkeypatch),
     }
     heads = {
         "bit-transformer": [("bit-transformer",), ("-m", "bit_transformer")],

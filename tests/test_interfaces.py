@@ -15,26 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_parsers import parser_of
+
 SNAPSHOT = Path(__file__).with_name("interfaces.json")
 UPDATE = "BT_UPDATE_INTERFACES=1 .venv/bin/python -m pytest tests/test_interfaces.py"
-
-
-class _Captured(Exception):
-    def __init__(self, parser: argparse.ArgumentParser):
-        self.parser = parser
-
-
-def _capture(parse_args, monkeypatch) -> argparse.ArgumentParser:
-    """The parser an entry point builds, taken at its parse_args call (no entry point needs changing)."""
-    def grab(self, *args, **kwargs):
-        raise _Captured(self)
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", grab)
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", grab)
-    try:
-        parse_args()
-    except _Captured as got:
-        return got.parser
-    raise AssertionError("the entry point never parsed its arguments")
 
 
 def _flags(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, list[str]]:
@@ -56,8 +40,8 @@ def current(monkeypatch) -> dict:
     from playbook.__main__ import parse_args as playbook_args
 
     cli = {"bit-transformer": _flags(build_parser()[0]),
-           "bit-transformer-mcp": _flags(_capture(lambda: server_args([]), monkeypatch)),
-           "python -m playbook": _flags(_capture(lambda: playbook_args(["list"]), monkeypatch))}
+           "bit-transformer-mcp": _flags(parser_of(lambda: server_args([]), monkeypatch)),
+           "python -m playbook": _flags(parser_of(lambda: playbook_args(["list"]), monkeypatch))}
     fields = {}
     for section, info in RunConfig.model_fields.items():
         model = info.annotation
