@@ -9,7 +9,6 @@ so ``tensorboard --logdir runs`` shows every run's curves.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Protocol
@@ -17,8 +16,8 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from .config import FRAME_BITS, TrainConfig
+from .train_loss import LN2
 
-LN2 = math.log(2.0)
 TENSORBOARD_HINT = ("train.tensorboard=true needs the tensorboard package: pip install 'bit-transformer[tensorboard]' "
                     "(or set train.tensorboard=false)")
 
