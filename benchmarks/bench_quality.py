@@ -123,13 +123,13 @@ def framed_main(a: argparse.Namespace, argv) -> dict:
 
     from benchmarks.quality_harness import Job, train_for_budget
     from bit_transformer.evaluate import evaluate_bits
-    from bit_transformer.model import BitTransformerLM
+    from bit_transformer.factory import build_model
 
     cfg = build_config(a)
     corpus = load_corpus(cfg.data, a.out / "cache")
     train_bits, val_bits = np.asarray(corpus.train), np.asarray(corpus.val)
     torch.manual_seed(a.seed)
-    model = BitTransformerLM(cfg.model)
+    model = build_model(cfg.model)
     L, offsets = cfg.model.max_seq_len, np.arange(cfg.model.max_seq_len + 1)
     ctx = a.eval_context_bits if a.eval_context_bits is not None else (L * 3 // 4) // 9 * 9
 

@@ -109,11 +109,11 @@ def framed_width(flat_cfg, target: int) -> int:
     """The framed model's d_model (a multiple of nhead) whose parameter count is closest to ``target``."""
     import torch
 
-    from bit_transformer.model import BitTransformerLM
+    from bit_transformer.factory import build_model
 
     def params(d: int) -> int:
         with torch.device("meta"):
-            return BitTransformerLM(flat_cfg.model_copy(update={"arch": "framed", "d_model": d})).num_parameters()
+            return build_model(flat_cfg.model_copy(update={"arch": "framed", "d_model": d})).num_parameters()
 
     widths = range(flat_cfg.nhead, 4 * flat_cfg.d_model + 1, flat_cfg.nhead)
     return min(widths, key=lambda d: abs(params(d) - target))
@@ -126,15 +126,15 @@ def bit_job(a, train_bits, val_bits, arch: str = "flat"):
     from benchmarks.quality_harness import Job
     from bit_transformer.config import ModelConfig
     from bit_transformer.evaluate import evaluate_bits
-    from bit_transformer.model import BitTransformerLM
+    from bit_transformer.factory import build_model
 
     cfg = ModelConfig(layers=a.layers, d_model=a.d_model, nhead=a.nhead, max_seq_len=a.seq_len, dropout=0.0,
                       full_attn_logging=False)
-    target = BitTransformerLM(cfg).num_parameters()
+    target = build_model(cfg).num_parameters()
     if arch == "framed":
         cfg = cfg.model_copy(update={"arch": "framed", "d_model": framed_width(cfg, target)})
     torch.manual_seed(a.seed)
-    model = BitTransformerLM(cfg)
+    model = build_model(cfg)
     L, offsets = a.seq_len, np.arange(a.seq_len + 1)
 
     def batch(idx):
@@ -166,10 +166,10 @@ def byte_job(a, train_bytes, val_bytes):
     from benchmarks.byte_baseline import VOCAB, evaluate_bytes, matched_byte_model
     from benchmarks.quality_harness import Job
     from bit_transformer.config import ModelConfig
-    from bit_transformer.model import BitTransformerLM
+    from bit_transformer.factory import build_model
 
     bit_cfg = ModelConfig(layers=a.layers, d_model=a.d_model, nhead=a.nhead, max_seq_len=a.seq_len, dropout=0.0)
-    target = BitTransformerLM(bit_cfg).num_parameters()
+    target = build_model(bit_cfg).num_parameters()
     torch.manual_seed(a.seed)
     model, diff = matched_byte_model(bit_cfg, target)
     L, offsets = model.context, np.arange(model.context + 1)

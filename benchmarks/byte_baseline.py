@@ -1,6 +1,6 @@
 """A byte-level causal transformer with the bit model's parameter count: the quality baseline.
 
-The blocks are BitTransformerLM's own (``bit_transformer.model.Block``: pre-LN, SDPA causal attention,
+The blocks are BitTransformerLM's own (``bit_transformer.block.BlockStack``: pre-LN, SDPA causal attention,
 GELU MLP, the same initialisation), so the two models differ only where the bit-level choice lives:
 the byte model embeds one of 256 byte values per position (+ a learned position) and predicts the next
 byte with a 256-way head, the bit model embeds one bit per position and predicts the next bit. Depth
@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bit_transformer.block import BlockStack, init_weights
 from bit_transformer.config import ModelConfig
 from bit_transformer.evaluate import window_starts
-from bit_transformer.model import BitTransformerLM, Block
 
 VOCAB = 256
 
@@ -42,13 +42,9 @@ class ByteTransformer(nn.Module):
         self.tok_emb = nn.Embedding(VOCAB, d_model)
         self.pos_emb = nn.Embedding(context, d_model)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(self.cfg) for _ in range(layers))
-        self.ln_f = nn.LayerNorm(d_model)
+        self.stack = BlockStack(self.cfg)
         self.head = nn.Linear(d_model, VOCAB)
-        self.apply(BitTransformerLM._init)
-        for block in self.blocks:  # the same GPT-2 style residual scaling as the bit model
-            for proj in block.residual_projections:
-                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * layers))
+        init_weights(self, self.stack)  # the bit model's initialisation (GPT-2 style residual scaling)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -58,9 +54,7 @@ class ByteTransformer(nn.Module):
         if length > self.context:
             raise ValueError(f"input has {length} bytes but the context is {self.context}")
         h = self.drop(self.tok_emb(x.long()) + self.pos_emb(torch.arange(length, device=x.device)))
-        for block in self.blocks:
-            h = block(h)
-        return self.head(self.ln_f(h))
+        return self.head(self.stack(h)[0])
 
 
 def byte_params(layers: int, d_model: int, context: int, ff_dim: int | None = None) -> int:

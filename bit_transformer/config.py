@@ -57,6 +57,17 @@ class ModelConfig(_Strict):
     act_threshold: float = Field(0.99, gt=0.0, le=1.0, description="Cumulative halting mass that stops a position.")
     ponder_weight: float = Field(0.01, ge=0.0, description="Weight of the ACT ponder cost in the loss.")
     checkpointing: bool = Field(False, description="Recompute each block's activations in backward.")
+    block: Literal["classic", "modern"] = Field(
+        "classic",
+        description="classic: LayerNorm, learned absolute positions, GELU, biases. modern: RMSNorm, rotary "
+        "positions with QK-norm, ReLU^2 MLP, no biases, zero-initialised residual writers (flat models keep the "
+        "position-in-frame embedding). Needs an even head_dim.",
+    )
+    mlp: Literal["auto", "gelu", "relu2", "swiglu"] = Field(
+        "auto",
+        description="MLP activation; auto = gelu for block='classic', relu2 for 'modern'. swiglu adds a gate "
+        "matrix (3 instead of 2 d_model x dim_feedforward weights).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -66,6 +77,10 @@ class ModelConfig(_Strict):
                 f"d_model ({self.d_model}) must be divisible by nhead ({self.nhead}); "
                 f"e.g. nhead={_largest_divisor(self.d_model, self.nhead)}"
             )
+        if self.block == "modern" and self.head_dim % 2:
+            even = _largest_divisor(self.d_model // 2, self.nhead)
+            problems.append(f"block='modern' rotates pairs of head dims: head_dim = d_model / nhead "
+                            f"({self.head_dim}) must be even, e.g. nhead={even}")
         if self.chunk_size is None and self.overlap:
             problems.append("overlap needs chunk_size: set chunk_size or set overlap to 0")
         if self.chunk_size is not None and self.overlap >= self.chunk_size:
@@ -89,6 +104,13 @@ class ModelConfig(_Strict):
     @property
     def ff_dim(self) -> int:
         return self.dim_feedforward or 4 * self.d_model
+
+    @property
+    def mlp_kind(self) -> str:
+        """Resolved `mlp`: the activation the MLP uses."""
+        if self.mlp == "auto":
+            return "relu2" if self.block == "modern" else "gelu"
+        return self.mlp
 
     @property
     def attn_logging(self) -> bool:

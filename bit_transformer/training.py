@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from .checkpointer import Checkpointer
 from .config import FRAME_BITS, RunConfig
 from .device import autocast, resolve_device
+from .factory import build_model
 from .metrics_log import open_sinks
 from .model import BitTransformerLM
 from .parallel import (
@@ -90,7 +91,7 @@ class Trainer:
         self.corpus = corpus
         self._datasets()
         torch.manual_seed(cfg.train.seed)
-        model = model if model is not None else BitTransformerLM(cfg.model)
+        model = model if model is not None else build_model(cfg.model)
         self.model = apply_qat(model) if cfg.train.qat else model
         self.plan: TrainPlan | None = None  # each fit() plans, counts and checkpoints afresh
         self.state = TrainState()

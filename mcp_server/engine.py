@@ -72,10 +72,10 @@ class Engine:
         if key not in self._params:
             import torch
 
-            from bit_transformer.model import BitTransformerLM
+            from bit_transformer.factory import build_model
 
             with torch.device("meta"):  # no memory, no init cost: just the shapes
-                self._params[key] = BitTransformerLM(model_cfg).num_parameters()
+                self._params[key] = build_model(model_cfg).num_parameters()
         return self._params[key]
 
     def plan(self, cfg, n_windows: int, *, steps: int | None = None, epochs: int | None = None) -> PlanDetail:
@@ -215,12 +215,12 @@ class Engine:
         """An untrained model of ``cfg.model`` (seeded), for inspection before any training."""
         import torch
 
+        from bit_transformer.factory import build_model
         from bit_transformer.memory_limits import check_fits
-        from bit_transformer.model import BitTransformerLM
 
         check_fits(cfg, purpose="building")  # never build in the server what the machine cannot hold
         torch.manual_seed(cfg.train.seed)
-        return BitTransformerLM(cfg.model).eval()
+        return build_model(cfg.model).eval()
 
 
 def corpus_info(corpus, load_s: float | None = None) -> CorpusInfo:

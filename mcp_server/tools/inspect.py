@@ -113,9 +113,9 @@ def register(server: MCPServer, app) -> None:
 
             new_cfg = ModelConfig.model_validate(wanted)
             if new_cfg != model.cfg:
-                from bit_transformer.model import BitTransformerLM
+                from bit_transformer.factory import build_model
 
-                clone = BitTransformerLM(new_cfg)
+                clone = build_model(new_cfg)
                 # Attention settings change no parameter shapes; only a bidirectional clone has a MASK vector
                 # (unused here: the probe reads clean bits), which a causal source lacks and the reverse.
                 result = clone.load_state_dict(model.state_dict(), strict=False)

@@ -10,7 +10,7 @@ from benchmarks.flops import attention_pairs, forward_flops, matmul_params, trai
 from benchmarks.reference_model import ReferenceTransformer
 from bit_transformer.attention import dense_chunk_mask
 from bit_transformer.config import ModelConfig
-from bit_transformer.model import BitTransformerLM
+from bit_transformer.factory import build_model
 
 
 def _cfg(**kw) -> ModelConfig:
@@ -42,12 +42,12 @@ def test_reference_mask_is_dense_and_additive():
                                 {"dim_feedforward": 24}])
 def test_reference_parameter_count_equals_ours(kw):
     cfg = _cfg(**kw)
-    assert ReferenceTransformer.like(cfg).num_parameters() == BitTransformerLM(cfg).num_parameters()
+    assert ReferenceTransformer.like(cfg).num_parameters() == build_model(cfg).num_parameters()
 
 
 def test_act_adds_only_the_halting_units():
     cfg = _cfg(act=True)
-    extra = BitTransformerLM(cfg).num_parameters() - ReferenceTransformer.like(cfg).num_parameters()
+    extra = build_model(cfg).num_parameters() - ReferenceTransformer.like(cfg).num_parameters()
     assert extra == cfg.layers * (cfg.d_model + 1)
 
 
@@ -92,7 +92,7 @@ def test_byte_param_formula_and_matching():
     for layers, d, ctx in [(1, 8, 4), (4, 60, 16), (2, 32, 8)]:
         assert byte_params(layers, d, ctx) == ByteTransformer(layers, d, 2, ctx).num_parameters()
     bit_cfg = ModelConfig(layers=4, d_model=64, nhead=2, max_seq_len=144, dropout=0.0)
-    target = BitTransformerLM(bit_cfg).num_parameters()
+    target = build_model(bit_cfg).num_parameters()
     model, diff = matched_byte_model(bit_cfg, target)
     assert model.context == 16 and model.cfg.layers == 4 and model.cfg.nhead == 2
     ratio = model.num_parameters() / target - 1

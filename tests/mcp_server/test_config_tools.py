@@ -35,7 +35,7 @@ async def test_tool_listing_has_fixed_names_schemas_and_annotations(tmp_path):
 async def test_patch_config_returns_changes_and_derived_facts(tmp_path):
     from bit_transformer.config import RunConfig
     from bit_transformer.data import BitWindowDataset, load_corpus
-    from bit_transformer.model import BitTransformerLM
+    from bit_transformer.factory import build_model
 
     ws = tmp_path / "ws"
     async with Client(new_server(ws)) as c:
@@ -45,7 +45,7 @@ async def test_patch_config_returns_changes_and_derived_facts(tmp_path):
         assert out["applied"] is True
         cfg = RunConfig.model_validate(out["config"])
         # Derived facts are true numbers: compare with the engine directly.
-        assert out["derived"]["params"] == BitTransformerLM(cfg.model).num_parameters()
+        assert out["derived"]["params"] == build_model(cfg.model).num_parameters()
         windows = len(BitWindowDataset(load_corpus(cfg.data, tmp_path / "c").train, cfg.model.max_seq_len))
         plan = out["derived"]["plan"]
         assert out["derived"]["train_windows"] == windows
