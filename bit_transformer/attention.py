@@ -167,8 +167,9 @@ class SelfAttention(nn.Module):
         positions starting at ``offset``)."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.nhead, self.head_dim).permute(2, 0, 3, 1, 4)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        if self.q_norm is not None:  # gains cast to q's dtype: under autocast q is bf16 (fused kernel)
+            q, k = (F.rms_norm(t, (self.head_dim,), n.weight.to(t.dtype), n.eps)
+                    for t, n in ((q, self.q_norm), (k, self.k_norm)))
         if self.rotary:
             q, k = rotary(q, offset), rotary(k, offset)
         return q, k, v

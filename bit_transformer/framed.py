@@ -104,7 +104,8 @@ class FramedBitTransformerLM(BitTransformerLM):
 
         With a KV cache the positions continue after the cached ones (decoding: one frame per call)."""
         B = frames.shape[0]
-        x = self.frame_in(frames.to(self.start.dtype) * 2.0 - 1.0)
+        # the residual stream stays in the parameters' dtype under autocast (as the flat model's embeddings)
+        x = self.frame_in(frames.to(self.start.dtype) * 2.0 - 1.0).to(self.start.dtype)
         if start:
             x = torch.cat([self.start.to(x.dtype).expand(B, 1, -1), x], dim=1)
         offset = self.kv_cache.length if self.kv_cache is not None else 0
