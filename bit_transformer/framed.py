@@ -80,6 +80,7 @@ class FramedBitTransformerLM(BitTransformerLM):
     initialisation, with frames in (``frame_in``, ``start``) and byte logits out."""
 
     OUTPUTS = BYTES
+    ARCH = "framed"
 
     def __init__(self, cfg: ModelConfig):
         if cfg.max_seq_len % FRAME_BITS:

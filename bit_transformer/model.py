@@ -53,7 +53,12 @@ class BitTransformerLM(nn.Module):
 
     OUTPUTS = 2  # next-bit logits
 
+    ARCH = "flat"
+
     def __init__(self, cfg: ModelConfig):
+        if cfg.arch != self.ARCH:
+            raise ValueError(f"{type(self).__name__} is the arch={self.ARCH!r} model but the config says "
+                             f"arch={cfg.arch!r}: build models with bit_transformer.factory.build_model(cfg)")
         super().__init__()
         self.cfg = cfg
         self._build_inputs(cfg)

@@ -41,6 +41,10 @@ def _spread_halting(model: BitTransformerLM) -> None:
 def test_config_selects_the_framed_model_and_names_the_length_fix():
     assert type(framed()) is FramedBitTransformerLM and isinstance(framed(), BitTransformerLM)
     assert type(build_model(ModelConfig(layers=1, d_model=16, nhead=2))) is BitTransformerLM
+    with pytest.raises(ValueError, match="build_model"):  # a class that does not match the config refuses
+        BitTransformerLM(ModelConfig(arch="framed", layers=1, d_model=16, nhead=2))
+    with pytest.raises(ValueError, match="build_model"):
+        FramedBitTransformerLM(ModelConfig(layers=1, d_model=16, nhead=2))
     for field, value, fix in (("max_seq_len", 100, "max_seq_len=99"), ("chunk_size", 40, "chunk_size=36"),
                               ("overlap", 4, "overlap=9")):
         kw = {"chunk_size": 72} if field == "overlap" else {}
