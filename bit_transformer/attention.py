@@ -82,16 +82,18 @@ def _window_mask(T: int, chunk: int, overlap: int, causal: bool, device) -> torc
 ROPE_BASE = 10000.0
 
 
-def rotary(x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """Rotate x (B, H, T, E) by positions offset..offset+T-1: the dim pair (2i, 2i+1) is a complex number turned
-    by angle pos * ROPE_BASE^(-2i/E). One complex multiply (several times cheaper on CPU than the half-split
-    form); computed in at least float32 and returned in x's dtype."""
-    T, E = x.shape[-2], x.shape[-1]
+def rotary(x: torch.Tensor, offset: int = 0, seq_dim: int = -2) -> torch.Tensor:
+    """Rotate x (..., E) by positions offset..offset+T-1 along ``seq_dim``: the dim pair (2i, 2i+1) is a complex
+    number turned by angle pos * ROPE_BASE^(-2i/E). One complex multiply (several times cheaper on CPU than the
+    half-split form); computed in at least float32 and returned in x's dtype."""
+    T, E = x.shape[seq_dim], x.shape[-1]
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
     inv_freq = ROPE_BASE ** (-torch.arange(0, E, 2, device=x.device, dtype=work.dtype) / E)
     angle = torch.arange(offset, offset + T, device=x.device, dtype=work.dtype)[:, None] * inv_freq
-    turned = torch.view_as_complex(work.contiguous().reshape(*x.shape[:-1], E // 2, 2)) * torch.polar(
-        torch.ones_like(angle), angle)
+    shape = [1] * x.dim()
+    shape[seq_dim], shape[-1] = T, E // 2
+    cis = torch.polar(torch.ones_like(angle), angle).view(shape)
+    turned = torch.view_as_complex(work.contiguous().reshape(*x.shape[:-1], E // 2, 2)) * cis
     return torch.view_as_real(turned).flatten(-2).to(x.dtype)
 
 
@@ -168,12 +170,15 @@ class SelfAttention(nn.Module):
         """x (B, T, D) -> q, k, v (B, H, T, head_dim) as attention uses them (QK-norm and rotary applied,
         positions starting at ``offset``)."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.nhead, self.head_dim).permute(2, 0, 3, 1, 4)
-        if self.q_norm is not None:  # gains cast to q's dtype: under autocast q is bf16 (fused kernel)
-            q, k = (F.rms_norm(t, (self.head_dim,), n.weight.to(t.dtype), n.eps)
-                    for t, n in ((q, self.q_norm), (k, self.k_norm)))
+        qkv = self.qkv(x).view(B, T, 3, self.nhead, self.head_dim)
+        qk, v = qkv[:, :, :2], qkv[:, :, 2].transpose(1, 2)
+        # q and k together (B, T, 2, H, E): one norm, one multiply by their gains, one rotation
+        if self.q_norm is not None:
+            gains = torch.stack([self.q_norm.weight, self.k_norm.weight])[:, None].to(qk.dtype)
+            qk = F.rms_norm(qk, (self.head_dim,), eps=self.q_norm.eps) * gains
         if self.rotary:
-            q, k = rotary(q, offset), rotary(k, offset)
+            qk = rotary(qk, offset, seq_dim=1)
+        q, k = qk.permute(2, 0, 3, 1, 4)
         return q, k, v
 
     def _cached_step(self, kv: LayerKV, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
