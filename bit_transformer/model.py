@@ -51,9 +51,8 @@ class BitTransformerLM(nn.Module):
     """The flat model (one position per bit). Subclasses replace the input side (``_build_inputs``) and
     the output width (``OUTPUTS``); the stack, head and initialisation are shared."""
 
-    OUTPUTS = 2  # next-bit logits
-
     ARCH = "flat"
+    OUTPUTS = 2  # next-bit logits
 
     def __init__(self, cfg: ModelConfig):
         if cfg.arch != self.ARCH:
