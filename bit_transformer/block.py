@@ -157,9 +157,8 @@ def init_weights(model: nn.Module, stack: BlockStack) -> None:
     """The one initialisation of every model: N(0, 0.02) linears/embeddings and the model's own vectors,
     zero biases, then the residual writers: classic shrinks them with depth (GPT-2), modern zeroes them."""
     model.apply(_init_module)
-    for p in model._parameters.values():  # vectors owned by the model itself (framed: the start frame)
-        if p is not None:
-            nn.init.normal_(p, std=0.02)
+    for _, p in model.named_parameters(recurse=False):  # vectors the model owns itself (framed: the start frame)
+        nn.init.normal_(p, std=0.02)
     for block in stack.blocks:
         for proj in block.residual_projections:
             if stack.cfg.block == "modern":
