@@ -19,6 +19,7 @@ from mcp.server.mcpserver import MCPServer
 
 from .engine import Engine
 from .jobs import Job, JobManager
+from .playbook_job import PlaybookRuns
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class App:
         self.ws = Workspace(workspace)
         self.engine = Engine(self.ws)
         self.jobs = JobManager(self.ws, on_finish=self._on_finish, follow_session=jobs_follow_session)
+        self.playbook_runs = PlaybookRuns(self.ws)  # playbook_run: recipes on scratch workspaces
         self.config_lock = threading.Lock()
         self._config_cache: tuple[float, Any] | None = None
         self.config()  # create config.json with defaults on first start

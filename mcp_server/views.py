@@ -303,3 +303,30 @@ class DataPrepResult(CorpusInfo):
 class PlaybookView(Open):
     available: bool
     error: str | None = None
+
+
+class RunProgress(BaseModel):
+    done: int = Field(0, description="Recipes finished.")
+    total: int = 0
+    passed: int = 0
+    current: str | None = Field(None, description="The task running now.")
+
+
+class PlaybookRunView(BaseModel):
+    """A playbook run (playbook_run, or get_job on its id): where it runs, progress, then the PASS/FAIL table."""
+
+    job_id: str
+    kind: Literal["playbook"] = "playbook"
+    status: Literal["running", "completed", "cancelled", "failed"]
+    active: bool
+    where: str = Field(description="The scratch workspace it runs on; the user's work is untouched.")
+    runs: str = Field(description="What runs: phase or task, scale, recipe count.")
+    progress: RunProgress
+    reason: str | None = None
+    summary: str | None = Field(None, description="'13/13 recipes passed'.")
+    table: list[str] | None = Field(None, description="A row per recipe (id, PASS/FAIL, checks passed, seconds), "
+                                    "then its checks: 'step: path op expected (got measured)'; '!!' = failed.")
+    omitted: str | None = None
+    report: str = Field(description="The full JSON report, relative to the workspace.")
+    elapsed_s: float | None = None
+    next: str = ""

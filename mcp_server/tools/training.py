@@ -20,6 +20,7 @@ from ..dashboard import URI as DASHBOARD_URI
 from ..events import downsample
 from ..job import TrainRequest
 from ..jobs import TERMINAL, Job, JobBusyError
+from ..playbook_job import owns as is_playbook_run
 from ..views import EvalBrief, GateBrief, JobList, JobSummary, JobView, PlanDetail, ProgressView, StepBrief
 from .common import guarded, read_only, writes
 from .compact import reply
@@ -218,6 +219,10 @@ def register(server: MCPServer, app) -> None:
         the latest step (loss, bpb = bits per byte) and eval (val_bpb), gate state, checkpoint and next (under
         1 KB). Detail once, at the end: include=[plan, evals, result, ...] and history=N; every event is in
         resource bt://jobs/{job_id}/metrics. Mistake: polling with history or include (costs context each time)."""
+        if is_playbook_run(job_id):  # a playbook_run job: include=['result'] gives every check
+            from .playbook_run import poll
+
+            return await poll(app, job_id, wait_s=wait_s, detail=bool(include), ctx=ctx)
         job = find(job_id)
         await wait(job, wait_s, ctx)
         return reply(job_view(job, history=history, include=_includes(include)))
@@ -227,10 +232,17 @@ def register(server: MCPServer, app) -> None:
     def list_jobs(limit: Annotated[int, Field(ge=1, le=1000, description="Newest jobs to list.")] = 10
                   ) -> Annotated[CallToolResult, JobList]:
         """The newest jobs of this workspace (newest last): status, update/total, last val_bpb, checkpoint and the
-        reason a job ended. Use to find a job id or run to resume, or after a restart. total counts all jobs."""
-        every = jobs.all()
+        reason a job ended (playbook_run runs too). Use to find a job id or run to resume, or after a restart.
+        total counts all jobs."""
+        every = [(job.record.created_at, job) for job in jobs.all()]
+        every += [(run.created_at, run) for run in app.playbook_runs.all()]
         out = []
-        for job in every[-limit:]:
+        for _, job in sorted(every, key=lambda pair: pair[0])[-limit:]:
+            if not isinstance(job, Job):  # a playbook run: its scope instead of training numbers
+                out.append(JobSummary(job_id=job.job_id, status=job.status,
+                                      reason=_short(f"playbook {job.target} ({job.scale})"
+                                                    + (f": {job.reason}" if job.reason else ""))))
+                continue
             rec = job.record
             out.append(JobSummary(job_id=job.id, status=rec.status, update=job.update(),
                                   total_updates=job.total_updates(),
@@ -252,6 +264,10 @@ def register(server: MCPServer, app) -> None:
         """Stop a running job at the next step boundary; it saves a consistent, resumable checkpoint. Default job:
         the active one. Good result: status 'cancelled' with a checkpoint; train(resume=<run>) continues it.
         Works on jobs started by an earlier server too. Use force=true only for a worker that does not stop."""
+        if is_playbook_run(job_id):
+            from .playbook_run import cancel
+
+            return await cancel(app, job_id, wait_s=wait_s, ctx=ctx)
         job = jobs.get(job_id) if job_id else (jobs.active() or jobs.latest())
         if job is None:
             raise ToolError(f"unknown job_id {job_id!r}" if job_id else "no jobs yet: nothing to cancel")
