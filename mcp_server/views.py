@@ -46,6 +46,7 @@ class StepBrief(BaseModel):
     loss: Num | None = Field(None, description="Training loss (nats per bit).")
     bpb: float | None = Field(None, description="The same in bits per byte (loss x 9 / ln 2).")
     lr: float | None = None
+    bits_per_s: float | None = Field(None, description="Training throughput, bits per second.")
 
 
 class EvalBrief(BaseModel):
@@ -162,13 +163,14 @@ def derived_view(facts: DerivedFacts | None, detail: bool = False) -> DerivedVie
 class ConfigView(Open):
     config: dict[str, Any] = Field(description="The RunConfig: sections model, train, data (also bt://config).")
     derived: DerivedView | None = None
+    choices: dict[str, str] | None = Field(None, description="Allowed values of the enum fields, e.g. data.source.")
     path: str = Field(description="Where the config is stored, relative to the workspace.")
 
 
 class ChangedField(BaseModel):
     path: str = Field(description="Dotted field path, e.g. model.d_model.")
-    old: Any = None
-    new: Any = None
+    old: Any
+    new: Any  # required, so a field reset to null shows "new": null rather than no "new" at all
 
 
 MAX_CHANGES = 12  # patch_config lists at most this many changed fields (changed_count has them all)

@@ -8,7 +8,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult
 from pydantic import Field
 
-from ..config_ops import PatchError, apply_patch
+from ..config_ops import PatchError, apply_patch, choices
 from ..views import MAX_CHANGES, ChangedField, ConfigView, DataPrepResult, DerivedFacts, PatchResult, derived_view
 from ..workspace import WorkspaceError
 from .common import guarded, read_only, writes
@@ -30,13 +30,13 @@ def register(server: MCPServer, app) -> None:
         detail: Annotated[bool, Field(description="Full derived facts: the whole plan, memory breakdown, data "
                                       "facts.")] = False,
     ) -> Annotated[CallToolResult, ConfigView]:
-        """The current run configuration (sections model, train, data) and facts derived from it (params,
-        train_windows, plan.total_updates, memory_mb, notes). Call it first: patch_config takes the same shape.
-        Read derived.notes: they warn about settings that make training slow or impossible."""
+        """The run configuration (sections model, train, data), allowed values of its enum fields (choices) and
+        derived facts (params, train_windows, plan.total_updates, memory_mb; notes warn of slow or impossible
+        settings). Call it first: patch_config takes the same shape."""
         cfg = app.config()
         facts = derived_or_note(cfg) if derived else None
         return reply(ConfigView(config=cfg.model_dump(mode="json"), derived=derived_view(facts, detail),
-                                path=app.ws.rel(app.ws.config_path)))
+                                choices=choices(), path=app.ws.rel(app.ws.config_path)))
 
     @server.tool(annotations=writes("Patch the run configuration", destructive=True, idempotent=True))
     @guarded

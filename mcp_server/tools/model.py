@@ -55,11 +55,12 @@ def register(server: MCPServer, app) -> None:
         = 16384,
         checkpoint: Checkpoint = None,
         compressors: Annotated[bool, Field(description="Also report gzip/bzip2/xz bits per byte.")] = True,
+        detail: Annotated[bool, Field(description="Add by_phase: loss and accuracy per bit position.")] = False,
     ) -> Annotated[CallToolResult, EvalResult]:
-        """Bits per byte of the current model (or checkpoint=...) on the validation split (default), the training
-        split or given text: bits_per_byte over all 9 bit positions, data_bits_per_byte (the 8 data bits),
-        bit_accuracy, and gzip/bzip2/xz baselines. Good result: bits_per_byte below the compressors'. Use after
-        a job completed. Common mistake: no model yet (train first, or load_checkpoint)."""
+        """Bits per byte of the current model (or checkpoint=...) on the val split (default), train split or given
+        text: bits_per_byte (all 9 bit positions; the figure to compare with the gzip/bzip2/xz baselines, which get
+        the training text as context on val), data_bits_per_byte (8 data bits), bit_accuracy. Good result:
+        bits_per_byte below the compressors'. Needs a model: train or load_checkpoint first."""
         from bit_transformer.baselines import training_context
         from bit_transformer.evaluate import evaluate_bits, evaluate_text
 
@@ -79,6 +80,15 @@ def register(server: MCPServer, app) -> None:
                 source = split
         data = report.model_dump(mode="json")
         data.pop("telemetry", None)  # per-layer, per-head numbers grow with depth: telemetry(compute=true) has them
+        loss, accuracy = data.pop("loss_by_phase"), data.pop("accuracy_by_phase")
+        if detail:
+            data["by_phase"] = {"phases": "0-7: data bits, most significant first; 8: parity", "loss_nats": loss,
+                                "accuracy": accuracy}
+        if data.get("compressors"):
+            ctx = data.get("compressor_context_bytes") or 0
+            data["compare"] = ("bits_per_byte is the figure to compare with compressors (each one's bits per byte "
+                               "of the same bytes" + (f", given {ctx} bytes of the training text as context first)"
+                                                      if ctx else ", with no context)"))
         return reply(EvalResult(source=source, checkpoint=name, **data))
 
     @server.tool(annotations=writes("Generate text (records its telemetry)", destructive=False))
@@ -93,10 +103,11 @@ def register(server: MCPServer, app) -> None:
         mode: Annotated[Literal["auto", "causal", "diffusion"], Field(
             description="auto: the model's own; diffusion needs a denoising model.")] = "auto",
         steps: Annotated[int, Field(ge=1, le=1024, description="diffusion: unmasking rounds.")] = 32,
+        telemetry: Annotated[bool, Field(description="Add K/C/S telemetry of the generated bits.")] = False,
     ) -> Annotated[CallToolResult, GenerateResult]:
-        """Continue a prompt with parity-constrained sampling (every byte decodes): returns text, parity_ok, K/C/S
-        telemetry and the safety gate's verdict. Use seed=N for reproducible output, temperature=0 for greedy.
-        Common mistake: a large max_bytes on CPU is slow; start with 64 (sampling stops after 40 s, see stopped)."""
+        """Continue a prompt with parity-constrained sampling (every byte decodes): text, parity_ok and the safety
+        gate's verdict. seed=N reproduces, temperature=0 is greedy. A large max_bytes is slow on CPU: start with
+        64 (sampling stops after 40 s, see stopped)."""
         from bit_transformer.generate import generate as gen
 
         with engine.lock:
@@ -107,6 +118,10 @@ def register(server: MCPServer, app) -> None:
         app.ws.update_state(last_generation={"checkpoint": name, "time": time.time(), "C": data.get("C"),
                                              "S": data.get("S"), "telemetry": data.get("telemetry"),
                                              "verdict": data.get("verdict")})
+        data.pop("full_text", None)  # = prompt + text
+        if not telemetry:
+            for key in ("telemetry", "C", "S"):
+                data.pop(key, None)
         return reply(GenerateResult(checkpoint=name, **data))
 
     @server.tool(annotations=writes("Export an INT8 model", destructive=True, idempotent=True, open_world=True))

@@ -78,7 +78,8 @@ def job_view(job: Job, *, history: int = 0, include: list[str] | tuple[str, ...]
                               fraction=round(update / total, 4) if total else None,
                               eta_s=round(eta, 1) if eta is not None else None),
         step=StepBrief(update=update, loss=_round(step.loss),
-                       bpb=_bpb(step.raw_loss if step.raw_loss is not None else step.loss), lr=step.lr)
+                       bpb=_bpb(step.raw_loss if step.raw_loss is not None else step.loss), lr=step.lr,
+                       bits_per_s=round(step.bits_per_s) if math.isfinite(step.bits_per_s) else None)
         if step else None,
         eval=EvalBrief(update=ev.update, val_bpb=_round(ev.val_bpb, 4), val_loss=_round(ev.val_loss)) if ev else None,
         gate=_gate(ev), checkpoint=rec.checkpoint, run=job.run,
@@ -89,8 +90,9 @@ def job_view(job: Job, *, history: int = 0, include: list[str] | tuple[str, ...]
         "last_step": lambda: step,
         "evals": lambda: evals,
         "data": lambda: rec.data,
-        "result": lambda: rec.result and rec.result.model_copy(update={
-            "plan": _plan(job, rec.result.plan), "checkpoint": _named(job, rec.result.checkpoint)}),
+        # The outcome only: plan, last_step and last_eval are their own sections (not repeated here).
+        "result": lambda: rec.result and {**rec.result.model_dump(exclude={"plan", "last_step", "last_eval"}),
+                                          "checkpoint": _named(job, rec.result.checkpoint)},
         "request": lambda: rec.request.model_dump(include=set(REQUEST_KEYS), exclude_none=True),
         "runtime": lambda: rec.runtime,
         "checkpoints": lambda: checkpoints,

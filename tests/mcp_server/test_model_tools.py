@@ -39,7 +39,9 @@ async def test_generate_is_reproducible_and_parity_safe(trained_ws):
         b = await call(c, "generate", {"prompt": "def ", "max_bytes": 12, "seed": 7})
         assert a["text"] == b["text"] and a["new_bytes"] == 12 and a["parity_ok"] is True
         assert a["checkpoint"] == FINAL
-        assert "triggered" in a["verdict"] and "S" in a["telemetry"]
+        assert "triggered" in a["verdict"] and "telemetry" not in a and "full_text" not in a  # on request only
+        rich = await call(c, "generate", {"prompt": "def ", "max_bytes": 12, "seed": 7, "telemetry": True})
+        assert rich["text"] == a["text"] and "S" in rich["telemetry"]
         t = await call(c, "telemetry")
         assert t["last_generation"]["checkpoint"] == FINAL
         assert "top_p" in error_text(await c.call_tool("generate", {"prompt": "x", "top_p": 0}))

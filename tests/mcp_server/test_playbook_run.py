@@ -85,7 +85,7 @@ async def test_arguments_are_checked_and_one_run_at_a_time(tiny_ws):
 async def test_phase_1_through_one_call_passes_13_of_13_and_displaces_nothing(trained_ws):
     before = user_state(trained_ws)
     async with Client(new_server(trained_ws)) as c:
-        first, done, polls = await run_to_end(c, {"phase": 1})
+        _, done, polls = await run_to_end(c, {"phase": 1})
     assert done["status"] == "completed", done
     assert done["summary"] == "13/13 recipes passed" and done["progress"]["passed"] == 13, done["table"]
     rows = [line for line in done["table"] if not line.startswith(" ")]
