@@ -80,7 +80,7 @@ def build_server(workspace: str | Path = "bt_workspace", *, token: str | None = 
     from . import notices, prompts, resources
     from .auth import auth_kwargs
     from .tools import register_all
-    from .tools.dashboard import build_apps
+    from .tools.dashboard import build_apps, hide_app_only
 
     if jobs_follow_session is None:
         jobs_follow_session = os.environ.get("BT_JOBS_FOLLOW_SESSION") == "1"
@@ -105,6 +105,7 @@ def build_server(workspace: str | Path = "bt_workspace", *, token: str | None = 
         log_level=log_level.upper(),  # type: ignore[arg-type]
         **auth_kwargs(token, host, port),
         extensions=[build_apps(app)],  # MCP Apps: the live dashboard (tools/dashboard.py)
+        middleware=[hide_app_only],  # app-only tools stay out of a non-Apps client's (the model's) tool list
     )
     register_all(server, app)
     notices.install(server, app.ws)  # results tell the agent when a damaged config/state was replaced

@@ -318,17 +318,15 @@ class PlaybookRunView(BaseModel):
     """A playbook run (playbook_run, or get_job on its id): where it runs, progress, then the PASS/FAIL table."""
 
     job_id: str
-    kind: Literal["playbook"] = "playbook"
     status: Literal["running", "completed", "cancelled", "failed"]
     active: bool
     where: str = Field(description="The scratch workspace it runs on; the user's work is untouched.")
     runs: str = Field(description="What runs: phase or task, scale, recipe count.")
     progress: RunProgress
     reason: str | None = None
-    summary: str | None = Field(None, description="'13/13 recipes passed'.")
+    summary: str | None = Field(None, description="'13/13 recipes passed' (and how many checks are not shown).")
     table: list[str] | None = Field(None, description="A row per recipe (id, PASS/FAIL, checks passed, seconds), "
                                     "then its checks: 'step: path op expected (got measured)'; '!!' = failed.")
-    omitted: str | None = None
     report: str = Field(description="The full JSON report, relative to the workspace.")
     elapsed_s: float | None = None
     next: str = ""

@@ -229,11 +229,11 @@ def brief(report: RunReport | dict[str, Any], *, budget: int | None = None, deta
                 dropped += 1
     out["table"] = [line for head, shown in rows for line in (head, *(text for _, text in shown))]
     if dropped:
-        out["omitted"] = f"{dropped} checks not shown: include=['result'] lists every check"
+        out["omitted"] = f"{dropped} checks not shown (include=['result'] lists all)"
     return out
 
 
 def _size(out: dict[str, Any], rows: list, dropped: int) -> int:
     table = [line for head, shown in rows for line in (head, *(text for _, text in shown))]
-    extra = 64 if dropped else 0
+    extra = 56 if dropped else 0
     return len(json.dumps({**out, "table": table}, separators=(",", ":"), ensure_ascii=False).encode()) + extra

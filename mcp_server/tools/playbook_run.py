@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Annotated, Literal
+from typing import Annotated
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -21,6 +21,7 @@ from ..playbook_job import PlaybookRun
 from ..views import PlaybookRunView, RunProgress
 from .common import guarded, writes
 from .compact import dump, reply
+from .playbook import Scale
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
@@ -52,7 +53,9 @@ def view(app, run: PlaybookRun, *, detail: bool = False) -> PlaybookRunView:
         except (hook.PlaybookUnavailable, ValueError) as err:
             out.reason = f"{out.reason or ''} (report unreadable: {err})".strip()
         else:
-            out.summary, out.table, out.omitted = brief.get("summary"), brief.get("table"), brief.get("omitted")
+            omitted = brief.get("omitted")
+            out.summary = brief.get("summary", "") + (f"; {omitted}" if omitted else "")
+            out.table = brief.get("table")
     return out
 
 
@@ -106,17 +109,14 @@ def register(server: MCPServer, app) -> None:
         ctx: Context,
         task_id: Annotated[str | None, Field(max_length=40, description="One recipe, e.g. '6', 'sanity', 'A'.")]
         = None,
-        phase: Annotated[Literal[1, 2] | None, Field(description="Every recipe of this phase instead.")] = None,
-        scale: Annotated[Literal["smoke", "full"], Field(description="smoke: CPU-sized, minutes; full: the real "
-                                                         "run (hours).")] = "smoke",
-        wait_s: Annotated[float, Field(ge=0, le=300, description="Wait up to this long for it to end (<= 50).")]
-        = 0.0,
+        phase: Annotated[int | None, Field(ge=1, le=2, description="A whole phase instead.")] = None,
+        scale: Scale = "smoke",
+        wait_s: Annotated[float, Field(ge=0, le=300, description="Seconds to wait for its end (<= 50).")] = 0.0,
     ) -> Annotated[CallToolResult, PlaybookRunView]:
-        """Run a playbook recipe (task_id) or a whole phase yourself, with the checks python -m playbook run
-        makes, as a job: poll get_job(job_id, wait_s=50), cancel_job stops it. It runs on a scratch workspace
-        (playbook/<job_id>/) with its own server, so the user's config, checkpoint and jobs stay as they were.
-        Result: a PASS/FAIL row per recipe with its checks' expected and measured values ('!!' = failed).
-        Phase 1 at smoke takes minutes; one run at a time."""
+        """Run one recipe (task_id) or a phase with the playbook's own checks, as a job: poll get_job(job_id,
+        wait_s=50); cancel_job stops it. It runs on a scratch workspace (playbook/<job_id>/) with its own server:
+        the user's config, checkpoint and jobs are untouched. Result: a PASS/FAIL row per recipe, then checks
+        'expected (got measured)', '!!' = failed. Phase 1 smoke: minutes; one run at a time."""
         if (task_id is None) == (phase is None):
             raise ToolError("give task_id (one recipe, e.g. '6') or phase (1 or 2); playbook_list() shows them")
         try:

@@ -36,8 +36,8 @@ REQUEST_KEYS = ("steps", "epochs", "resume", "run", "resumes", "init_name", "pro
 
 JobId = Annotated[str | None, Field(description="Job id such as 'job-0001'; default: the newest job.",
                                     max_length=80)]
-WaitS = Annotated[float, Field(ge=0, le=300, description="Wait up to this many seconds for the job to end; keep "
-                               "<= 50 (client timeouts) and poll again.")]
+WaitS = Annotated[float, Field(ge=0, le=300, description="Seconds to wait for the job to end; <= 50 (client "
+                               "timeouts), then poll again.")]
 History = Annotated[int, Field(ge=0, le=HISTORY_CAP, description="Also return up to N step points (downsampled).")]
 Include = Annotated[list[Section], Field(description="Detail sections to add.")]
 
@@ -217,10 +217,10 @@ def register(server: MCPServer, app) -> None:
     @guarded
     async def get_job(ctx: Context, job_id: JobId = None, wait_s: WaitS = 0.0, history: History = 0,
                       include: Include = []) -> Annotated[CallToolResult, JobView]:  # noqa: B006 - never mutated
-        """Poll a job: get_job(job_id, wait_s=50) until active is false. Returns progress (update/total, eta_s),
-        the latest step (loss, bpb = bits per byte) and eval (val_bpb), gate state, checkpoint and next (under
-        1 KB). Detail once, at the end: include=[plan, evals, result, ...] and history=N; every event is in
-        resource bt://jobs/{job_id}/metrics. Mistake: polling with history or include (costs context each time)."""
+        """Poll a job: get_job(job_id, wait_s=50) until active is false. Compact: progress (update/total, eta_s),
+        latest step (loss, bpb = bits per byte, bits_per_s), eval (val_bpb), gate, checkpoint, next. Detail
+        once, at the end: include=[...], history=N (not while polling: it costs context each time); every event:
+        resource bt://jobs/{job_id}/metrics. A playbook_run id gives its PASS/FAIL table."""
         if is_playbook_run(job_id):  # a playbook_run job: include=['result'] gives every check
             from .playbook_run import poll
 
@@ -233,9 +233,8 @@ def register(server: MCPServer, app) -> None:
     @guarded
     def list_jobs(limit: Annotated[int, Field(ge=1, le=1000, description="Newest jobs to list.")] = 10
                   ) -> Annotated[CallToolResult, JobList]:
-        """The newest jobs of this workspace (newest last): status, update/total, last val_bpb, checkpoint and the
-        reason a job ended (playbook_run runs too). Use to find a job id or run to resume, or after a restart.
-        total counts all jobs."""
+        """The newest jobs (newest last; playbook_run runs too): status, update/total, last val_bpb, checkpoint,
+        why it ended. Use to find a job id or run to resume, e.g. after a restart."""
         every = [(job.record.created_at, job) for job in jobs.all()]
         every += [(run.created_at, run) for run in app.playbook_runs.all()]
         out = []
@@ -258,14 +257,13 @@ def register(server: MCPServer, app) -> None:
     async def cancel_job(
         ctx: Context,
         job_id: JobId = None,
-        wait_s: Annotated[float, Field(ge=0, le=300, description="Seconds to wait for the worker to stop and save "
-                                       "its checkpoint.")] = 15.0,
+        wait_s: Annotated[float, Field(ge=0, le=300, description="Seconds to wait for it to stop.")] = 15.0,
         force: Annotated[bool, Field(description="Kill the worker at once (no checkpoint; last saved one stays).")]
         = False,
     ) -> Annotated[CallToolResult, JobView]:
-        """Stop a running job at the next step boundary; it saves a consistent, resumable checkpoint. Default job:
-        the active one. Good result: status 'cancelled' with a checkpoint; train(resume=<run>) continues it.
-        Works on jobs started by an earlier server too. Use force=true only for a worker that does not stop."""
+        """Stop a job at the next step boundary with a resumable checkpoint (default: the active job; one an
+        earlier server started too). Good result: status 'cancelled'; train(resume=<run>) continues it.
+        force=true only for a worker that does not stop."""
         if is_playbook_run(job_id):
             from .playbook_run import cancel
 
