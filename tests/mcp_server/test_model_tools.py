@@ -21,6 +21,14 @@ async def test_evaluate_val_and_text(trained_ws):
         assert math.isclose(val["bits_per_byte"], val["data_bits_per_byte"] + val["parity_bits_per_byte"],
                             rel_tol=1e-3)
         assert set(val["compressors"]) == {"gzip", "bzip2", "xz"}
+        # Which figure compares with the compressors, and that they had the training text as context.
+        ctx = val["compressor_context_bytes"]
+        assert ctx > 0 and val["compare"].startswith("bits_per_byte is the figure to compare with compressors")
+        assert f"given {ctx} bytes of the training text as context" in val["compare"]
+        assert "loss_by_phase" not in val and "by_phase" not in val  # unlabelled arrays: on request, labelled
+        rich = await call(c, "evaluate", {"max_bytes": 300, "detail": True})
+        assert len(rich["by_phase"]["loss_nats"]) == len(rich["by_phase"]["accuracy"]) == 9
+        assert "8: parity" in rich["by_phase"]["phases"] and rich["bits_per_byte"] == val["bits_per_byte"]
         text = await call(c, "evaluate", {"text": "hello world, hello bits", "compressors": False})
         assert text["source"] == "text" and text["n_bytes"] == len("hello world, hello bits")
         train = await call(c, "evaluate", {"split": "train", "max_bytes": 200, "compressors": False})
