@@ -9,7 +9,7 @@ Everything goes through the run's folder ``<workspace>/playbook/<id>/``:
 
 - ``run.json``: the ``PlaybookRun`` record (what was asked, the process, the status once it ended);
 - ``report.json``: the CLI's report, rewritten before each recipe (``complete`` once it finished);
-- ``playbook.log``: the CLI's output (its table, progress lines); ``workspace/``: the scratch workspace and
+- ``run.log``: the CLI's output (its table, progress lines); ``workspace/``: the scratch workspace and
   its server log.
 
 Status is read when asked (get_job): the process (pid and start time, so a reused pid is never taken for it)
@@ -120,7 +120,7 @@ class PlaybookRuns:
             cmd = [self.python, "-m", "playbook", "run", *which, "--scale", scale, "--workspace",
                    str(d / "workspace"), "--report", str(d / "report.json")]
             env = {**os.environ, "PYTHONUNBUFFERED": "1", FOLLOW_SESSION: "1"}
-            with open(d / "playbook.log", "ab") as out:
+            with open(d / "run.log", "ab") as out:
                 # Detached like a training worker: its own session, no pipe to this server.
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True, cwd=str(d))
@@ -163,10 +163,10 @@ class PlaybookRuns:
         elif run.cancel_requested:
             run.status, run.reason = "cancelled", "cancel_job stopped it; the report holds the recipes run before"
         else:
-            tail = _tail(self.dir(run.job_id) / "playbook.log")
+            tail = _tail(self.dir(run.job_id) / "run.log")
             run.status = "failed"
             run.reason = (f"the playbook process ended without a complete report (exit code {run.exit_code}); "
-                          f"{self.rel(run.job_id, 'playbook.log')} ends: {tail}")
+                          f"{self.rel(run.job_id, 'run.log')} ends: {tail}")
         run.finished_at = time.time()
         self._save(run)
         return run
