@@ -32,7 +32,8 @@ Training runs as a background job (one at a time) that keeps running when this c
 get_job (compact; ask for detail once with include=[...]) and stop it with cancel_job (it saves a resumable
 checkpoint; train(resume=<run or job id>) continues). All files live in the server's workspace; names, never
 paths outside it, are accepted. playbook_list() / playbook_step(task_id) give the optimization playbook as
-ordered tool calls with expected results."""
+ordered tool calls with expected results; playbook_run(task_id or phase) runs and checks them itself, on a scratch
+workspace (the user's config and model are untouched), and returns a PASS/FAIL table."""
 
 
 class App:
