@@ -76,3 +76,26 @@ class BudgetPlanner:
             return None
         self.replans += 1
         return self.horizon(update, spent / done)
+
+
+def budget_advice(s_per_update: float, updates_per_epoch: int, *, time_budget: float | None,
+                  total_updates: int | None) -> str:
+    """One line for get_config: what the plan costs on this machine, and what to change for a budget."""
+    rate = f"{s_per_update:.3g} s/update here"
+    if time_budget is None:
+        eta = "" if total_updates is None else f"; {total_updates} updates take ~{_human(total_updates * s_per_update)}"
+        return f"{rate}{eta}; for a time limit set train.time_budget (train(minutes=M)): the schedule ends on time"
+    updates = max(1, math.floor(time_budget * SLACK / s_per_update))
+    epochs = updates / max(1, updates_per_epoch)
+    text = f"{rate}: time_budget {_human(time_budget)} is ~{updates} updates ({epochs:.2g} epochs)"
+    if updates < 300:
+        return text + "; few updates: a smaller model or batch_size learns more in this budget"
+    if epochs > 10:
+        return text + "; the data repeats >10x: a larger model (d_model, layers) may use this budget better"
+    return text
+
+
+def _human(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"

@@ -26,7 +26,8 @@ def register(server: MCPServer, app) -> None:
     @guarded
     def get_config(
         derived: Annotated[bool, Field(description="Also compute parameter count, train windows, the plan's update "
-                                       "counts and a memory estimate (the first call loads the data).")] = True,
+                                       "counts, a memory estimate and s_per_update/eta_s (the first call loads the "
+                                       "data; each new model/batch shape is timed once, ~1-2 s).")] = True,
         detail: Annotated[bool, Field(description="Full derived facts: the whole plan, memory breakdown, data "
                                       "facts.")] = False,
     ) -> Annotated[CallToolResult, ConfigView]:
@@ -34,7 +35,7 @@ def register(server: MCPServer, app) -> None:
         train_windows, plan.total_updates, memory_mb, notes). Call it first: patch_config takes the same shape.
         Read derived.notes: they warn about settings that make training slow or impossible."""
         cfg = app.config()
-        facts = derived_or_note(cfg) if derived else None
+        facts = app.engine.with_speed(cfg, derived_or_note(cfg)) if derived else None
         return reply(ConfigView(config=cfg.model_dump(mode="json"), derived=derived_view(facts, detail),
                                 path=app.ws.rel(app.ws.config_path)))
 
