@@ -25,12 +25,13 @@ MUON_LR_SCALING = "match_rms_adamw"
 
 def split_parameters(model: nn.Module) -> dict[str, str]:
     """Role of each trainable parameter, in model order: 'muon' (2-D matrices inside the blocks), 'decay' (other
-    2-D weights but embeddings), 'no_decay' (embeddings, norms, biases, any other vector)."""
+    2-D weights but embeddings, e.g. the head), 'no_decay' (embeddings, norms, biases, any other vector)."""
     roles: dict[str, str] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
             matrix = p.ndim == 2 and "emb" not in name
-            roles[name] = ("muon" if name.startswith("blocks.") else "decay") if matrix else "no_decay"
+            hidden = name.startswith("blocks.") and min(p.shape) > 1  # not a 1 x d unit such as ACT's halting
+            roles[name] = ("muon" if hidden else "decay") if matrix else "no_decay"
     return roles
 
 

@@ -36,6 +36,13 @@ def test_every_parameter_is_in_exactly_one_optimizer(arch):
     assert not any("emb" in by_id[id(p)] for p in decay["params"])  # embeddings are not decayed
 
 
+def test_vectors_shaped_as_matrices_stay_with_adamw():
+    model = BitTransformerLM(ModelConfig(layers=1, d_model=16, nhead=2, max_seq_len=36, act=True))
+    roles = split_parameters(model)
+    assert roles["blocks.0.halt.proj.weight"] == "decay"  # a 1 x d halting unit: Muon would just normalise it
+    assert roles["blocks.0.attn.qkv.weight"] == "muon" and roles["head.weight"] == "decay"
+
+
 def test_adamw_keeps_the_old_split_and_order():
     model = BitTransformerLM(ModelConfig(layers=1, d_model=16, nhead=2, max_seq_len=36))
     opt = build_optimizer(model, TrainConfig())

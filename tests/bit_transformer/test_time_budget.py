@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
 
+from bit_transformer import probe, training
 from bit_transformer.budget import SLACK, BudgetPlanner, parse_duration
 from bit_transformer.checkpoint import resolve_checkpoint
 from bit_transformer.model import BitTransformerLM
@@ -64,14 +66,25 @@ class ForwardClock:
     def __call__(self) -> float:
         return self.t
 
-    def attach(self, model: torch.nn.Module) -> torch.nn.Module:
-        def tick(*_):  # a plain function: the probe's deep copy of the model ticks the same clock
-            self.calls += 1
-            slow = self.slow_after is not None and self.calls > self.slow_after
-            self.t += self.slow_cost if slow else self.cost
+    def tick(self, *_) -> None:
+        self.calls += 1
+        slow = self.slow_after is not None and self.calls > self.slow_after
+        self.t += self.slow_cost if slow else self.cost
 
-        model.register_forward_pre_hook(tick)
+    def attach(self, model: torch.nn.Module) -> torch.nn.Module:
+        model.register_forward_pre_hook(lambda *_: self.tick())  # a lambda: the probe's deep copy ticks it too
         return model
+
+    def on_training_losses(self, monkeypatch) -> None:
+        """Tick on every training micro-batch (probe included) instead: for models the Trainer loads itself."""
+        real = training.micro_batch_loss
+
+        def ticking(*args, **kwargs):
+            self.tick()
+            return real(*args, **kwargs)
+
+        for module in (training, probe):
+            monkeypatch.setattr(module, "micro_batch_loss", ticking)
 
 
 def budget_run(tmp_path, text, clock: ForwardClock, budget: float, **train):
@@ -119,6 +132,29 @@ def test_the_budget_is_a_hard_stop(tmp_path, text):
     assert res.status == "completed" and "budget spent at update 91" in res.plan.budget_note
     assert res.updates_done == res.plan.total_updates == 91 and res.checkpoint.endswith("update-0000091")
     assert res.last_eval.update == 91 and 1.0 <= tr.state.budget_s <= 1.0 + 0.5
+
+
+def test_resume_continues_with_what_is_left_of_the_budget(tmp_path, text, monkeypatch):
+    clock = ForwardClock(0.01)
+    clock.on_training_losses(monkeypatch)  # the resumed run trains the checkpoint's model, not ours
+    cancel = threading.Event()
+    cfg = config(time_budget=2.0, lr_schedule="wsd", eval_every=1000)
+
+    def stop_at_50(event, payload):
+        if event == "step" and payload.update == 50:
+            cancel.set()
+
+    torch.manual_seed(0)
+    first = Trainer(cfg, tmp_path / "run", corpus=corpus(text, 40), model=BitTransformerLM(cfg.model),
+                    callback=stop_at_50, cancel=cancel, clock=clock)
+    assert first.fit().updates_done == 50 and 0.5 < first.state.budget_s < 0.6  # probe + 50 updates
+    events: list = []
+    second = Trainer(cfg, tmp_path / "run", corpus=corpus(text, 40), callback=lambda e, p: events.append((e, p)),
+                     clock=clock)
+    res = second.fit(resume=True)
+    assert res.status == "completed" and res.plan.start_update == 50 and res.plan.budget_note is None
+    assert 1.9 <= second.state.budget_s <= 2.0 and 180 <= res.updates_done <= 195
+    assert steps(events)[-1].lr == pytest.approx(second.schedule.final_lr)
 
 
 def test_the_probe_leaves_the_run_untouched(tmp_path, text):
