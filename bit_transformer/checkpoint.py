@@ -4,7 +4,8 @@ A checkpoint is a directory::
 
     <root>/<name>/model.safetensors      model weights (state_dict)
                   optimizer.safetensors  optimizer tensors; non-tensor parts in its JSON metadata
-                  extra.safetensors      extra tensors (the trainer's torch RNG states), optional
+                  extra.safetensors      extra tensors (the trainer's torch RNG states; the EMA weights as
+                                         ``ema.<name>`` with train.ema_decay), optional
                   meta.json              format, config, training state, scheduler state, file list
     <root>/latest                        text file naming the newest complete checkpoint
 
@@ -338,8 +339,13 @@ def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu") -> Load
 
 
 def load_model(dir: str | Path, device: str | torch.device = "cpu") -> tuple[BitTransformerLM, RunConfig]:
-    """Just the model (in eval mode) and its run config."""
+    """Just the model (in eval mode) and its run config; the EMA weights when the run kept them."""
+    from .ema import ema_state
+
     loaded = load_checkpoint(dir, device)
+    averaged = ema_state(loaded.tensors)
+    if averaged:  # train.ema_decay: the averaged weights are the ones to evaluate and export
+        loaded.model.load_state_dict(averaged)
     loaded.model.eval()
     return loaded.model, loaded.config
 

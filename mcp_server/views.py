@@ -116,6 +116,8 @@ class DerivedFacts(BaseModel):
     memory: MemoryEstimate | None = None
     data: CorpusInfo | None = None
     notes: list[str] = Field(default_factory=list)
+    s_per_update: float | None = Field(None, description="Measured seconds per update on this machine (get_config).")
+    eta_s: float | None = Field(None, description="Seconds the plan (steps, epochs or time_budget) would take.")
 
 
 class PlanBrief(Open):
@@ -147,6 +149,8 @@ class DerivedView(Open):
     train_windows: int | None = None
     plan: PlanBrief | None = None
     memory_mb: float | None = Field(None, description="Rough training memory per micro-batch (MiB).")
+    s_per_update: float | None = None
+    eta_s: float | None = None
     notes: list[str] | None = None
 
 
@@ -157,7 +161,7 @@ def derived_view(facts: DerivedFacts | None, detail: bool = False) -> DerivedVie
         return DerivedView.model_validate(facts.model_dump(mode="json"))
     return DerivedView(params=facts.params, seq_len=facts.seq_len, train_windows=facts.train_windows,
                        plan=plan_brief(facts.plan), memory_mb=facts.memory.total_mb if facts.memory else None,
-                       notes=facts.notes or None)
+                       s_per_update=facts.s_per_update, eta_s=facts.eta_s, notes=facts.notes or None)
 
 
 class ConfigView(Open):

@@ -25,14 +25,15 @@ def register(server: MCPServer, app) -> None:
     @server.tool(annotations=read_only("Get the run configuration"))
     @guarded
     def get_config(
-        derived: Annotated[bool, Field(description="Add derived facts (the first call loads the data).")] = True,
+        derived: Annotated[bool, Field(description="Add derived facts incl. s_per_update/eta_s (the first call loads "
+                                       "the data; each new model/batch shape is timed once, ~1-2 s).")] = True,
         detail: Annotated[bool, Field(description="Full derived facts: whole plan, memory, data.")] = False,
     ) -> Annotated[CallToolResult, ConfigView]:
         """The run configuration (sections model, train, data), allowed values of its enum fields (choices) and
-        derived facts (params, train_windows, plan.total_updates, memory_mb; notes warn of slow or impossible
-        settings). Call it first: patch_config takes the same shape."""
+        derived facts (params, train_windows, plan.total_updates, memory_mb, s_per_update, eta_s; notes warn of
+        slow or impossible settings). Call it first: patch_config takes the same shape."""
         cfg = app.config()
-        facts = derived_or_note(cfg) if derived else None
+        facts = app.engine.with_speed(cfg, derived_or_note(cfg)) if derived else None
         return reply(ConfigView(config=cfg.model_dump(mode="json"), derived=derived_view(facts, detail),
                                 choices=choices(), path=app.ws.rel(app.ws.config_path)))
 

@@ -181,6 +181,8 @@ def register(server: MCPServer, app) -> None:
         steps: Annotated[int | None, Field(ge=1, le=10_000_000, description="Optimizer updates to run (total for "
                                            "the run; with resume, counted from the run's start).")] = None,
         epochs: Annotated[int | None, Field(ge=1, le=100_000, description="Epochs instead of steps.")] = None,
+        minutes: Annotated[float | None, Field(gt=0, le=10_080, description="Train for this long instead "
+                                               "(train.time_budget; the LR schedule ends on time).")] = None,
         resume: Annotated[bool | Annotated[str, Field(max_length=80)], Field(
             description="Continue a run from its last checkpoint (config, optimizer, schedule, data position): "
             "true = the newest run, or a job id ('job-0003') or run name ('job-0001').")] = False,
@@ -192,18 +194,19 @@ def register(server: MCPServer, app) -> None:
         wait_s: WaitS = 0.0,
     ) -> Annotated[CallToolResult, JobView]:
         """Start training in a background worker (one job at a time; it keeps running if this client goes away)
-        and return its job_id at once. Without steps/epochs the config's train.steps/epochs apply. Then poll
+        and return its job_id at once. Without steps/epochs/minutes the config's train.steps/epochs/time_budget
+        apply. Then poll
         get_job(job_id, wait_s=50) until active is false. Common mistakes: train while a job runs (the error
         names it); a new train() to continue a stopped run: use resume=<run or job id>."""
-        if steps is not None and epochs is not None:
-            raise ToolError("give steps or epochs, not both")
+        if sum(x is not None for x in (steps, epochs, minutes)) > 1:
+            raise ToolError("give one of steps, epochs or minutes")
         _check_processes(processes, app.config())
         busy = jobs.active()
         if busy is not None:
             raise ToolError(f"job {busy.id} is {busy.status} (update {busy.update()}/{busy.total_updates() or '?'}); "
                             f"one training job at a time: wait with get_job('{busy.id}', wait_s=50) or "
                             f"cancel_job('{busy.id}') first")
-        request = _request(app, steps, epochs, resume, fresh, processes)
+        request = _request(app, steps, epochs, resume, fresh, processes, minutes)
         try:
             job = jobs.start(request)
         except JobBusyError as err:
@@ -319,8 +322,15 @@ def resume_source(app, resume: bool | str) -> Job:
     return same_run[-1]  # the run's newest job carries its latest config and request
 
 
+def _with_budget(config: dict[str, Any], steps: int | None, epochs: int | None, minutes: float | None) -> dict:
+    """minutes= sets train.time_budget; explicit steps/epochs clear it (the budget would override them)."""
+    if minutes is None and steps is None and epochs is None:
+        return config
+    return {**config, "train": {**config["train"], "time_budget": None if minutes is None else minutes * 60.0}}
+
+
 def _request(app, steps: int | None, epochs: int | None, resume: bool | str, fresh: bool,
-             processes: int = 1) -> TrainRequest:
+             processes: int = 1, minutes: float | None = None) -> TrainRequest:
     """The job's TrainRequest (the job manager adds where it runs: run, out_dir, cache_dir)."""
     cfg = app.config()
     if isinstance(resume, str) and resume.strip().lower() in ("true", "false", ""):
@@ -328,9 +338,10 @@ def _request(app, steps: int | None, epochs: int | None, resume: bool | str, fre
     if resume:
         prev = resume_source(app, resume)
         req = prev.record.request
+        config = _with_budget(req.config, steps, epochs, minutes)
         if steps is None and epochs is None:
             steps, epochs = req.steps, req.epochs
-        return TrainRequest(config=req.config, steps=steps, epochs=epochs, resume=True, run=prev.run,
+        return TrainRequest(config=config, steps=steps, epochs=epochs, resume=True, run=prev.run,
                             resumes=prev.id, processes=processes)
     init_name = None if fresh else app.ws.load_state().init_checkpoint
     init_path = None
@@ -343,5 +354,6 @@ def _request(app, steps: int | None, epochs: int | None, resume: bool | str, fre
                             "train a new model of the current config")
         init_name, init_path = name, str(path)
     cfg = app.ws.confine_config(cfg, check_files=True)  # the worker gets absolute paths inside the workspace
-    return TrainRequest(config=cfg.model_dump(mode="json"), steps=steps, epochs=epochs, init_checkpoint=init_path,
+    return TrainRequest(config=_with_budget(cfg.model_dump(mode="json"), steps, epochs, minutes), steps=steps,
+                        epochs=epochs, init_checkpoint=init_path,
                         init_name=init_name, processes=processes)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from bit_transformer.bits import text_to_bits
 from bit_transformer.config import RunConfig
-from bit_transformer.data import BitWindowDataset, Corpus, builtin_text
+from bit_transformer.data import BitWindowDataset, Corpus
 from bit_transformer.parallel import dist_env
 from bit_transformer.sampler import EpochBatchSampler
 from bit_transformer.schedule import OneCycle
@@ -22,20 +22,7 @@ from bit_transformer.selective_compile import compile_blocks
 from bit_transformer.training import Trainer, plan_training
 
 SEQ = 36  # bits per window = 4 bytes
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models run faster single-threaded, and the CPU is shared with other test workers.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def text() -> str:
-    return builtin_text(max_bytes=4000)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def corpus(text: str, train_windows: int, val_windows: int = 4) -> Corpus:
