@@ -8,8 +8,6 @@ so tools can close over it; the lifespan only shuts jobs down cleanly when the s
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +16,8 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 
 from .engine import Engine
-from .jobs import Job, JobManager
+from .jobs import JobManager
+from .lifecycle import follow_session_from_env
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -40,40 +39,39 @@ class App:
     def __init__(self, workspace: str | Path, *, jobs_follow_session: bool = False):
         self.ws = Workspace(workspace)
         self.engine = Engine(self.ws)
-        self.jobs = JobManager(self.ws, on_finish=self._on_finish, follow_session=jobs_follow_session)
-        self.config_lock = threading.Lock()
+        self.jobs = JobManager(self.ws, follow_session=jobs_follow_session)
+        self.config_lock = self.ws.lock  # patches from other servers on this workspace are serialised too
         self._config_cache: tuple[float, Any] | None = None
         self.config()  # create config.json with defaults on first start
 
     def config(self):
-        """The current RunConfig (re-read only when config.json changed)."""
-        path = self.ws.config_path
-        try:
-            stamp = path.stat().st_mtime_ns
-        except FileNotFoundError:
-            stamp = None
+        """The current RunConfig (re-read only when config.json changed, here or by another server)."""
+        stamp = _stamp(self.ws.config_path)
         if self._config_cache is None or self._config_cache[0] != stamp or stamp is None:
             cfg = self.ws.load_config()
-            self._config_cache = (path.stat().st_mtime_ns, cfg)
+            self._config_cache = (_stamp(self.ws.config_path), cfg)
         return self._config_cache[1]
 
     def save_config(self, cfg) -> None:
         self.ws.save_config(cfg)
-        self._config_cache = (self.ws.config_path.stat().st_mtime_ns, cfg)
+        self._config_cache = (_stamp(self.ws.config_path), cfg)
 
-    def _on_finish(self, job: Job) -> None:
-        """A finished job's final checkpoint becomes the model evaluate/generate use."""
-        ck = job.record.checkpoint
-        if ck:
-            self.ws.update_state(current_checkpoint=ck)
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime): every save is a rename, so a new inode says another process wrote the file."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def build_server(workspace: str | Path = "bt_workspace", *, token: str | None = None, host: str = "127.0.0.1",
                  port: int = 8000, log_level: str = "INFO", jobs_follow_session: bool | None = None) -> MCPServer:
     """The BitTransformerLM MCP server over ``workspace``; ``token`` enables bearer auth for HTTP.
 
-    ``jobs_follow_session`` (default: env BT_JOBS_FOLLOW_SESSION=1): jobs stop when this server exits, instead
-    of running on for the next server to re-attach.
+    ``jobs_follow_session`` (default: env BT_JOBS_FOLLOW_SESSION=1, ``lifecycle.follow_session_from_env``): jobs
+    stop when this server exits, instead of running on for the next server to re-attach.
     """
     from . import notices, prompts, resources
     from .auth import auth_kwargs
@@ -81,7 +79,7 @@ def build_server(workspace: str | Path = "bt_workspace", *, token: str | None = 
     from .tools.dashboard import build_apps
 
     if jobs_follow_session is None:
-        jobs_follow_session = os.environ.get("BT_JOBS_FOLLOW_SESSION") == "1"
+        jobs_follow_session = follow_session_from_env()
     app = App(workspace, jobs_follow_session=jobs_follow_session)
 
     @asynccontextmanager

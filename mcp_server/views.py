@@ -77,6 +77,7 @@ class JobView(Open):
     checkpoint: str | None = Field(None, description="The job's newest checkpoint, '<run>/<name>'.")
     run: str | None = Field(None, description="The run (runs/<run>/) the job trains; train(resume=<run>) continues.")
     elapsed_s: float | None = None
+    queue_position: int | None = Field(None, description="1 = starts next (status 'queued' only).")
     next: str = Field("", description="What to do next.")
 
 
@@ -94,6 +95,7 @@ class JobList(BaseModel):
     jobs: list[JobSummary]
     total: int = Field(0, description="Jobs in the workspace (the newest `limit` are listed).")
     active_job: str | None = Field(None, description="The job currently training, if any.")
+    queued: list[str] | None = Field(None, description="Queued jobs, in the order they start.")
 
 
 class MemoryEstimate(BaseModel):

@@ -57,8 +57,10 @@ def _gate(ev: EvalMetrics | None) -> GateBrief | None:
     return GateBrief(state="burn-in" if ev.gate.in_burn_in else "ok")
 
 
-def job_view(job: Job, *, history: int = 0, include: list[str] | tuple[str, ...] = ()) -> JobView:
-    """The compact view of a job's record plus the detail sections asked for (the records themselves)."""
+def job_view(job: Job, *, history: int = 0, include: list[str] | tuple[str, ...] = (),
+             queue: list[Job] = ()) -> JobView:
+    """The compact view of a job's record plus the detail sections asked for (the records themselves); ``queue``
+    (the queued jobs in start order) gives a queued job its position."""
     job.ensure_loaded()
     with job.lock:
         rec = job.record.model_copy()  # shallow: the lists are copied below, under the lock
@@ -82,6 +84,7 @@ def job_view(job: Job, *, history: int = 0, include: list[str] | tuple[str, ...]
         eval=EvalBrief(update=ev.update, val_bpb=_round(ev.val_bpb, 4), val_loss=_round(ev.val_loss)) if ev else None,
         gate=_gate(ev), checkpoint=rec.checkpoint, run=job.run,
         elapsed_s=round(end - (rec.started_at or rec.created_at), 1), next=next_hint(job),
+        queue_position=next((i + 1 for i, q in enumerate(queue) if q.id == job.id), None),
     )
     sections: dict[str, Any] = {
         "plan": lambda: _plan(job, rec.plan),
@@ -122,6 +125,8 @@ def _plan(job: Job, plan: TrainPlan | None) -> PlanDetail | None:
 
 def next_hint(job: Job) -> str:
     s, ck = job.status, job.record.checkpoint
+    if s == "queued":
+        return f"starts when the jobs ahead end; get_job('{job.id}', wait_s=50) follows it, cancel_job removes it"
     if job.active:
         return f"get_job('{job.id}', wait_s=50) again, or cancel_job('{job.id}') to stop it with a checkpoint"
     if s == "completed":
@@ -186,29 +191,30 @@ def register(server: MCPServer, app) -> None:
         processes: Annotated[int, Field(ge=1, le=64, description="Data-parallel processes on this machine "
                                         "(torchrun; DDP or FSDP2 per train.distributed). batch_size is per "
                                         "process.")] = 1,
+        queue: Annotated[bool, Field(description="While a job runs: queue this one (status 'queued', starts when "
+                                     "the queue reaches it); false = error instead.")] = True,
         wait_s: WaitS = 0.0,
     ) -> Annotated[CallToolResult, JobView]:
-        """Start training in a background worker (one job at a time; it keeps running if this client goes away)
-        and return its job_id at once. Without steps/epochs the config's train.steps/epochs apply. Then poll
-        get_job(job_id, wait_s=50) until active is false. Common mistakes: train while a job runs (the error
-        names it); a new train() to continue a stopped run: use resume=<run or job id>."""
+        """Start training in a background worker (one job at a time per workspace; it keeps running if this client
+        goes away) and return its job_id at once; while one runs, it is queued. Without steps/epochs the config's
+        train.steps/epochs apply. Then poll get_job(job_id, wait_s=50) until active is false. Common mistake: a
+        new train() to continue a stopped run: use resume=<run or job id>."""
         if steps is not None and epochs is not None:
             raise ToolError("give steps or epochs, not both")
         _check_processes(processes, app.config())
-        busy = jobs.active()
-        if busy is not None:
-            raise ToolError(f"job {busy.id} is {busy.status} (update {busy.update()}/{busy.total_updates() or '?'}); "
-                            f"one training job at a time: wait with get_job('{busy.id}', wait_s=50) or "
-                            f"cancel_job('{busy.id}') first")
         request = _request(app, steps, epochs, resume, fresh, processes)
         try:
-            job = jobs.start(request)
+            job = jobs.start(request, queue_ok=queue)
         except JobBusyError as err:
-            raise ToolError(f"job {err} is already running; one training job at a time") from err
+            busy = jobs.get(str(err))
+            where = f" (update {busy.update()}/{busy.total_updates() or '?'})" if busy else ""
+            raise ToolError(f"job {err} is active{where}; one training job at a time and queue=false: wait with "
+                            f"get_job('{err}', wait_s=50), cancel_job('{err}'), or train(queue=true) to run after "
+                            "it") from err
         if request.init_name:
             app.ws.update_state(init_checkpoint=None)  # consumed by this run
         await wait(job, wait_s, ctx)
-        return reply(job_view(job))
+        return reply(job_view(job, queue=jobs.queued()))
 
     @server.tool(annotations=read_only("Get a job's status and metrics"))
     @guarded
@@ -220,14 +226,15 @@ def register(server: MCPServer, app) -> None:
         resource bt://jobs/{job_id}/metrics. Mistake: polling with history or include (costs context each time)."""
         job = find(job_id)
         await wait(job, wait_s, ctx)
-        return reply(job_view(job, history=history, include=_includes(include)))
+        return reply(job_view(job, history=history, include=_includes(include), queue=jobs.queued()))
 
     @server.tool(annotations=read_only("List jobs"))
     @guarded
     def list_jobs(limit: Annotated[int, Field(ge=1, le=1000, description="Newest jobs to list.")] = 10
                   ) -> Annotated[CallToolResult, JobList]:
         """The newest jobs of this workspace (newest last): status, update/total, last val_bpb, checkpoint and the
-        reason a job ended. Use to find a job id or run to resume, or after a restart. total counts all jobs."""
+        reason a job ended; queued lists waiting jobs in start order. Use to find a job id or run to resume, or
+        after a restart. total counts all jobs."""
         every = jobs.all()
         out = []
         for job in every[-limit:]:
@@ -237,7 +244,9 @@ def register(server: MCPServer, app) -> None:
                                   val_bpb=_round(rec.last_eval.val_bpb, 4) if rec.last_eval else None,
                                   checkpoint=rec.checkpoint, reason=_short(rec.reason)))
         active = jobs.active()
-        return reply(JobList(jobs=out, total=len(every), active_job=active.id if active else None))
+        waiting = [j.id for j in jobs.queued()]
+        return reply(JobList(jobs=out, total=len(every), active_job=active.id if active and active.status != "queued"
+                             else None, queued=waiting or None))
 
     @server.tool(annotations=writes("Cancel a job", destructive=True))
     @guarded
@@ -249,9 +258,10 @@ def register(server: MCPServer, app) -> None:
         force: Annotated[bool, Field(description="Kill the worker at once (no checkpoint; last saved one stays).")]
         = False,
     ) -> Annotated[CallToolResult, JobView]:
-        """Stop a running job at the next step boundary; it saves a consistent, resumable checkpoint. Default job:
-        the active one. Good result: status 'cancelled' with a checkpoint; train(resume=<run>) continues it.
-        Works on jobs started by an earlier server too. Use force=true only for a worker that does not stop."""
+        """Stop a running job at the next step boundary; it saves a consistent, resumable checkpoint; a queued job
+        is removed from the queue. Default job: the active one. Good result: status 'cancelled' with a checkpoint;
+        train(resume=<run>) continues it. Works on jobs of any server on this workspace. Use force=true only for a
+        worker that does not stop."""
         job = jobs.get(job_id) if job_id else (jobs.active() or jobs.latest())
         if job is None:
             raise ToolError(f"unknown job_id {job_id!r}" if job_id else "no jobs yet: nothing to cancel")
@@ -259,7 +269,7 @@ def register(server: MCPServer, app) -> None:
             raise ToolError(f"job {job.id} already ended ({job.status}); nothing to cancel")
         jobs.cancel(job, force=force)
         await wait(job, wait_s, ctx)
-        return reply(job_view(job))
+        return reply(job_view(job, queue=jobs.queued()))
 
 
 def _short(text: str | None, n: int = 160) -> str | None:
