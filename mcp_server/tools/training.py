@@ -16,6 +16,7 @@ from pydantic import Field
 from bit_transformer.records import EvalMetrics, TrainPlan
 
 from ..budget import EVALS_CAP, HISTORY_CAP
+from ..compare import RunTable, compare
 from ..dashboard import URI as DASHBOARD_URI
 from ..events import downsample
 from ..job import TrainRequest
@@ -191,14 +192,13 @@ def register(server: MCPServer, app) -> None:
         processes: Annotated[int, Field(ge=1, le=64, description="Data-parallel processes on this machine "
                                         "(torchrun; DDP or FSDP2 per train.distributed). batch_size is per "
                                         "process.")] = 1,
-        queue: Annotated[bool, Field(description="While a job runs: queue this one (status 'queued', starts when "
-                                     "the queue reaches it); false = error instead.")] = True,
+        queue: Annotated[bool, Field(description="false: error instead of queueing behind a running job.")] = True,
         wait_s: WaitS = 0.0,
     ) -> Annotated[CallToolResult, JobView]:
-        """Start training in a background worker (one job at a time per workspace; it keeps running if this client
-        goes away) and return its job_id at once; while one runs, it is queued. Without steps/epochs the config's
-        train.steps/epochs apply. Then poll get_job(job_id, wait_s=50) until active is false. Common mistake: a
-        new train() to continue a stopped run: use resume=<run or job id>."""
+        """Start training in a background worker (one at a time, later ones queue; it keeps running if this client
+        goes away) and return its job_id at once. Without steps/epochs the config's train.steps/epochs apply.
+        Then poll get_job(job_id, wait_s=50) until active is false. Common mistake: a new train() to continue a
+        stopped run: use resume=<run or job id>."""
         if steps is not None and epochs is not None:
             raise ToolError("give steps or epochs, not both")
         _check_processes(processes, app.config())
@@ -233,8 +233,7 @@ def register(server: MCPServer, app) -> None:
     def list_jobs(limit: Annotated[int, Field(ge=1, le=1000, description="Newest jobs to list.")] = 10
                   ) -> Annotated[CallToolResult, JobList]:
         """The newest jobs of this workspace (newest last): status, update/total, last val_bpb, checkpoint and the
-        reason a job ended; queued lists waiting jobs in start order. Use to find a job id or run to resume, or
-        after a restart. total counts all jobs."""
+        reason a job ended. Use to find a job id or run to resume, or after a restart. total counts all jobs."""
         every = jobs.all()
         out = []
         for job in every[-limit:]:
@@ -258,10 +257,10 @@ def register(server: MCPServer, app) -> None:
         force: Annotated[bool, Field(description="Kill the worker at once (no checkpoint; last saved one stays).")]
         = False,
     ) -> Annotated[CallToolResult, JobView]:
-        """Stop a running job at the next step boundary; it saves a consistent, resumable checkpoint; a queued job
-        is removed from the queue. Default job: the active one. Good result: status 'cancelled' with a checkpoint;
-        train(resume=<run>) continues it. Works on jobs of any server on this workspace. Use force=true only for a
-        worker that does not stop."""
+        """Stop a running job at the next step boundary; it saves a consistent, resumable checkpoint (a queued job
+        is dropped). Default job: the active one. Good result: status 'cancelled' with a checkpoint;
+        train(resume=<run>) continues it. Works on jobs started by any server. Use force=true only for a worker
+        that does not stop."""
         job = jobs.get(job_id) if job_id else (jobs.active() or jobs.latest())
         if job is None:
             raise ToolError(f"unknown job_id {job_id!r}" if job_id else "no jobs yet: nothing to cancel")
@@ -270,6 +269,31 @@ def register(server: MCPServer, app) -> None:
         jobs.cancel(job, force=force)
         await wait(job, wait_s, ctx)
         return reply(job_view(job, queue=jobs.queued()))
+
+    _compare_tool(server, app)
+
+
+def _compare_tool(server: MCPServer, app) -> None:
+    @server.tool(annotations=read_only("Compare runs"))
+    @guarded
+    def compare_runs(
+        last: Annotated[int, Field(ge=1, le=50, description="Newest N jobs.")] = 5,
+        jobs: Annotated[list[str], Field(description="Job ids instead.")] = [],  # noqa: B006 - never mutated
+    ) -> Annotated[CallToolResult, RunTable]:
+        """Jobs side by side: differing config, params, updates, CPU minutes, final/best val_bpb."""
+        every = app.jobs.all()
+        if jobs:
+            jobs = jobs[:50]
+            known = {j.id: j for j in every}
+            missing = [k for k in jobs if k not in known]
+            if missing:
+                raise ToolError(f"unknown job ids {missing}; list_jobs() shows the jobs")
+            chosen = [known[k] for k in dict.fromkeys(jobs)]
+        else:
+            chosen = every[-last:]
+        if not chosen:
+            raise ToolError("no jobs yet: start one with train(steps=N)")
+        return reply(compare(chosen))
 
 
 def _short(text: str | None, n: int = 160) -> str | None:
