@@ -1,17 +1,18 @@
-"""The training worker: ``python -m mcp_server.worker <job_dir>`` (started by the server, one per job).
+"""The training worker: ``python -m mcp_server.worker <job_dir>`` (started by a server or a finishing worker).
 
 Reads ``<job_dir>/request.json``, trains with the engine's ``Trainer`` and appends every callback
 event to ``<job_dir>/metrics.jsonl`` itself. The worker does not depend on the server that started it (its
-own session, stdin /dev/null): a server that exits leaves it training and the next one re-attaches.
-Cancellation: the file ``<job_dir>/cancel`` (any server writes it) or SIGTERM/SIGINT set the
+own session, stdin /dev/null): a server that exits leaves it training and any server on the workspace watches it.
+Cancellation: the file ``<job_dir>/cancel`` (any server writes it; the one channel) or SIGTERM/SIGINT set the
 ``threading.Event`` the Trainer polls at step boundaries; it then saves a resumable checkpoint and returns
-status 'cancelled'. With ``BT_JOB_FOLLOW_SESSION=1`` (``--jobs-follow-session``) the line ``cancel`` on
-stdin and EOF on stdin (the server went away) cancel too, the old session-bound behaviour. The exit code
-is also written to ``<job_dir>/exit.json`` for a server that is not the worker's parent.
+status 'cancelled'. With ``BT_JOBS_FOLLOW_SESSION=1`` (``--jobs-follow-session``) EOF on stdin (the server went
+away) writes that file too, saying 'shutdown'. At the end, rank 0 writes ``exit.json`` (exit code, CPU time),
+records how the job ended in ``job.json`` and starts the next queued job (``queue.py``), so the queue moves on
+with no server connected. File names, exit codes and the final-status rule live in ``lifecycle.py``.
 
 Exit codes: 0 when a result was reported (completed, cancelled, gated, even 'failed' from the
-trainer), 1 on an exception (an ``error`` event names it; the traceback goes to stderr = worker.log).
-Nothing here writes to the MCP server's stdout: the server points our stdout/stderr at worker.log.
+trainer), 1 on an exception (an ``error`` event names it; the traceback goes to stderr = worker.log), 28 on a
+full disk. Nothing here writes to the MCP server's stdout: the server points our stdout/stderr at worker.log.
 """
 
 from __future__ import annotations
