@@ -191,14 +191,25 @@ def worker_command(python: str, job_dir: Path, processes: int = 1) -> list[str]:
     return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *worker]
 
 
+TORCHRUN_ENV = frozenset(("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                          "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def worker_env(base: dict[str, str] | os._Environ, *, follow_session: bool) -> dict[str, str]:
+    """The environment of a new worker: ``base`` less torchrun's rendezvous variables (a finishing rank 0 of a
+    torchrun job starts the next queued job; they must not leak into it) and with the follow-session switch."""
+    env = {k: v for k, v in base.items() if k not in TORCHRUN_ENV and not k.startswith("TORCHELASTIC_")
+           and k not in (FOLLOW_SESSION_ENV, OLD_FOLLOW_SESSION_ENV)}
+    env["PYTHONUNBUFFERED"] = "1"
+    if follow_session:
+        env[FOLLOW_SESSION_ENV] = "1"
+    return env
+
+
 def launch(python: str, job_dir: Path, processes: int, *, follow_session: bool) -> subprocess.Popen:
     """Start a job's worker, detached: its own session (no Ctrl-C or SIGHUP from a terminal), stdin /dev/null
     (with follow_session a pipe whose EOF stops the job), output to worker.log, events to the job folder."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop(FOLLOW_SESSION_ENV, None)
-    env.pop(OLD_FOLLOW_SESSION_ENV, None)
-    if follow_session:
-        env[FOLLOW_SESSION_ENV] = "1"
+    env = worker_env(os.environ, follow_session=follow_session)
     with open(job_dir / LOG_FILE, "ab") as log_f:
         return subprocess.Popen(worker_command(python, job_dir, processes),
                                 stdin=subprocess.PIPE if follow_session else subprocess.DEVNULL, stdout=log_f,

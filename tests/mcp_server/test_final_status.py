@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from mcp_server.jobs import JobManager
-from mcp_server.lifecycle import CANCEL_FILE, OLD_FOLLOW_SESSION_ENV, follow_session_from_env
+from mcp_server.lifecycle import CANCEL_FILE, OLD_FOLLOW_SESSION_ENV, follow_session_from_env, worker_env
 from mcp_server.workspace import Workspace
 
 
@@ -54,3 +54,11 @@ def test_the_old_follow_session_variable_still_works_with_a_warning(caplog):
     assert "deprecated" in caplog.text
     assert follow_session_from_env({"BT_JOBS_FOLLOW_SESSION": "1"}) is True
     assert follow_session_from_env({}) is False
+
+
+def test_a_worker_started_by_a_torchrun_rank_gets_no_rendezvous_variables():
+    base = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "x", "PATH": "/bin",
+            OLD_FOLLOW_SESSION_ENV: "1"}
+    env = worker_env(base, follow_session=False)
+    assert env == {"PATH": "/bin", "PYTHONUNBUFFERED": "1"}
+    assert worker_env({}, follow_session=True)["BT_JOBS_FOLLOW_SESSION"] == "1"
