@@ -70,6 +70,7 @@ class JobManager:
         self._stamps: dict[str, tuple[int, int]] = {}  # job.json (inode, mtime) last read, per job
         self._watched: set[str] = set()
         self._lock = threading.RLock()  # taken after ws.lock, never before it
+        self._closing = False  # follow_session shutdown: start nothing new (it would die with this server)
         self.refresh()
         self.advance()  # a worker that died with no server watching: its job is settled and the queue moves on
 
@@ -257,6 +258,8 @@ class JobManager:
                 log.warning("job %s: could not record its end (%s); retrying", job.id, err)
                 time.sleep(delay)
                 delay = min(30.0, delay * 2)
+        if self._closing:
+            return
         try:
             self.advance()
         except Exception:
@@ -296,6 +299,7 @@ class JobManager:
                 log.info("server exiting; jobs %s keep running (any server on this workspace re-attaches)",
                          ", ".join(j.id for j in mine))
             return
+        self._closing = True
         for job in mine:
             request_cancel(job.dir, f"{SHUTDOWN}: the server exited")
         deadline = time.monotonic() + timeout

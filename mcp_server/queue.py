@@ -135,7 +135,10 @@ def settle(ws: Workspace, job: Job, code: int | None, cpu_s: float | None = None
         status, reason = final_status(job.record, code, job_dir=job.dir, ws_root=ws.root)
         ck = job.record.checkpoint
         if ck:  # before the ending is published: whoever sees the job end also sees its model in place
-            ws.update_state(current_checkpoint=ck)
+            try:
+                ws.update_state(current_checkpoint=ck)
+            except OSError as err:  # e.g. the disk is full: the ending is still recorded (in memory at least)
+                log.warning("job %s: could not make %s the current model (%s)", job.id, ck, err)
         with job.changed:
             rec = job.record
             rec.status, rec.reason, rec.exit_code = status, reason, code
