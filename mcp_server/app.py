@@ -18,7 +18,7 @@ from mcp.server.mcpserver import MCPServer
 from .engine import Engine
 from .jobs import JobManager
 from .lifecycle import follow_session_from_env
-from .workspace import Workspace
+from .workspace import Workspace, file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +26,11 @@ INSTRUCTIONS = """\
 Train, grow, evaluate, quantize and export BitTransformerLM, a language model that reads and writes text as
 bits (8 data bits + 1 parity bit per byte). Typical flow: get_config -> patch_config({...}) -> train(steps=N)
 -> get_job(job_id, wait_s=50) until active is false -> evaluate() / generate(prompt=...) -> export_int8().
-Training runs as a background job (one at a time) that keeps running when this client disconnects; poll it with
-get_job (compact; ask for detail once with include=[...]) and stop it with cancel_job (it saves a resumable
-checkpoint; train(resume=<run or job id>) continues). All files live in the server's workspace; names, never
-paths outside it, are accepted. playbook_list() / playbook_step(task_id) give the optimization playbook as
-ordered tool calls with expected results."""
+Training runs as a background job (one at a time, later ones queue) that keeps running when this client
+disconnects; poll it with get_job (compact; ask for detail once with include=[...]) and stop it with cancel_job (it
+saves a resumable checkpoint; train(resume=<run or job id>) continues). All files live in the server's workspace;
+names, never paths outside it, are accepted. playbook_list() / playbook_step(task_id) give the optimization
+playbook as ordered tool calls with expected results."""
 
 
 class App:
@@ -46,24 +46,15 @@ class App:
 
     def config(self):
         """The current RunConfig (re-read only when config.json changed, here or by another server)."""
-        stamp = _stamp(self.ws.config_path)
+        stamp = file_stamp(self.ws.config_path)
         if self._config_cache is None or self._config_cache[0] != stamp or stamp is None:
             cfg = self.ws.load_config()
-            self._config_cache = (_stamp(self.ws.config_path), cfg)
+            self._config_cache = (file_stamp(self.ws.config_path), cfg)
         return self._config_cache[1]
 
     def save_config(self, cfg) -> None:
         self.ws.save_config(cfg)
-        self._config_cache = (_stamp(self.ws.config_path), cfg)
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    """(inode, mtime): every save is a rename, so a new inode says another process wrote the file."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns
+        self._config_cache = (file_stamp(self.ws.config_path), cfg)
 
 
 def build_server(workspace: str | Path = "bt_workspace", *, token: str | None = None, host: str = "127.0.0.1",

@@ -44,7 +44,7 @@ from .lifecycle import (
     request_cancel,
     worker_alive,
 )
-from .workspace import Workspace, atomic_write_json, read_json
+from .workspace import Workspace, atomic_write_json, file_stamp, read_json
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class JobManager:
                 job = self._jobs.get(d.name)
                 if job is not None and job.id in self._watched:
                     continue
-            stamp = _stamp(d / RECORD_FILE)
+            stamp = file_stamp(d / RECORD_FILE)
             if stamp is None or (job is not None and self._stamps.get(job.id) == stamp):
                 continue
             loaded = self._load(d)
@@ -327,11 +327,3 @@ class JobManager:
             await anyio.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
             if job.id not in self._watched:  # queued, or watched by no one here: its record is on disk
                 await anyio.to_thread.run_sync(self.refresh)
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns

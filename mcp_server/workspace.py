@@ -79,6 +79,16 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime) of a file, None when absent: every write is a rename, so a new stamp says some process (this
+    one or another server on the workspace) rewrote it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 class ServerState(BaseModel):
     """Small persistent facts the server keeps between restarts (state.json)."""
 
