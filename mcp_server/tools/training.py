@@ -192,7 +192,7 @@ def register(server: MCPServer, app) -> None:
         processes: Annotated[int, Field(ge=1, le=64, description="Data-parallel processes on this machine "
                                         "(torchrun; DDP or FSDP2 per train.distributed). batch_size is per "
                                         "process.")] = 1,
-        queue: Annotated[bool, Field(description="false: error instead of queueing behind a running job.")] = True,
+        queue: Annotated[bool, Field(description="false: fail instead of queueing.")] = True,
         wait_s: WaitS = 0.0,
     ) -> Annotated[CallToolResult, JobView]:
         """Start training in a background worker (one at a time, later ones queue; it keeps running if this client
