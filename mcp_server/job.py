@@ -258,7 +258,6 @@ class Job:
         self.proc: subprocess.Popen | None = None
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
-        self.shutdown_requested = False
 
     @property
     def id(self) -> str:
