@@ -131,6 +131,9 @@ def settle(ws: Workspace, job: Job, code: int | None, cpu_s: float | None = None
         if stored is not None and stored.status in TERMINAL:
             adopt(job, stored)
             return
+        if job.status in TERMINAL:  # decided on an earlier try whose write failed (disk full): keep that verdict
+            job.save()
+            return
         job.drain()
         status, reason = final_status(job.record, code, job_dir=job.dir, ws_root=ws.root)
         ck = job.record.checkpoint
