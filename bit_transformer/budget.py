@@ -78,16 +78,13 @@ class BudgetPlanner:
         return self.horizon(update, spent / done)
 
 
-def budget_advice(s_per_update: float, updates_per_epoch: int, *, time_budget: float | None,
-                  total_updates: int | None) -> str:
-    """One line for get_config: what the plan costs on this machine, and what to change for a budget."""
-    rate = f"{s_per_update:.3g} s/update here"
+def budget_advice(s_per_update: float, updates_per_epoch: int, *, time_budget: float | None) -> str:
+    """One line for get_config: what to change for a budget (s_per_update and eta_s are fields of their own)."""
     if time_budget is None:
-        eta = "" if total_updates is None else f"; {total_updates} updates take ~{_human(total_updates * s_per_update)}"
-        return f"{rate}{eta}; for a time limit set train.time_budget (train(minutes=M)): the schedule ends on time"
+        return "to end on time: train(minutes=M) (sets train.time_budget)"
     updates = max(1, math.floor(time_budget * SLACK / s_per_update))
     epochs = updates / max(1, updates_per_epoch)
-    text = f"{rate}: time_budget {_human(time_budget)} is ~{updates} updates ({epochs:.2g} epochs)"
+    text = f"time_budget {_human(time_budget)} is ~{updates} updates ({epochs:.2g} epochs)"
     if updates < 300:
         return text + "; few updates: a smaller model or batch_size learns more in this budget"
     if epochs > 10:

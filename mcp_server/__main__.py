@@ -12,6 +12,8 @@ import sys
 
 from bit_transformer.cli_flags import FlagParser, spell
 
+from .lifecycle import follow_session_from_env
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = FlagParser(prog="bit-transformer-mcp", description=__doc__.splitlines()[0])
@@ -24,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(*spell("--token"), default=os.environ.get("BT_MCP_TOKEN"),
                    help="HTTP bearer token; requests without it are refused (env BT_MCP_TOKEN).")
     p.add_argument(*spell("--jobs-follow-session"), action="store_true",
-                   default=os.environ.get("BT_JOBS_FOLLOW_SESSION") == "1",
+                   default=follow_session_from_env(),
                    help="Stop training jobs (with a checkpoint) when this server exits, as before; default: jobs "
                         "keep running and the next server on the workspace re-attaches (env BT_JOBS_FOLLOW_SESSION=1).")
     p.add_argument(*spell("--log-level"), default=os.environ.get("BT_LOG_LEVEL", "INFO"),

@@ -8,8 +8,6 @@ so tools can close over it; the lifespan only shuts jobs down cleanly when the s
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,9 +16,10 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 
 from .engine import Engine
-from .jobs import Job, JobManager
+from .jobs import JobManager
+from .lifecycle import follow_session_from_env
 from .playbook_job import PlaybookRuns
-from .workspace import Workspace
+from .workspace import Workspace, file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +27,12 @@ INSTRUCTIONS = """\
 Train, grow, evaluate, quantize and export BitTransformerLM, a language model that reads and writes text as
 bits (8 data bits + 1 parity bit per byte). Typical flow: get_config -> patch_config({...}) -> train(steps=N)
 -> get_job(job_id, wait_s=50) until active is false -> evaluate() / generate(prompt=...) -> export_int8().
-Training runs as a background job (one at a time) that keeps running when this client disconnects; poll it with
-get_job (compact; ask for detail once with include=[...]) and stop it with cancel_job (it saves a resumable
-checkpoint; train(resume=<run or job id>) continues). All files live in the server's workspace; names, never
-paths outside it, are accepted. playbook_list() / playbook_step(task_id) give the optimization playbook as
-ordered tool calls with expected results; playbook_run(task_id or phase) runs and checks them itself, on a scratch
-workspace (the user's config and model are untouched), and returns a PASS/FAIL table."""
+Training runs as a background job (one at a time, later ones queue) that keeps running when this client
+disconnects; poll it with get_job (compact; ask for detail once with include=[...]) and stop it with cancel_job (it
+saves a resumable checkpoint; train(resume=<run or job id>) continues). All files live in the server's workspace;
+names, never paths outside it, are accepted. playbook_list() / playbook_step(task_id) give the optimization
+playbook as ordered tool calls with expected results; playbook_run(task_id or phase) runs and checks them itself,
+on a scratch workspace (the user's config and model are untouched), and returns a PASS/FAIL table."""
 
 
 class App:
@@ -42,41 +41,31 @@ class App:
     def __init__(self, workspace: str | Path, *, jobs_follow_session: bool = False):
         self.ws = Workspace(workspace)
         self.engine = Engine(self.ws)
-        self.jobs = JobManager(self.ws, on_finish=self._on_finish, follow_session=jobs_follow_session)
+        self.jobs = JobManager(self.ws, follow_session=jobs_follow_session)
         self.playbook_runs = PlaybookRuns(self.ws)  # playbook_run: recipes on scratch workspaces
-        self.config_lock = threading.Lock()
+        self.config_lock = self.ws.lock  # patches from other servers on this workspace are serialised too
         self._config_cache: tuple[float, Any] | None = None
         self.config()  # create config.json with defaults on first start
 
     def config(self):
-        """The current RunConfig (re-read only when config.json changed)."""
-        path = self.ws.config_path
-        try:
-            stamp = path.stat().st_mtime_ns
-        except FileNotFoundError:
-            stamp = None
+        """The current RunConfig (re-read only when config.json changed, here or by another server)."""
+        stamp = file_stamp(self.ws.config_path)
         if self._config_cache is None or self._config_cache[0] != stamp or stamp is None:
             cfg = self.ws.load_config()
-            self._config_cache = (path.stat().st_mtime_ns, cfg)
+            self._config_cache = (file_stamp(self.ws.config_path), cfg)
         return self._config_cache[1]
 
     def save_config(self, cfg) -> None:
         self.ws.save_config(cfg)
-        self._config_cache = (self.ws.config_path.stat().st_mtime_ns, cfg)
-
-    def _on_finish(self, job: Job) -> None:
-        """A finished job's final checkpoint becomes the model evaluate/generate use."""
-        ck = job.record.checkpoint
-        if ck:
-            self.ws.update_state(current_checkpoint=ck)
+        self._config_cache = (file_stamp(self.ws.config_path), cfg)
 
 
 def build_server(workspace: str | Path = "bt_workspace", *, token: str | None = None, host: str = "127.0.0.1",
                  port: int = 8000, log_level: str = "INFO", jobs_follow_session: bool | None = None) -> MCPServer:
     """The BitTransformerLM MCP server over ``workspace``; ``token`` enables bearer auth for HTTP.
 
-    ``jobs_follow_session`` (default: env BT_JOBS_FOLLOW_SESSION=1): jobs stop when this server exits, instead
-    of running on for the next server to re-attach.
+    ``jobs_follow_session`` (default: env BT_JOBS_FOLLOW_SESSION=1, ``lifecycle.follow_session_from_env``): jobs
+    stop when this server exits, instead of running on for the next server to re-attach.
     """
     from . import notices, prompts, resources
     from .auth import auth_kwargs
@@ -84,7 +73,7 @@ def build_server(workspace: str | Path = "bt_workspace", *, token: str | None = 
     from .tools.dashboard import build_apps, hide_app_only
 
     if jobs_follow_session is None:
-        jobs_follow_session = os.environ.get("BT_JOBS_FOLLOW_SESSION") == "1"
+        jobs_follow_session = follow_session_from_env()
     app = App(workspace, jobs_follow_session=jobs_follow_session)
 
     @asynccontextmanager

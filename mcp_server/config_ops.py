@@ -333,19 +333,20 @@ def diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     return [] if old == new else [(prefix, old, new)]
 
 
-def choices(model: type[BaseModel] = RunConfig, prefix: str = "") -> dict[str, str]:
-    """Allowed values of every enum (Literal) field, e.g. {"data.source": "builtin|files|hf"}: get_config shows
-    them so an agent picks a valid value instead of learning it from an error."""
+def choices(model: type[BaseModel] = RunConfig) -> dict[str, Any]:
+    """Allowed values of every enum (Literal) field, nested like the config, e.g. {"data": {"source":
+    "builtin|files|hf"}}: get_config shows them so an agent picks a valid value instead of learning it from an
+    error (nested rather than dotted keys: the section names are not repeated, get_config's result is budgeted)."""
     import typing
     from types import UnionType
 
-    out: dict[str, str] = {}
+    out: dict[str, Any] = {}
     for name, field in model.model_fields.items():
         ann = field.annotation
         options = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, UnionType) else (ann,)
         for option in options:
             if typing.get_origin(option) is typing.Literal:
-                out[prefix + name] = "|".join(map(str, typing.get_args(option)))
-            elif isinstance(option, type) and issubclass(option, BaseModel):
-                out.update(choices(option, f"{prefix}{name}."))
+                out[name] = "|".join(map(str, typing.get_args(option)))
+            elif isinstance(option, type) and issubclass(option, BaseModel) and (inner := choices(option)):
+                out[name] = inner
     return out

@@ -145,9 +145,9 @@ class Engine:
         plan, budget = facts.plan, cfg.train.time_budget
         total = plan.total_updates if plan else None
         eta = budget if budget is not None else (None if total is None else total * s)
-        note = budget_advice(s, plan.updates_per_epoch if plan else 1, time_budget=budget, total_updates=total)
-        return facts.model_copy(update={"s_per_update": round(s, 5), "eta_s": None if eta is None else round(eta, 1),
-                                        "notes": [*facts.notes, note]})
+        note = budget_advice(s, plan.updates_per_epoch if plan else 1, time_budget=budget)
+        return facts.model_copy(update={"s_per_update": float(f"{s:.3g}"),
+                                        "eta_s": None if eta is None else round(eta, 1), "notes": [*facts.notes, note]})
 
     def seconds_per_update(self, cfg) -> float:
         import torch

@@ -55,6 +55,7 @@ from .events import (
     WorkerStarted,
     to_data,
 )
+from .lifecycle import METRICS_FILE, RECORD_FILE, REQUEST_FILE
 from .workspace import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,6 @@ JobStatus = Literal["queued", "starting", "running", "cancelling", "completed", 
 ACTIVE = ("queued", "starting", "running", "cancelling")
 TERMINAL = ("completed", "cancelled", "gated", "failed", "interrupted")
 MAX_EVALS = 500
-REQUEST_FILE, RECORD_FILE = "request.json", "job.json"
 
 
 class TrainRequest(BaseModel):
@@ -120,6 +120,8 @@ class JobRecord(BaseModel):
     pid_start: int | None = Field(None, description="The launcher's start time: a reused pid is never taken for it.")
     cancel_requested: bool = False
     exit_code: int | None = None
+    cpu_s: float | None = Field(None, description="CPU seconds the worker used (rank 0, its DataLoader workers "
+                                "included), from exit.json.")
     log_tail: str | None = None
     request: TrainRequest = Field(exclude=True)  # stored once, in request.json
     # The latest of each event (kept in job.json too).
@@ -252,11 +254,10 @@ class Job:
     def __init__(self, job_dir: Path, record: JobRecord):
         self.dir = job_dir
         self.record = record
-        self.reader = EventReader(job_dir / "metrics.jsonl")
+        self.reader = EventReader(job_dir / METRICS_FILE)
         self.proc: subprocess.Popen | None = None
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
-        self.shutdown_requested = False
 
     @property
     def id(self) -> str:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .jobs import _start_time
+from .lifecycle import start_time
 from .workspace import Workspace, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class PlaybookRuns:
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True, cwd=str(d))
             self._procs[job_id] = proc
-            run.pid, run.pid_start = proc.pid, _start_time(proc.pid)
+            run.pid, run.pid_start = proc.pid, start_time(proc.pid)
             self._save(run)
             return run
 
@@ -149,7 +149,7 @@ class PlaybookRuns:
         except OSError:
             return False
         return (b"playbook" in cmd and run.job_id.encode() in cmd and run.pid_start is not None
-                and _start_time(run.pid) == run.pid_start)
+                and start_time(run.pid) == run.pid_start)
 
     def refresh(self, run: PlaybookRun) -> PlaybookRun:
         """Fold the process's end into the record (once): completed when the report is complete."""

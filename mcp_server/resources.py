@@ -36,6 +36,13 @@ def register(server: MCPServer, app) -> None:
                  "checkpoint": j.record.checkpoint, "reason": j.record.reason} for j in app.jobs.all()]
         return json.dumps(rows, indent=2)
 
+    @server.resource("bt://runs/compare", name="runs-compare", mime_type="application/json",
+                     description="The newest 10 jobs side by side (what compare_runs returns).")
+    def compare_resource() -> str:
+        from .compare import compare
+
+        return compare(app.jobs.all()[-10:]).model_dump_json()
+
     @server.resource("bt://jobs/{job_id}/metrics", name="job-metrics", mime_type="application/x-ndjson",
                      description="Every event of a job (plan, step, eval, checkpoint, done...) as JSON lines.")
     def metrics_resource(job_id: str) -> str:

@@ -78,6 +78,7 @@ class JobView(Open):
     checkpoint: str | None = Field(None, description="The job's newest checkpoint, '<run>/<name>'.")
     run: str | None = Field(None, description="The run (runs/<run>/) the job trains; train(resume=<run>) continues.")
     elapsed_s: float | None = None
+    queue_position: int | None = Field(None, description="1 = starts next (status 'queued' only).")
     next: str = Field("", description="What to do next.")
 
 
@@ -95,6 +96,7 @@ class JobList(BaseModel):
     jobs: list[JobSummary]
     total: int = Field(0, description="Jobs in the workspace (the newest `limit` are listed).")
     active_job: str | None = Field(None, description="The job currently training, if any.")
+    queued: list[str] | None = Field(None, description="Queued jobs, in the order they start.")
 
 
 class MemoryEstimate(BaseModel):
@@ -148,7 +150,7 @@ class DerivedView(Open):
     seq_len: int | None = None
     train_windows: int | None = None
     plan: PlanBrief | None = None
-    memory_mb: float | None = Field(None, description="Rough training memory per micro-batch (MiB).")
+    memory_mb: int | None = Field(None, description="Rough training memory per micro-batch (MiB).")
     s_per_update: float | None = None
     eta_s: float | None = None
     notes: list[str] | None = None
@@ -159,16 +161,19 @@ def derived_view(facts: DerivedFacts | None, detail: bool = False) -> DerivedVie
         return None
     if detail:
         return DerivedView.model_validate(facts.model_dump(mode="json"))
-    return DerivedView(params=facts.params, seq_len=facts.seq_len, train_windows=facts.train_windows,
-                       plan=plan_brief(facts.plan), memory_mb=facts.memory.total_mb if facts.memory else None,
+    plan = plan_brief(facts.plan)
+    if plan is not None:
+        plan.params = None  # the view's own `params` already says it
+    return DerivedView(params=facts.params, train_windows=facts.train_windows,  # seq_len: config's max_seq_len
+                       plan=plan, memory_mb=round(facts.memory.total_mb) if facts.memory else None,
                        s_per_update=facts.s_per_update, eta_s=facts.eta_s, notes=facts.notes or None)
 
 
 class ConfigView(Open):
     config: dict[str, Any] = Field(description="The RunConfig: sections model, train, data (also bt://config).")
     derived: DerivedView | None = None
-    choices: dict[str, str] | None = Field(None, description="Allowed values of the enum fields, e.g. data.source.")
-    path: str = Field(description="Where the config is stored, relative to the workspace.")
+    choices: dict[str, Any] | None = Field(None, description="Allowed values of the enum fields by section, e.g. "
+                                           "choices.data.source.")
 
 
 class ChangedField(BaseModel):

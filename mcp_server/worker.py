@@ -1,23 +1,22 @@
-"""The training worker: ``python -m mcp_server.worker <job_dir>`` (started by the server, one per job).
+"""The training worker: ``python -m mcp_server.worker <job_dir>`` (started by a server or a finishing worker).
 
 Reads ``<job_dir>/request.json``, trains with the engine's ``Trainer`` and appends every callback
 event to ``<job_dir>/metrics.jsonl`` itself. The worker does not depend on the server that started it (its
-own session, stdin /dev/null): a server that exits leaves it training and the next one re-attaches.
-Cancellation: the file ``<job_dir>/cancel`` (any server writes it) or SIGTERM/SIGINT set the
+own session, stdin /dev/null): a server that exits leaves it training and any server on the workspace watches it.
+Cancellation: the file ``<job_dir>/cancel`` (any server writes it; the one channel) or SIGTERM/SIGINT set the
 ``threading.Event`` the Trainer polls at step boundaries; it then saves a resumable checkpoint and returns
-status 'cancelled'. With ``BT_JOB_FOLLOW_SESSION=1`` (``--jobs-follow-session``) the line ``cancel`` on
-stdin and EOF on stdin (the server went away) cancel too, the old session-bound behaviour. The exit code
-is also written to ``<job_dir>/exit.json`` for a server that is not the worker's parent.
+status 'cancelled'. With ``BT_JOBS_FOLLOW_SESSION=1`` (``--jobs-follow-session``) EOF on stdin (the server went
+away) writes that file too, saying 'shutdown'. At the end, rank 0 writes ``exit.json`` (exit code, CPU time),
+records how the job ended in ``job.json`` and starts the next queued job (``queue.py``), so the queue moves on
+with no server connected. File names, exit codes and the final-status rule live in ``lifecycle.py``.
 
 Exit codes: 0 when a result was reported (completed, cancelled, gated, even 'failed' from the
-trainer), 1 on an exception (an ``error`` event names it; the traceback goes to stderr = worker.log).
-Nothing here writes to the MCP server's stdout: the server points our stdout/stderr at worker.log.
+trainer), 1 on an exception (an ``error`` event names it; the traceback goes to stderr = worker.log), 28 on a
+full disk. Nothing here writes to the MCP server's stdout: the server points our stdout/stderr at worker.log.
 """
 
 from __future__ import annotations
 
-import errno
-import json
 import os
 import platform
 import signal
@@ -29,76 +28,51 @@ from pathlib import Path
 from typing import Any
 
 from .events import EventWriter, RuntimeFacts
-
-DISK_FULL_EXIT = 28  # = ENOSPC: the worker stopped because the disk is full (the server words the reason)
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-LOW_SPACE_BYTES = 1 << 20  # a filesystem with less free than this counts as full when a worker died unexplained
-
-
-def is_disk_full(err: BaseException | None, *, free_bytes: int | None = None) -> bool:
-    """ENOSPC/EDQUOT anywhere in ``err``'s cause/context chain, or ``free_bytes`` below LOW_SPACE_BYTES."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
-            return True
-        err = err.__cause__ or err.__context__
-    return free_bytes is not None and free_bytes < LOW_SPACE_BYTES
+from .lifecycle import (
+    CANCEL_FILE,
+    DISK_FULL_EXIT,
+    ERROR_EXIT,
+    METRICS_FILE,
+    RESULT_EXIT,
+    SHUTDOWN,
+    disk_full_reason,
+    follow_session_from_env,
+    is_disk_full,
+    request_cancel,
+    write_exit,
+)
 
 
-def disk_full_reason(ws_root: Path, job_dir: Path, checkpoint: str | None = None) -> str:
-    """What an agent reads when the disk filled up: that it is full, where, and what to do."""
-    try:
-        st = os.statvfs(ws_root)
-        space = (f"; {st.f_bavail * st.f_frsize / 2**20:.1f} MiB free of "
-                 f"{st.f_blocks * st.f_frsize / 2**20:.0f} MiB on the filesystem holding the workspace")
-    except OSError:
-        space = ""
-    resume = f"from checkpoint {checkpoint!r}" if checkpoint else "from its last checkpoint, if it saved one"
-    return (f"the disk is full: no space left on device while writing the job's files (jobs/{job_dir.name}: "
-            f"metrics.jsonl, worker.log; runs/ checkpoints){space}. Training stopped. Free space (delete old "
-            f"runs, exports or files outside the workspace on that disk), then train(resume=true) continues "
-            f"{resume}.")
-
-
-def _watch_stdin(cancel: threading.Event, why: list[str]) -> None:
-    """Set ``cancel`` on a 'cancel' line or on EOF (the server closed the pipe or died).
+def _watch_stdin(job_dir: Path) -> None:
+    """--jobs-follow-session: EOF on stdin (the server closed the pipe or died) writes the cancel file, the one
+    cancel channel, saying why (the job then ends 'interrupted').
 
     Reads the raw file descriptor, not ``sys.stdin``: a thread blocked in the buffered reader holds
     its lock, a forked DataLoader worker inherits the held lock, and the child's start-up
     (``sys.stdin.close()``) would wait on it forever.
     """
-    pending = b""
     while True:
         try:
             chunk = os.read(0, 4096)
         except OSError:
             chunk = b""
         if not chunk:
-            why.append("server went away (stdin closed)")
-            cancel.set()
+            request_cancel(job_dir, f"{SHUTDOWN}: server went away (stdin closed)")
             return
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        if any(line.strip() == b"cancel" for line in lines):
-            why.append("cancel_job")
-            cancel.set()
-
-
-CANCEL_FILE = "cancel"  # <job_dir>/cancel: any server (this one or a later one) asks the job to stop
-EXIT_FILE = "exit.json"  # <job_dir>/exit.json: the worker's exit code, for a server that is not its parent
-FOLLOW_SESSION_ENV = "BT_JOB_FOLLOW_SESSION"  # "1": the old behaviour, stdin EOF (server gone) = cancel
 
 
 def _watch_cancel_file(path: Path, cancel: threading.Event, why: list[str], poll_s: float = 0.2) -> None:
     """Set ``cancel`` once ``path`` exists. A file, not a pipe: the job does not depend on the server that
     started it, and a server started later can still cancel it."""
     while not cancel.is_set():
-        if path.exists():
-            why.append("cancel_job")
-            cancel.set()
-            return
-        time.sleep(poll_s)
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            time.sleep(poll_s)
+            continue
+        why.append(text.removeprefix(f"{SHUTDOWN}: ") or "cancel_job")
+        cancel.set()
+        return
 
 
 def _runtime_facts(model: Any) -> RuntimeFacts:
@@ -127,14 +101,14 @@ def run(job_dir: Path) -> int:
     # Under torchrun (train(processes=N)) every rank runs this; rank 0 reports for the job, the
     # others only report their own errors.
     rank = int(os.environ.get("RANK", "0"))
-    events = EventWriter(job_dir / "metrics.jsonl") if rank == 0 else _ErrorsOnly(job_dir / "metrics.jsonl", rank)
+    events = EventWriter(job_dir / METRICS_FILE) if rank == 0 else _ErrorsOnly(job_dir / METRICS_FILE, rank)
     cancel = threading.Event()
     why: list[str] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: (why.append("signal"), cancel.set()))
     threading.Thread(target=_watch_cancel_file, args=(job_dir / CANCEL_FILE, cancel, why), daemon=True).start()
-    if os.environ.get(FOLLOW_SESSION_ENV) == "1":  # --jobs-follow-session: the job ends with its server
-        threading.Thread(target=_watch_stdin, args=(cancel, why), daemon=True).start()
+    if follow_session_from_env():  # --jobs-follow-session: the job ends with its server
+        threading.Thread(target=_watch_stdin, args=(job_dir,), daemon=True).start()
     events.emit("started", {"pid": os.getpid(), "python": platform.python_version()})
     trainer = None
     try:
@@ -185,7 +159,7 @@ def run(job_dir: Path) -> int:
         if result.status == "cancelled" and why and not result.reason:
             result = result.model_copy(update={"reason": f"cancelled ({why[0]})"})
         events.emit("done", result)
-        return 0
+        return RESULT_EXIT
     except BaseException as err:
         if is_disk_full(err):
             # Appends fail now (events, even this log): try once each, then say it with the exit code.
@@ -197,7 +171,7 @@ def run(job_dir: Path) -> int:
             return DISK_FULL_EXIT
         traceback.print_exc(file=sys.stderr)
         events.emit("error", {"reason": _describe(err), "type": type(err).__name__})
-        return 1
+        return ERROR_EXIT
     finally:
         with _quiet():  # closing flushes; on a full disk that raises again
             events.close()
@@ -247,11 +221,38 @@ def main(argv: list[str] | None = None) -> int:
     job_dir = Path(args[0])
     code = run(job_dir)
     if int(os.environ.get("RANK", "0")) == 0:
-        try:  # a re-attached server is not our parent: it learns the exit code from here
-            (job_dir / EXIT_FILE).write_text(json.dumps({"code": code, "t": time.time()}), encoding="utf-8")
+        try:  # a server that is not our parent learns the exit code (and CPU time) from here
+            write_exit(job_dir, code, _cpu_seconds())
         except OSError as err:
-            print(f"could not write {EXIT_FILE}: {err}", file=sys.stderr)
+            print(f"could not write the exit file: {err}", file=sys.stderr)
+        _finish(job_dir, code)
     return code
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (DataLoader workers), user + system."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round(me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime, 2)
+
+
+def _finish(job_dir: Path, code: int) -> None:
+    """Settle this job's record and start the next queued job: the queue moves on with no server connected.
+    (Under --jobs-follow-session the server that started us is alive and advances the queue itself.)"""
+    try:
+        from . import queue
+        from .job import Job, load_record
+        from .lifecycle import read_exit
+        from .workspace import Workspace
+
+        ws = Workspace(job_dir.parent.parent)
+        job = Job(job_dir, load_record(job_dir)[0])
+        queue.settle(ws, job, code, read_exit(job_dir)[1])
+        if not follow_session_from_env():
+            queue.advance(ws, sys.executable)
+    except Exception:  # a server (this one's or the next) settles it and advances the queue instead
+        traceback.print_exc(file=sys.stderr)
 
 
 if __name__ == "__main__":

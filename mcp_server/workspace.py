@@ -31,12 +31,13 @@ import os
 import re
 import stat
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
+
+from .wslock import WorkspaceLock
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,16 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime) of a file, None when absent: every write is a rename, so a new stamp says some process (this
+    one or another server on the workspace) rewrote it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 class ServerState(BaseModel):
     """Small persistent facts the server keeps between restarts (state.json)."""
 
@@ -95,9 +106,11 @@ class Workspace:
 
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
-        self._state_lock = threading.Lock()
-        self._notice_lock = threading.Lock()
-        self._notices: list[dict[str, Any]] | None = None
+        # Held around every read-modify-write of shared files (config, state, notices, job allocation): other
+        # servers and workers on this workspace are other processes (wslock.py).
+        self.lock = WorkspaceLock(self.root)
+        self._notices: list[dict[str, Any]] | None = None  # the copy to show when notices.json cannot be written
+        self._notices_unsaved = False
         for sub in (self.root, self.jobs_dir, self.runs_dir, self.exports_dir, self.cache_dir):
             sub.mkdir(parents=True, exist_ok=True)
             if sub is not self.root and not self.confined(sub, self.root):
@@ -304,47 +317,57 @@ class Workspace:
         except (OSError, ValueError):
             return []
 
-    def add_notice(self, file: str, text: str) -> None:
-        with self._notice_lock:
-            notices = [n for n in self._read_notices() if n.get("file") != file]  # newest per file wins
-            notices.append({"file": file, "text": text, "shown": 0, "shown_in": []})
-            with contextlib.suppress(OSError):  # a full disk must not turn a recovery into a crash
+    def _write_notices(self, notices: list[dict[str, Any]]) -> None:
+        self._notices, self._notices_unsaved = notices, True
+        with contextlib.suppress(OSError):  # a full disk must not turn a recovery into a crash
+            if notices:
                 atomic_write_json(self.notices_path, notices)
-            self._notices = notices
+            else:
+                self.notices_path.unlink(missing_ok=True)
+            self._notices_unsaved = False
+
+    def _current_notices(self) -> list[dict[str, Any]]:
+        """notices.json (shared with other servers on this workspace), or this process's copy when it could
+        not be written (disk full)."""
+        if self._notices_unsaved and self._notices is not None:
+            return self._notices
+        return self._read_notices()
+
+    def add_notice(self, file: str, text: str) -> None:
+        with self.lock:
+            notices = [n for n in self._current_notices() if n.get("file") != file]  # newest per file wins
+            notices.append({"file": file, "text": text, "shown": 0, "shown_in": []})
+            self._write_notices(notices)
 
     def pending_notices(self) -> list[str]:
-        """Texts of the notices not yet shown enough (cached in memory; the file is the restart copy)."""
-        with self._notice_lock:
-            if self._notices is None:
-                self._notices = self._read_notices()
-            return [n["text"] for n in self._notices]
+        """Texts of the notices not yet shown enough (read each call: another server may have added one)."""
+        if not self._notices_unsaved and not self.notices_path.exists():
+            return []  # the common case, without taking the lock
+        with self.lock:
+            return [n["text"] for n in self._current_notices()]
 
     def notices_shown(self, tool: str) -> None:
         """One more result carried the notices. Each stays until it was in a get_config and a train result
         and in at least NOTICE_MIN_SHOWN results, or in NOTICE_MAX_SHOWN results (whatever the tools were)."""
-        with self._notice_lock:
-            if not self._notices:
+        with self.lock:
+            notices = self._current_notices()
+            if not notices:
                 return
             keep = []
-            for n in self._notices:
+            for n in notices:
                 n["shown"] = int(n.get("shown", 0)) + 1
                 n["shown_in"] = sorted({*n.get("shown_in", []), tool} & set(NOTICE_TOOLS))
                 done = (n["shown"] >= NOTICE_MIN_SHOWN and set(n["shown_in"]) >= set(NOTICE_TOOLS)) \
                     or n["shown"] >= NOTICE_MAX_SHOWN
                 if not done:
                     keep.append(n)
-            self._notices = keep
-            with contextlib.suppress(OSError):
-                if keep:
-                    atomic_write_json(self.notices_path, keep)
-                else:
-                    self.notices_path.unlink(missing_ok=True)
+            self._write_notices(keep)
 
     def save_state(self, state: ServerState) -> None:
         atomic_write_json(self.state_path, state.model_dump(mode="json"))
 
     def update_state(self, **changes: Any) -> ServerState:
-        with self._state_lock:  # tools and the job monitor thread both update it
+        with self.lock:  # tools, job monitors, other servers and finishing workers all update it
             state = self.load_state().model_copy(update=changes)
             self.save_state(state)
             return state

@@ -35,7 +35,7 @@ def register(server: MCPServer, app) -> None:
         cfg = app.config()
         facts = app.engine.with_speed(cfg, derived_or_note(cfg)) if derived else None
         return reply(ConfigView(config=cfg.model_dump(mode="json"), derived=derived_view(facts, detail),
-                                choices=choices(), path=app.ws.rel(app.ws.config_path)))
+                                choices=choices()))
 
     @server.tool(annotations=writes("Patch the run configuration", destructive=True, idempotent=True))
     @guarded

@@ -273,7 +273,7 @@ def register(server: MCPServer, app) -> None:
                             "show the names)")
         kind, value = given[0]
         state = app.ws.load_state()
-        busy = app.jobs.active()
+        training = {j.run: j for j in app.jobs.all() if j.active}  # queued jobs too: a resume needs its run
         protected = {state.current_checkpoint: "the current model (load_checkpoint another one first)",
                      state.init_checkpoint: "the next run's starting model (load_checkpoint another one, or train "
                                             "first)"}
@@ -287,7 +287,8 @@ def register(server: MCPServer, app) -> None:
             path = app.ws.run_dir(value)
             if not path.is_dir() or path.is_symlink():
                 raise ToolError(f"run {value!r} does not exist; list_checkpoints() shows runs as '<run>/...'")
-            if busy is not None and busy.run == value:
+            if value in training:
+                busy = training[value]
                 raise ToolError(f"run {value!r} is being trained by {busy.id}; cancel_job('{busy.id}') first")
             for name, why in protected.items():
                 if name.split("/", 1)[0] == value:
@@ -298,7 +299,8 @@ def register(server: MCPServer, app) -> None:
             run_name = value.split("/", 1)[0]
             if value in protected:
                 raise ToolError(f"checkpoint {value!r} is {protected[value]}")
-            if busy is not None and busy.run == run_name:
+            if run_name in training:
+                busy = training[run_name]
                 raise ToolError(f"checkpoint {value!r} belongs to run {run_name!r}, which {busy.id} is training; "
                                 f"cancel_job('{busy.id}') first")
             label = value

@@ -16,6 +16,7 @@ from pydantic import Field
 from bit_transformer.records import EvalMetrics, TrainPlan
 
 from ..budget import EVALS_CAP, HISTORY_CAP
+from ..compare import RunTable, compare
 from ..dashboard import URI as DASHBOARD_URI
 from ..events import downsample
 from ..job import TrainRequest
@@ -58,8 +59,10 @@ def _gate(ev: EvalMetrics | None) -> GateBrief | None:
     return GateBrief(state="burn-in" if ev.gate.in_burn_in else "ok")
 
 
-def job_view(job: Job, *, history: int = 0, include: list[str] | tuple[str, ...] = ()) -> JobView:
-    """The compact view of a job's record plus the detail sections asked for (the records themselves)."""
+def job_view(job: Job, *, history: int = 0, include: list[str] | tuple[str, ...] = (),
+             queue: list[Job] = ()) -> JobView:
+    """The compact view of a job's record plus the detail sections asked for (the records themselves); ``queue``
+    (the queued jobs in start order) gives a queued job its position."""
     job.ensure_loaded()
     with job.lock:
         rec = job.record.model_copy()  # shallow: the lists are copied below, under the lock
@@ -84,6 +87,7 @@ def job_view(job: Job, *, history: int = 0, include: list[str] | tuple[str, ...]
         eval=EvalBrief(update=ev.update, val_bpb=_round(ev.val_bpb, 4), val_loss=_round(ev.val_loss)) if ev else None,
         gate=_gate(ev), checkpoint=rec.checkpoint, run=job.run,
         elapsed_s=round(end - (rec.started_at or rec.created_at), 1), next=next_hint(job),
+        queue_position=next((i + 1 for i, q in enumerate(queue) if q.id == job.id), None),
     )
     sections: dict[str, Any] = {
         "plan": lambda: _plan(job, rec.plan),
@@ -125,6 +129,8 @@ def _plan(job: Job, plan: TrainPlan | None) -> PlanDetail | None:
 
 def next_hint(job: Job) -> str:
     s, ck = job.status, job.record.checkpoint
+    if s == "queued":
+        return f"starts when the jobs ahead end; get_job('{job.id}', wait_s=50) follows it, cancel_job removes it"
     if job.active:
         return f"get_job('{job.id}', wait_s=50) again, or cancel_job('{job.id}') to stop it with a checkpoint"
     if s == "completed":
@@ -191,30 +197,29 @@ def register(server: MCPServer, app) -> None:
         processes: Annotated[int, Field(ge=1, le=64, description="Data-parallel processes on this machine "
                                         "(torchrun; DDP or FSDP2 per train.distributed). batch_size is per "
                                         "process.")] = 1,
+        queue: Annotated[bool, Field(description="false: fail instead of queueing.")] = True,
         wait_s: WaitS = 0.0,
     ) -> Annotated[CallToolResult, JobView]:
-        """Start training in a background worker (one job at a time; it keeps running if this client goes away)
-        and return its job_id at once. Without steps/epochs/minutes the config's train.steps/epochs/time_budget
-        apply. Then poll
-        get_job(job_id, wait_s=50) until active is false. Common mistakes: train while a job runs (the error
-        names it); a new train() to continue a stopped run: use resume=<run or job id>."""
+        """Start training in a background worker (one at a time, later ones queue; it keeps running if this client
+        goes away) and return its job_id at once. Without steps/epochs/minutes the config's
+        train.steps/epochs/time_budget apply. Then poll get_job(job_id, wait_s=50) until active is false. Common
+        mistake: a new train() to continue a stopped run: use resume=<run or job id>."""
         if sum(x is not None for x in (steps, epochs, minutes)) > 1:
             raise ToolError("give one of steps, epochs or minutes")
         _check_processes(processes, app.config())
-        busy = jobs.active()
-        if busy is not None:
-            raise ToolError(f"job {busy.id} is {busy.status} (update {busy.update()}/{busy.total_updates() or '?'}); "
-                            f"one training job at a time: wait with get_job('{busy.id}', wait_s=50) or "
-                            f"cancel_job('{busy.id}') first")
         request = _request(app, steps, epochs, resume, fresh, processes, minutes)
         try:
-            job = jobs.start(request)
+            job = jobs.start(request, queue_ok=queue)
         except JobBusyError as err:
-            raise ToolError(f"job {err} is already running; one training job at a time") from err
+            busy = jobs.get(str(err))
+            where = f" (update {busy.update()}/{busy.total_updates() or '?'})" if busy else ""
+            raise ToolError(f"job {err} is active{where}; one training job at a time and queue=false: wait with "
+                            f"get_job('{err}', wait_s=50), cancel_job('{err}'), or train(queue=true) to run after "
+                            "it") from err
         if request.init_name:
             app.ws.update_state(init_checkpoint=None)  # consumed by this run
         await wait(job, wait_s, ctx)
-        return reply(job_view(job))
+        return reply(job_view(job, queue=jobs.queued()))
 
     @server.tool(annotations=read_only("Get a job's status and metrics"))
     @guarded
@@ -230,7 +235,7 @@ def register(server: MCPServer, app) -> None:
             return await poll(app, job_id, wait_s=wait_s, detail=bool(include), ctx=ctx)
         job = find(job_id)
         await wait(job, wait_s, ctx)
-        return reply(job_view(job, history=history, include=_includes(include)))
+        return reply(job_view(job, history=history, include=_includes(include), queue=jobs.queued()))
 
     @server.tool(annotations=read_only("List jobs"))
     @guarded
@@ -253,7 +258,9 @@ def register(server: MCPServer, app) -> None:
                                   val_bpb=_round(rec.last_eval.val_bpb, 4) if rec.last_eval else None,
                                   checkpoint=rec.checkpoint, reason=_short(rec.reason)))
         active = jobs.active()
-        return reply(JobList(jobs=out, total=len(every), active_job=active.id if active else None))
+        waiting = [j.id for j in jobs.queued()]
+        return reply(JobList(jobs=out, total=len(every), active_job=active.id if active and active.status != "queued"
+                             else None, queued=waiting or None))
 
     @server.tool(annotations=writes("Cancel a job", destructive=True))
     @guarded
@@ -264,8 +271,8 @@ def register(server: MCPServer, app) -> None:
         force: Annotated[bool, Field(description="Kill the worker at once (no checkpoint; last saved one stays).")]
         = False,
     ) -> Annotated[CallToolResult, JobView]:
-        """Stop a job at the next step boundary with a resumable checkpoint (default: the active job; one an
-        earlier server started too). Good result: status 'cancelled'; train(resume=<run>) continues it.
+        """Stop a job at the next step boundary with a resumable checkpoint (a queued job is dropped; default: the
+        active job; any server's). Good result: status 'cancelled'; train(resume=<run>) continues it.
         force=true only for a worker that does not stop."""
         if is_playbook_run(job_id):
             from .playbook_run import cancel
@@ -278,7 +285,32 @@ def register(server: MCPServer, app) -> None:
             raise ToolError(f"job {job.id} already ended ({job.status}); nothing to cancel")
         jobs.cancel(job, force=force)
         await wait(job, wait_s, ctx)
-        return reply(job_view(job))
+        return reply(job_view(job, queue=jobs.queued()))
+
+    _compare_tool(server, app)
+
+
+def _compare_tool(server: MCPServer, app) -> None:
+    @server.tool(annotations=read_only("Compare runs"))
+    @guarded
+    def compare_runs(
+        last: Annotated[int, Field(ge=1, le=50, description="Newest N jobs.")] = 5,
+        jobs: Annotated[list[str], Field(description="Job ids instead.")] = [],  # noqa: B006 - never mutated
+    ) -> Annotated[CallToolResult, RunTable]:
+        """Jobs side by side: differing config, params, updates, CPU minutes, final/best val_bpb."""
+        every = app.jobs.all()
+        if jobs:
+            jobs = jobs[:50]
+            known = {j.id: j for j in every}
+            missing = [k for k in jobs if k not in known]
+            if missing:
+                raise ToolError(f"unknown job ids {missing}; list_jobs() shows the jobs")
+            chosen = [known[k] for k in dict.fromkeys(jobs)]
+        else:
+            chosen = every[-last:]
+        if not chosen:
+            raise ToolError("no jobs yet: start one with train(steps=N)")
+        return reply(compare(chosen))
 
 
 def _short(text: str | None, n: int = 160) -> str | None:

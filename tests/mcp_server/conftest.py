@@ -75,7 +75,7 @@ def trained(tmp_path_factory) -> dict[str, Any]:
             await call(c, "patch_config", {"patch": TINY})
             started = await call(c, "train", {"steps": TRAIN_STEPS})
             out["started"] = started
-            out["busy"] = await c.call_tool("train", {"steps": 2})
+            out["busy"] = await c.call_tool("train", {"steps": 2, "queue": False})
 
             async def progress(p, total, msg):
                 out["progress"].append((p, total, msg))

@@ -113,9 +113,9 @@ async def test_a_reset_shows_new_null_and_get_config_lists_enum_choices(tiny_ws)
         got = await call(c, "get_config", {"derived": False})
         bad = error_text(await c.call_tool("patch_config", {"patch": {"data": {"source": "web"}}}))
     assert reset["changed"] == [{"path": "data.max_bytes", "old": 8000, "new": None}]  # said, not left out
-    assert got["choices"]["data.source"] == "builtin|files|hf" and got["choices"]["train.amp"] == "bf16|none"
+    assert got["choices"]["data"]["source"] == "builtin|files|hf" and got["choices"]["train"]["amp"] == "bf16|none"
     assert "source" in bad  # the values get_config lists are the ones validation accepts
-    for value in got["choices"]["data.source"].split("|"):
+    for value in got["choices"]["data"]["source"].split("|"):
         from bit_transformer.config import DataConfig
 
         DataConfig.model_validate({"source": value, "paths": ["x"]})

@@ -9,7 +9,7 @@ import anyio
 import pytest
 from mcp.client import Client
 
-from mcp_server.jobs import _children, worker_command
+from mcp_server.lifecycle import _children, worker_command
 
 from .conftest import call, error_text, new_server
 

@@ -30,7 +30,7 @@ def fuzz(tmp_path_factory):
     server = new_server(ws)
     app = server.app_state
 
-    def no_jobs(request):  # random valid train() calls must not start real jobs here
+    def no_jobs(request, **_):  # random valid train() calls must not start real jobs here
         raise JobBusyError("fuzz-job")
 
     app.jobs.start = no_jobs

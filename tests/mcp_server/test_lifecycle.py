@@ -92,6 +92,7 @@ async def test_restart_marks_running_job_interrupted(trained_ws):
     (jdir / "job.json").write_text(json.dumps(rec))
     lines = [ln for ln in (jdir / "metrics.jsonl").read_text().splitlines() if '"done"' not in ln]
     (jdir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (jdir / "exit.json").unlink()  # a worker killed mid-run writes no exit code
     async with Client(new_server(trained_ws)) as c:
         view = await call(c, "get_job")
         assert view["status"] == "interrupted"
@@ -109,6 +110,7 @@ async def test_a_reused_pid_is_never_taken_for_the_worker(trained_ws):
     (jdir / "job.json").write_text(json.dumps(rec))
     lines = [ln for ln in (jdir / "metrics.jsonl").read_text().splitlines() if '"done"' not in ln]
     (jdir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (jdir / "exit.json").unlink()  # a worker killed mid-run writes no exit code
     async with Client(new_server(trained_ws)) as c:  # we are still alive to check: no SIGTERM reached us
         view = await call(c, "get_job")
         assert view["status"] == "interrupted" and not view["active"]

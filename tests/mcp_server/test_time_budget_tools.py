@@ -19,7 +19,7 @@ async def test_get_config_measures_once_per_shape_and_reports_the_eta(tiny_ws):
         derived = (await call(c, "get_config"))["derived"]
         s, total = derived["s_per_update"], derived["plan"]["total_updates"]
         assert s > 0 and derived["eta_s"] == pytest.approx(total * s, rel=1e-3, abs=0.1)
-        assert any("s/update here" in n and "train(minutes=M)" in n for n in derived["notes"])
+        assert derived["s_per_update"] > 0 and any("train(minutes=M)" in n for n in derived["notes"])
         assert len(json.loads(speed_file.read_text())) == 1
         await call(c, "patch_config", {"patch": {"lr": 1e-3, "time_budget": "10m"}})  # same shape: no new probe
         derived = (await call(c, "get_config"))["derived"]
