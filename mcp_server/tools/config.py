@@ -9,6 +9,7 @@ from mcp.types import CallToolResult
 from pydantic import Field
 
 from ..config_ops import PatchError, apply_patch, choices
+from ..inert import inert_fields, without
 from ..views import MAX_CHANGES, ChangedField, ConfigView, DataPrepResult, DerivedFacts, PatchResult, derived_view
 from ..workspace import WorkspaceError
 from .common import guarded, read_only, writes
@@ -35,8 +36,9 @@ def register(server: MCPServer, app) -> None:
         slow or impossible settings). Call it first: patch_config takes the same shape."""
         cfg = app.config()
         facts = app.engine.with_speed(cfg, derived_or_note(cfg)) if derived else None
-        return reply(ConfigView(config=cfg.model_dump(mode="json"), derived=derived_view(facts, detail),
-                                choices=choices()))
+        inert = set() if detail else inert_fields(cfg)
+        return reply(ConfigView(config=without(cfg.model_dump(mode="json"), inert),
+                                derived=derived_view(facts, detail), choices=without(choices(), inert)))
 
     @server.tool(annotations=writes("Patch the run config", destructive=True, idempotent=True))
     @guarded
