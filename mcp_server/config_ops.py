@@ -86,7 +86,7 @@ NOT_ALIASES: dict[str, str] = {
     "dataset": "data.source ('builtin', 'files' or 'hf') with data.paths or data.hf_name",
 }
 # Keys of the get_config / patch_config result that are not config: dropped when a result is sent back.
-RESULT_KEYS = ("derived", "path", "changed", "applied", "notes", "next")
+RESULT_KEYS = ("derived", "choices", "path", "changed", "changed_count", "applied", "notes", "next", "notice")
 _GENERIC = {"max", "min", "num", "n", "use", "enable", "is", "total", "per", "size", "every"}
 
 

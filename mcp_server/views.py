@@ -170,7 +170,8 @@ def derived_view(facts: DerivedFacts | None, detail: bool = False) -> DerivedVie
 
 
 class ConfigView(Open):
-    config: dict[str, Any] = Field(description="The RunConfig: sections model, train, data (also bt://config).")
+    config: dict[str, Any] = Field(description="The RunConfig: sections model, train, data; without the fields "
+                                   "inert under its settings unless detail=true (whole: bt://config).")
     derived: DerivedView | None = None
     choices: dict[str, Any] | None = Field(None, description="Allowed values of the enum fields by section, e.g. "
                                            "choices.data.source.")

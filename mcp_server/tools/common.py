@@ -1,4 +1,4 @@
-"""Shared tool plumbing: error translation (no stack traces to agents) and annotations."""
+"""Shared tool plumbing: error translation (no stack traces to agents), annotations, shared argument types."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from ..config_ops import PatchError, validation_message
 from ..engine import EngineError
@@ -19,6 +19,10 @@ from ..workspace import WorkspaceError
 log = logging.getLogger("mcp_server.tools")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# The wait argument of the tools that start or poll a job (train, get_job, playbook_run).
+WaitS = Annotated[float, Field(ge=0, le=300, description="Seconds to wait for the end (<= 50: client timeouts)."
+                               )]
 
 EXPECTED = (ToolError, EngineError, WorkspaceError, PatchError)
 

@@ -3,9 +3,9 @@
 ``reply(view)`` returns a tool result whose structured content and text are the same compact JSON with
 ``None`` fields left out and non-finite floats written as strings ("nan"; the one place results do that).
 ``finalize(server)`` runs after every tool is registered: it strips docstring indentation from descriptions,
-drops pydantic's per-property titles from input schemas, and shrinks output schemas to their top-level field
-names and JSON types (no nested ``$defs``): the result fields are named in each tool's description, and the
-nested detail is documented there and in docs/server.md.
+drops pydantic's per-property titles and string length caps from input schemas, and shrinks output schemas to
+their top-level field names and JSON types (no nested ``$defs``): the result fields are named in each tool's
+description, and the nested detail is documented there and in docs/server.md.
 """
 
 from __future__ import annotations
@@ -90,11 +90,13 @@ def shrink_output(schema: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"type": "object", "properties": props}  # 'required' left out: it would repeat most names
 
 
-def _strip_titles(node: Any) -> Any:
+def _strip(node: Any) -> Any:
+    """Without pydantic's titles and string length caps (guards the server checks; no real value nears them)."""
     if isinstance(node, dict):
-        return {k: _strip_titles(v) for k, v in node.items() if k != "title" or not isinstance(v, str)}
+        return {k: _strip(v) for k, v in node.items()
+                if not (k == "title" and isinstance(v, str)) and not (k == "maxLength" and isinstance(v, int))}
     if isinstance(node, list):
-        return [_strip_titles(v) for v in node]
+        return [_strip(v) for v in node]
     return node
 
 
@@ -113,14 +115,15 @@ def _simplify_optional(prop: dict[str, Any]) -> dict[str, Any]:
 
 
 def shrink_input(schema: dict[str, Any]) -> dict[str, Any]:
-    """No titles, ``type: [X, "null"]`` instead of anyOf, and no ``default: null`` (optional says as much)."""
-    schema = _strip_titles(schema)
+    """No titles or string length caps, ``type: [X, "null"]`` instead of anyOf, and no ``default: null`` (optional
+    says as much)."""
+    schema = _strip(schema)
     props = schema.get("properties") or {}
     out = {}
     for name, prop in props.items():
         prop = _simplify_optional(prop)
         prop = {k: v for k, v in prop.items()
-                if not (k == "default" and v is None) and not (k in ("maximum", "maxLength") and v >= BIG)}
+                if not (k == "default" and v is None) and not (k == "maximum" and v >= BIG)}
         out[name] = prop
     schema["properties"] = out
     return schema

@@ -9,6 +9,7 @@ from mcp.types import CallToolResult
 from pydantic import Field
 
 from ..config_ops import PatchError, apply_patch, choices
+from ..inert import inert_fields, without
 from ..views import MAX_CHANGES, ChangedField, ConfigView, DataPrepResult, DerivedFacts, PatchResult, derived_view
 from ..workspace import WorkspaceError
 from .common import guarded, read_only, writes
@@ -22,35 +23,36 @@ def register(server: MCPServer, app) -> None:
         except Exception as err:  # derived facts are a bonus: never fail the config tools on them
             return DerivedFacts(seq_len=cfg.model.max_seq_len, notes=[f"derived facts unavailable: {err}"])
 
-    @server.tool(annotations=read_only("Get the run configuration"))
+    @server.tool(annotations=read_only("Get the run config"))
     @guarded
     def get_config(
-        derived: Annotated[bool, Field(description="Add derived facts incl. s_per_update/eta_s (the first call loads "
-                                       "the data; each new model/batch shape is timed once, ~1-2 s).")] = True,
-        detail: Annotated[bool, Field(description="Full derived facts: whole plan, memory, data.")] = False,
+        derived: Annotated[bool, Field(description="Add derived facts (the first call loads the data; each new "
+                                       "model/batch shape is timed once, ~1-2 s).")] = True,
+        detail: Annotated[bool, Field(description="Every config field (inert ones too) and the full derived facts."
+                                      )] = False,
     ) -> Annotated[CallToolResult, ConfigView]:
-        """The run configuration (sections model, train, data), allowed values of its enum fields (choices) and
-        derived facts (params, train_windows, plan.total_updates, memory_mb, s_per_update, eta_s; notes warn of
+        """The run config (model, train, data; fields with no effect under the current settings are left out),
+        enum choices and derived facts (params, train_windows, plan, memory_mb, s_per_update, eta_s; notes warn of
         slow or impossible settings). Call it first: patch_config takes the same shape."""
         cfg = app.config()
         facts = app.engine.with_speed(cfg, derived_or_note(cfg)) if derived else None
-        return reply(ConfigView(config=cfg.model_dump(mode="json"), derived=derived_view(facts, detail),
-                                choices=choices()))
+        inert = set() if detail else inert_fields(cfg)
+        return reply(ConfigView(config=without(cfg.model_dump(mode="json"), inert),
+                                derived=derived_view(facts, detail), choices=without(choices(), inert)))
 
-    @server.tool(annotations=writes("Patch the run configuration", destructive=True, idempotent=True))
+    @server.tool(annotations=writes("Patch the run config", destructive=True, idempotent=True))
     @guarded
     def patch_config(
         patch: Annotated[dict[str, Any], Field(
-            description="JSON merge patch, e.g. {\"model\": {\"layers\": 2}, \"train\": {\"batch_size\": 8}}; null "
-            "resets a field to its default. Dotted keys, bare field names and common aliases (learning_rate, "
-            "n_layer, block_size...) are routed to their field.")],
-        dry_run: Annotated[bool, Field(description="Validate and report, but do not save.")] = False,
+            description="JSON merge patch, e.g. {\"model\":{\"layers\":2}}; null resets a field. Dotted keys, bare "
+            "names, other trainers' names (learning_rate, n_layer...) and get_config's result, edited, are accepted."
+        )],
+        dry_run: Annotated[bool, Field(description="Validate and report; save nothing.")] = False,
         include_config: Annotated[bool, Field(description="Also return the whole new config.")] = False,
     ) -> Annotated[CallToolResult, PatchResult]:
-        """Change the run configuration: returns each changed field (old -> new), notes on how the patch was read
-        (a field in the wrong section or another trainer's name is routed, and said) and the new derived facts.
-        An invalid patch changes nothing; the error names each bad field and the fix. A running job keeps its
-        own config. get_config's result, edited, is accepted too."""
+        """Change the run config: returns each changed field (old -> new), notes on how the patch was read and the
+        new derived facts. An invalid patch changes nothing; the error names each bad field and the fix. A running
+        job keeps its own config."""
         with app.config_lock:
             notes: list[str] = []
             new, changes = apply_patch(app.config(), patch, notes)
@@ -66,14 +68,14 @@ def register(server: MCPServer, app) -> None:
             config=new.model_dump(mode="json") if include_config else None,
         ))
 
-    @server.tool(annotations=writes("Load and cache the training text", destructive=False, idempotent=True,
+    @server.tool(annotations=writes("Load and cache the data", destructive=False, idempotent=True,
                                        open_world=True))
     @guarded
     def prepare_data(
-        reload: Annotated[bool, Field(description="Read the source again and re-check the cache.")] = True,
+        reload: Annotated[bool, Field(description="Re-read the source and re-check the cache.")] = True,
     ) -> Annotated[CallToolResult, DataPrepResult]:
-        """Load the configured text, encode it once into the workspace's bit cache, and report bytes, windows and
-        cache_hit. Use before a long run to check the data (data.source 'hf' downloads here)."""
+        """Load the configured text into the workspace's bit cache; report bytes, windows, cache_hit. Use before a
+        long run to check the data (data.source 'hf' downloads here)."""
         cfg = app.config()
         corpus = app.engine.corpus(cfg.data, force=reload)
         view = app.engine.data_view(corpus)

@@ -23,7 +23,7 @@ DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog. Bits in, bits out."
 def register(server: MCPServer, app) -> None:
     engine = app.engine
 
-    @server.tool(annotations=read_only("Latest telemetry and safety gate state", open_world=True))
+    @server.tool(annotations=read_only("Telemetry and safety gate", open_world=True))
     @guarded
     def telemetry(
         compute: Annotated[bool, Field(description="Also measure K/C/S of the current model now (slower).")]
@@ -83,17 +83,17 @@ def register(server: MCPServer, app) -> None:
         text: Annotated[str, Field(min_length=1, max_length=100_000, description="Input (cut to max_seq_len "
                                    "bits).")] = DEFAULT_TEXT,
         layer: Annotated[int | None, Field(ge=0, le=255, description="One layer; default all.")] = None,
-        chunk_size: Annotated[int | None, Field(ge=0, le=1 << 20, description="Override chunk_size (0 = full "
-                                                "attention).")] = None,
-        overlap: Annotated[int | None, Field(ge=0, le=1 << 20, description="Override overlap.")] = None,
-        causal: Annotated[bool | None, Field(description="Override causal.")] = None,
-        full_attn_logging: Annotated[bool | None, Field(description="Override full_attn_logging.")] = None,
+        chunk_size: Annotated[int | None, Field(ge=0, le=1 << 20, description="0 = full attention.")] = None,
+        overlap: Annotated[int | None, Field(ge=0, le=1 << 20)] = None,
+        causal: bool | None = None,
+        full_attn_logging: bool | None = None,
         include_maps: Annotated[bool, Field(description="Return head-averaged T x T maps (large).")] = False,
         checkpoint: Checkpoint = None,
     ) -> Annotated[CallToolResult, AttentionReport]:
         """How attention runs on a short input, per layer: SDPA facts (is_causal, dense mask, chunked), head
-        entropy, mask-cache hits/misses over two passes, resolved full_attn_logging, and whether stitched chunk
-        maps match a dense reference. The config's attention settings on the current model (else a fresh one)."""
+        entropy, mask-cache hits/misses, resolved full_attn_logging, and whether stitched chunk maps match a
+        dense reference. The current model (else a fresh one), the config's attention settings unless
+        overridden."""
         cfg = app.config()
         updates = {k: v for k, v in (("causal", causal), ("full_attn_logging", full_attn_logging)) if v is not None}
         if chunk_size is not None:

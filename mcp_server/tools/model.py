@@ -40,7 +40,7 @@ from .compact import reply
 GENERATE_LIMIT_S = 40.0
 
 Checkpoint = Annotated[str | None, Field(
-    max_length=200, description="'<run>/<name>' (list_checkpoints); default: the current model.")]
+    max_length=200, description="'<run>/<name>'; default: the current model.")]
 
 
 def register(server: MCPServer, app) -> None:
@@ -49,17 +49,17 @@ def register(server: MCPServer, app) -> None:
     @server.tool(annotations=read_only("Evaluate bits per byte", open_world=True))
     @guarded
     def evaluate(
-        split: Annotated[Literal["val", "train"], Field(description="Corpus split when no text is given.")] = "val",
+        split: Annotated[Literal["val", "train"], Field(description="Split when no text is given.")] = "val",
         text: Annotated[str | None, Field(max_length=1_000_000, description="Evaluate this text instead.")] = None,
-        max_bytes: Annotated[int, Field(ge=1, le=50_000_000, description="Evaluate at most this many bytes.")]
+        max_bytes: Annotated[int, Field(ge=1, le=50_000_000, description="At most this many bytes.")]
         = 16384,
         checkpoint: Checkpoint = None,
         compressors: Annotated[bool, Field(description="Also report gzip/bzip2/xz bits per byte.")] = True,
         detail: Annotated[bool, Field(description="Add by_phase: loss and accuracy per bit position.")] = False,
     ) -> Annotated[CallToolResult, EvalResult]:
-        """Bits per byte of the current model (or checkpoint=...) on val (default), train or given text:
-        bits_per_byte (all 9 bit positions; compare it with the gzip/bzip2/xz figures, which get the training
-        text as context on val), data_bits_per_byte (8 data bits), bit_accuracy. Good: below the compressors'."""
+        """Bits per byte of the current model or a checkpoint on val, train or given text: bits_per_byte (all 9
+        bits), data_bits_per_byte (8 data bits), bit_accuracy. Good: below the gzip/bzip2/xz figures (which get
+        the training text as context on val)."""
         from bit_transformer.baselines import training_context
         from bit_transformer.evaluate import evaluate_bits, evaluate_text
 
@@ -90,14 +90,14 @@ def register(server: MCPServer, app) -> None:
                                                       if ctx else ", with no context)"))
         return reply(EvalResult(source=source, checkpoint=name, **data))
 
-    @server.tool(annotations=writes("Generate text (records its telemetry)", destructive=False))
+    @server.tool(annotations=writes("Generate text", destructive=False))
     @guarded
     def generate(
-        prompt: Annotated[str, Field(max_length=100_000, description="Text to continue (may be empty).")] = "",
+        prompt: Annotated[str, Field(max_length=100_000, description="Text to continue.")] = "",
         max_bytes: Annotated[int, Field(ge=0, le=4096, description="Bytes to generate.")] = 64,
         temperature: Annotated[float, Field(ge=0.0, le=10.0, description="0 = greedy.")] = 1.0,
         top_p: Annotated[float, Field(gt=0.0, le=1.0, description="Nucleus sampling mass.")] = 1.0,
-        seed: Annotated[int | None, Field(ge=0, le=2**63 - 1, description="Seed for reproducible output.")] = None,
+        seed: Annotated[int | None, Field(ge=0, le=2**63 - 1, description="Reproducible output.")] = None,
         checkpoint: Checkpoint = None,
         mode: Annotated[Literal["auto", "causal", "diffusion"], Field(
             description="auto: the model's own; diffusion needs a denoising model.")] = "auto",
@@ -105,8 +105,7 @@ def register(server: MCPServer, app) -> None:
         telemetry: Annotated[bool, Field(description="Add K/C/S telemetry of the generated bits.")] = False,
     ) -> Annotated[CallToolResult, GenerateResult]:
         """Continue a prompt with parity-constrained sampling (every byte decodes): text, parity_ok and the safety
-        gate's verdict. seed=N reproduces, temperature=0 is greedy. A large max_bytes is slow on CPU: start with
-        64 (sampling stops after 40 s, see stopped)."""
+        gate's verdict. A large max_bytes is slow on CPU: start with 64 (sampling stops after 40 s, see stopped)."""
         from bit_transformer.generate import generate as gen
 
         with engine.lock:
@@ -126,15 +125,15 @@ def register(server: MCPServer, app) -> None:
     @server.tool(annotations=writes("Export an INT8 model", destructive=True, idempotent=True, open_world=True))
     @guarded
     def export_int8(
-        name: Annotated[str | None, Field(max_length=80, description="Export name (letters, digits, . _ -; "
-                                          "default from the checkpoint); replaces one of that name.")] = None,
+        name: Annotated[str | None, Field(max_length=80, description="Letters, digits, . _ -; default from the "
+                                          "checkpoint; replaces one of that name.")] = None,
         checkpoint: Checkpoint = None,
-        eval_bytes: Annotated[int, Field(ge=0, le=1_000_000, description="Validation bytes used to measure the "
-                                         "change (0 = skip).")] = DEFAULT_EVAL_BYTES,
+        eval_bytes: Annotated[int, Field(ge=0, le=1_000_000, description="Validation bytes for bpb_delta (0 = "
+                                         "skip).")] = DEFAULT_EVAL_BYTES,
     ) -> Annotated[CallToolResult, ExportResult]:
-        """Quantize the current model (or checkpoint=...) to INT8 (dynamic quantization of linear layers; QAT
-        weights when train.qat) into exports/<name>/. Good result: size_ratio > 3 and a small bpb_delta (int8
-        minus fp32 bits per byte on validation text)."""
+        """Quantize the current model or a checkpoint to INT8 (dynamic, linear layers; QAT weights when train.qat)
+        into exports/<name>/. Good result: size_ratio > 3 and a small bpb_delta (int8 - fp32 bits per byte on
+        val)."""
         from bit_transformer.export import Int8Info, export_int8_checked
 
         with engine.lock:
@@ -159,11 +158,11 @@ def register(server: MCPServer, app) -> None:
         d_model: Annotated[int | None, Field(ge=8, le=16384, description="New width (>= current).")] = None,
         dim_feedforward: Annotated[int | None, Field(ge=8, le=65536, description="New FF width.")] = None,
         nhead: Annotated[int | None, Field(ge=1, le=256, description="New head count (divides d_model).")] = None,
-        seed: Annotated[int, Field(ge=0, le=2**31 - 1, description="Seed for the new weights.")] = 0,
+        seed: Annotated[int, Field(ge=0, le=2**31 - 1, description="For the new weights.")] = 0,
         checkpoint: Checkpoint = None,
     ) -> Annotated[CallToolResult, ScaleResult]:
-        """Grow the current model in depth and/or width (function-preserving where it can), save it as a
-        checkpoint, the next train()'s model and config.model. Returns the rebuilt plan for the next run."""
+        """Grow the current model in depth and/or width (function-preserving where it can) into a checkpoint,
+        the next train()'s model and config.model. Returns the next run's rebuilt plan."""
         if all(v is None for v in (layers, d_model, dim_feedforward, nhead)):
             raise ToolError("nothing to grow: give layers, d_model, dim_feedforward and/or nhead")
         busy = app.jobs.active()
@@ -202,8 +201,7 @@ def register(server: MCPServer, app) -> None:
         run: Annotated[str | None, Field(max_length=80, description="Only this run's checkpoints.")] = None,
     ) -> Annotated[CallToolResult, CheckpointList]:
         """Saved checkpoints ('<run>/<name>', newest last): update, val_bpb, kind; current = the model
-        evaluate/generate/export_int8 use, starts_next_run = the next train()'s start. Names for load_checkpoint,
-        evaluate(checkpoint=...) and delete."""
+        evaluate/generate/export_int8 use, starts_next_run = the next train()'s start."""
         state = app.ws.load_state()
         rows = [(name, info) for name, info in engine.checkpoints() if run is None or name.split("/", 1)[0] == run]
         out = [CheckpointView(name=name, update=info.update, val_bpb=_r(info.val_bpb), kind=info.kind,
@@ -220,8 +218,8 @@ def register(server: MCPServer, app) -> None:
                                    "list_checkpoints(), a unique bare name, or 'latest'.")],
     ) -> Annotated[CallToolResult, LoadResult]:
         """Make a checkpoint the current model (evaluate/generate/export_int8) and the next train()'s start (fresh
-        optimizer and schedule); config.model becomes its architecture (changed lists it). To continue a run
-        with its optimizer and schedule, use train(resume=<run>)."""
+        optimizer and schedule); config.model becomes its architecture (see changed). To continue a run with its
+        optimizer and schedule: train(resume=<run>)."""
         with engine.lock:
             name, model, _ = engine.model(name)
             meta = engine.checkpoint_meta(app.ws.checkpoint_path(name))
@@ -262,11 +260,10 @@ def register(server: MCPServer, app) -> None:
         checkpoint: Annotated[str | None, Field(max_length=200, description="One checkpoint '<run>/<name>'.")]
         = None,
         export: Annotated[str | None, Field(max_length=80, description="One INT8 export name.")] = None,
-        dry_run: Annotated[bool, Field(description="Only report what would go.")] = False,
+        dry_run: Annotated[bool, Field(description="Only report what would go and the bytes freed.")] = False,
     ) -> Annotated[CallToolResult, DeleteResult]:
         """Permanently remove one run, checkpoint or export (give exactly one) to free disk. Refuses the current
-        checkpoint, the next run's start and an active job's run (the error says what to do). Job records stay.
-        dry_run=true shows the bytes freed."""
+        checkpoint, the next run's start and an active job's run (the error says what to do). Job records stay."""
         given = [(k, v) for k, v in (("run", run), ("checkpoint", checkpoint), ("export", export)) if v]
         if len(given) != 1:
             raise ToolError("give exactly one of run, checkpoint or export (list_checkpoints() / list_exports() "

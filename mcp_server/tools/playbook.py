@@ -75,9 +75,9 @@ def register(server: MCPServer, app) -> None:
     @server.tool(annotations=read_only("List playbook recipes"))
     @guarded
     def playbook_list(scale: Scale = "smoke", detail: Detail = False) -> Annotated[CallToolResult, PlaybookView]:
-        """The playbook's recipes in order (Phase 1 checks 1-12 and sanity, Phase 2 tasks A-C): id, phase, title
-        (detail=true: why, preconditions, tools). playbook_run(task_id or phase) runs and checks them for you;
-        playbook_step(task_id) gives one recipe's calls to make yourself."""
+        """The playbook's recipes in order (Phase 1 checks 1-12 and sanity, Phase 2 tasks A-C): id, phase, title.
+        playbook_run(task_id or phase) runs and checks them for you; playbook_step(task_id) gives one recipe's
+        calls to make yourself."""
         try:
             recipes = hook.list_recipes(scale)
         except hook.PlaybookUnavailable as err:
@@ -92,12 +92,12 @@ def register(server: MCPServer, app) -> None:
         task_id: Annotated[str, Field(min_length=1, max_length=40, description="Recipe id, e.g. '1', '12', 'A'.")],
         scale: Scale = "smoke",
         detail: Detail = False,
-        from_step: Annotated[int, Field(ge=0, le=100, description="First step (a result's next_step).")] = 0,
+        from_step: Annotated[int, Field(ge=0, le=100, description="A result's next_step: the rest.")] = 0,
     ) -> Annotated[CallToolResult, PlaybookView]:
         """One recipe's preconditions and ordered steps (tool, exact args) with the checks each result must pass
-        ('path op value'; $steps.<id>.x = an earlier step's result, $.x this one). A wait step: poll
-        get_job(job_id, wait_s=50) until active is false, then check get_job(job_id, **fetch). A failed
-        precondition refuses the recipe: report its FIX. When next_step is set, call again with from_step."""
+        ('path op value'; $steps.<id>.x = an earlier step's result, $.x this one). A wait step: poll get_job
+        until active is false, then check get_job(job_id, **fetch). A failed precondition refuses the recipe:
+        report its FIX."""
         try:
             recipe = hook.get_recipe(task_id, scale)
             prompt = hook.prompt_text(task_id, scale) if detail else None

@@ -19,7 +19,7 @@ from .. import playbook_hook as hook
 from ..budget import RESULT_BUDGET, compact
 from ..playbook_job import PlaybookRun
 from ..views import PlaybookRunView, RunProgress
-from .common import guarded, writes
+from .common import WaitS, guarded, writes
 from .compact import dump, reply
 from .playbook import Scale
 
@@ -111,12 +111,12 @@ def register(server: MCPServer, app) -> None:
         = None,
         phase: Annotated[int | None, Field(ge=1, le=2, description="A whole phase instead.")] = None,
         scale: Scale = "smoke",
-        wait_s: Annotated[float, Field(ge=0, le=300, description="Seconds to wait for its end (<= 50).")] = 0.0,
+        wait_s: WaitS = 0.0,
     ) -> Annotated[CallToolResult, PlaybookRunView]:
-        """Run one recipe (task_id) or a phase with the playbook's own checks, as a job: poll get_job(job_id,
-        wait_s=50); cancel_job stops it. It runs on a scratch workspace (playbook/<job_id>/) with its own server:
-        the user's config, checkpoint and jobs are untouched. Result: a PASS/FAIL row per recipe, then checks
-        'expected (got measured)', '!!' = failed. Phase 1 smoke: minutes; one run at a time."""
+        """Run one recipe (task_id) or a phase with the playbook's own checks, as a job (poll get_job;
+        cancel_job stops it) on a scratch workspace playbook/<job_id>/: your config, checkpoints and jobs are
+        untouched. Result: a PASS/FAIL row per recipe, checks 'expected (got measured)', '!!' = failed. Phase 1
+        smoke: minutes; one run at a time."""
         if (task_id is None) == (phase is None):
             raise ToolError("give task_id (one recipe, e.g. '6') or phase (1 or 2); playbook_list() shows them")
         try:

@@ -23,7 +23,7 @@ from ..job import TrainRequest
 from ..jobs import TERMINAL, Job, JobBusyError
 from ..playbook_job import owns as is_playbook_run
 from ..views import EvalBrief, GateBrief, JobList, JobSummary, JobView, PlanDetail, ProgressView, StepBrief
-from .common import guarded, read_only, writes
+from .common import WaitS, guarded, read_only, writes
 from .compact import reply
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,8 @@ Section = Literal["plan", "last_step", "evals", "data", "result", "request", "ru
 SECTIONS: tuple[str, ...] = tuple(a for a in Section.__args__ if a != "all")  # type: ignore[attr-defined]
 REQUEST_KEYS = ("steps", "epochs", "resume", "run", "resumes", "init_name", "processes")
 
-JobId = Annotated[str | None, Field(description="Job id such as 'job-0001'; default: the newest job.",
-                                    max_length=80)]
-WaitS = Annotated[float, Field(ge=0, le=300, description="Seconds to wait for the job to end; <= 50 (client "
-                               "timeouts), then poll again.")]
-History = Annotated[int, Field(ge=0, le=HISTORY_CAP, description="Also return up to N step points (downsampled).")]
+JobId = Annotated[str | None, Field(description="Default: the newest job.", max_length=80)]
+History = Annotated[int, Field(ge=0, le=HISTORY_CAP, description="Add up to N step points (downsampled).")]
 Include = Annotated[list[Section], Field(description="Detail sections to add.")]
 
 
@@ -184,26 +181,25 @@ def register(server: MCPServer, app) -> None:
     @guarded
     async def train(
         ctx: Context,
-        steps: Annotated[int | None, Field(ge=1, le=10_000_000, description="Optimizer updates to run (total for "
-                                           "the run; with resume, counted from the run's start).")] = None,
+        steps: Annotated[int | None, Field(ge=1, le=10_000_000, description="Optimizer updates in all (with "
+                                           "resume: from the run's start).")] = None,
         epochs: Annotated[int | None, Field(ge=1, le=100_000, description="Epochs instead of steps.")] = None,
-        minutes: Annotated[float | None, Field(gt=0, le=10_080, description="Train for this long instead "
-                                               "(train.time_budget; the LR schedule ends on time).")] = None,
+        minutes: Annotated[float | None, Field(gt=0, le=10_080, description="Train this long instead; the LR "
+                                               "schedule ends on time.")] = None,
         resume: Annotated[bool | Annotated[str, Field(max_length=80)], Field(
             description="Continue a run from its last checkpoint (config, optimizer, schedule, data position): "
-            "true = the newest run, or a job id ('job-0003') or run name ('job-0001').")] = False,
-        fresh: Annotated[bool, Field(description="Start from a freshly initialised model even if scale_up/"
-                                     "load_checkpoint chose a model for the next run.")] = False,
-        processes: Annotated[int, Field(ge=1, le=64, description="Data-parallel processes on this machine "
-                                        "(torchrun; DDP or FSDP2 per train.distributed). batch_size is per "
-                                        "process.")] = 1,
+            "true = the newest, or a run/job id.")] = False,
+        fresh: Annotated[bool, Field(description="New weights even if scale_up/load_checkpoint chose the next "
+                                     "run's model.")] = False,
+        processes: Annotated[int, Field(ge=1, le=64, description="Data-parallel processes (torchrun, per "
+                                        "train.distributed); batch_size is per process.")] = 1,
         queue: Annotated[bool, Field(description="false: fail instead of queueing.")] = True,
         wait_s: WaitS = 0.0,
     ) -> Annotated[CallToolResult, JobView]:
-        """Start training in a background worker (one at a time, later ones queue; it keeps running if this client
-        goes away) and return its job_id at once. Without steps/epochs/minutes the config's
-        train.steps/epochs/time_budget apply. Then poll get_job(job_id, wait_s=50) until active is false. Common
-        mistake: a new train() to continue a stopped run: use resume=<run or job id>."""
+        """Start training in a background worker (one at a time, later ones queue; it outlives this client) and
+        return its job_id at once; without steps/epochs/minutes the config's apply. Then poll get_job(job_id,
+        wait_s=50) until active is false. Common mistake: a new train() to continue a stopped run: use
+        resume=<run or job id>."""
         if sum(x is not None for x in (steps, epochs, minutes)) > 1:
             raise ToolError("give one of steps, epochs or minutes")
         _check_processes(processes, app.config())
@@ -221,14 +217,14 @@ def register(server: MCPServer, app) -> None:
         await wait(job, wait_s, ctx)
         return reply(job_view(job, queue=jobs.queued()))
 
-    @server.tool(annotations=read_only("Get a job's status and metrics"))
+    @server.tool(annotations=read_only("Get a job's status"))
     @guarded
     async def get_job(ctx: Context, job_id: JobId = None, wait_s: WaitS = 0.0, history: History = 0,
                       include: Include = []) -> Annotated[CallToolResult, JobView]:  # noqa: B006 - never mutated
-        """Poll a job: get_job(job_id, wait_s=50) until active is false. Compact: progress (update/total, eta_s),
-        latest step (loss, bpb = bits per byte, bits_per_s), eval (val_bpb), gate, checkpoint, next. Detail
-        once, at the end: include=[...], history=N (not while polling: it costs context each time); every event:
-        resource bt://jobs/{job_id}/metrics. A playbook_run id gives its PASS/FAIL table."""
+        """Poll a job with wait_s=50 until active is false: progress (update/total, eta_s), step (loss, bpb = bits
+        per byte, bits_per_s), eval (val_bpb), gate, checkpoint, next. Ask include/history once at the end, not
+        while polling (context); every event: resource bt://jobs/{job_id}/metrics. A playbook_run id gives its
+        PASS/FAIL table."""
         if is_playbook_run(job_id):  # a playbook_run job: include=['result'] gives every check
             from .playbook_run import poll
 
@@ -266,14 +262,14 @@ def register(server: MCPServer, app) -> None:
     @guarded
     async def cancel_job(
         ctx: Context,
-        job_id: JobId = None,
+        job_id: Annotated[str | None, Field(max_length=80, description="Default: the active job.")] = None,
         wait_s: Annotated[float, Field(ge=0, le=300, description="Seconds to wait for it to stop.")] = 15.0,
         force: Annotated[bool, Field(description="Kill the worker at once (no checkpoint; last saved one stays).")]
         = False,
     ) -> Annotated[CallToolResult, JobView]:
-        """Stop a job at the next step boundary with a resumable checkpoint (a queued job is dropped; default: the
-        active job; any server's). Good result: status 'cancelled'; train(resume=<run>) continues it.
-        force=true only for a worker that does not stop."""
+        """Stop a job (any server's) at the next step boundary with a resumable checkpoint; a queued job is
+        dropped. Good result: status 'cancelled'; train(resume=<run>) continues it. force only for a worker that
+        does not stop."""
         if is_playbook_run(job_id):
             from .playbook_run import cancel
 
