@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from bit_transformer.parallel import DistInfo, _fqn_to_index, _index_to_fqn, fsdp_support, fsdp_units, local_main_first
+from tests.flat import flat_cfg
 
 TEXT_BYTES = 60_000
 STEPS = 3
@@ -169,13 +170,12 @@ def test_optimizer_state_layouts_round_trip():
 
 
 def test_fsdp_units_follow_how_the_stack_calls_blocks():
-    from bit_transformer.config import ModelConfig
     from bit_transformer.factory import build_model
 
-    plain = build_model(ModelConfig(layers=2, d_model=16, nhead=2, max_seq_len=36))
+    plain = build_model(flat_cfg(layers=2, d_model=16, nhead=2, max_seq_len=36))
     assert fsdp_units(plain) == list(plain.blocks)
     for flag in ("reversible", "act"):
-        m = build_model(ModelConfig(layers=2, d_model=16, nhead=2, max_seq_len=36, **{flag: True}))
+        m = build_model(flat_cfg(layers=2, d_model=16, nhead=2, max_seq_len=36, **{flag: True}))
         assert fsdp_units(m) == []  # branches are called directly: the whole model is one unit
 
 
