@@ -27,10 +27,10 @@ STEPS = 3
 PER_RANK_BATCH = 2
 MODELS = {
     "plain": ["--layers", "2", "--d_model", "32", "--nhead", "2"],
-    # ACT, reversible blocks and checkpointing: the paths that could leave parameters without gradients
-    # or call blocks outside their forward (FSDP then shards the model as one unit).
-    "act_reversible": ["--layers", "3", "--d_model", "32", "--nhead", "2", "--act", "true", "--reversible", "true",
-                       "--checkpointing", "true"],
+    # ACT, reversible blocks and checkpointing on the flat classic model: the paths that could leave parameters
+    # without gradients or call blocks outside their forward (FSDP then shards the model as one unit).
+    "act_reversible": ["--arch", "flat", "--block", "classic", "--layers", "3", "--d_model", "32", "--nhead", "2",
+                       "--act", "true", "--reversible", "true", "--checkpointing", "true"],
 }
 
 
@@ -46,6 +46,7 @@ def text(tmp_path_factory) -> Path:
 def _train_args(out: Path, text: Path, model: str, *, batch: int, steps: int) -> list[str]:
     return ["train", "--data", str(text), *MODELS[model], "--max_seq_len", "72", "--dropout", "0",
             "--steps", str(steps), "--accum_steps", "2", "--batch_size", str(batch), "--amp", "none",
+            "--optimizer", "adamw",  # FSDP shards AdamW only (Muon is tested under DDP below)
             "--eval_every", "2", "--save_every", "2", "--device", "cpu", "--lr", "1e-2", "--quiet", "--json",
             "--out", str(out)]
 
@@ -140,7 +141,7 @@ def test_a_denoising_model_trains_data_parallel(tmp_path, text):
     # Each rank draws its own noise, so two ranks do not reproduce one process bit for bit; what must hold
     # is that the denoising objective runs under DDP and reports its bound from rank 0.
     result = _train(tmp_path / "denoise", text, "plain", processes=2, batch=PER_RANK_BATCH,
-                    extra=("--causal", "false", "--objective", "denoise"))
+                    extra=("--arch", "flat", "--causal", "false", "--objective", "denoise"))
     assert result["status"] == "completed" and result["updates_done"] == STEPS
     assert result["plan"]["world_size"] == 2
     losses = [s["loss"] for s in _steps(tmp_path / "denoise")]
