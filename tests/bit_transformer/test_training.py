@@ -86,7 +86,8 @@ def test_plan_matches_the_loader(text, windows, batch, accum, extra, world):
 def test_onecycle_ends_on_its_final_lr_at_the_last_update(tmp_path, text, accum):
     # 7 micro-batches per epoch: not divisible by 2 or 3, so the last group of each epoch is partial.
     events: list = []
-    tr, res = run(tmp_path, text, windows=28, events=events, accum_steps=accum, fit={"epochs": 2})
+    tr, res = run(tmp_path, text, windows=28, events=events, accum_steps=accum, lr_schedule="onecycle",
+                  fit={"epochs": 2})
     assert res.status == "completed", res.reason
     expected = 2 * math.ceil(7 / accum)
     assert res.plan.total_updates == res.updates_done == expected
