@@ -338,15 +338,19 @@ def stored_model_config(data: dict) -> ModelConfig:
     return ModelConfig.model_validate(_with_stored_defaults("model", data))
 
 
-def stored_run_config(data: dict) -> RunConfig:
-    """A RunConfig read back from a checkpoint or workspace: fields it predates keep the value it ran with."""
-    if not isinstance(data, dict):
-        return RunConfig.model_validate(data)  # the usual error for a non-object
+def stored_config_dict(data: dict) -> dict:
+    """A stored RunConfig tree with the fields it predates filled in with the values it ran with."""
     tree = dict(data)
     for section in PRE_RECIPE_DEFAULTS:
         if isinstance(tree.get(section), dict):
             tree[section] = _with_stored_defaults(section, tree[section])
-    return RunConfig.model_validate(tree)
+    return tree
+
+
+def stored_run_config(data: dict) -> RunConfig:
+    """A RunConfig read back from a checkpoint, job request or workspace: fields it predates keep the value it ran
+    with."""
+    return RunConfig.model_validate(stored_config_dict(data) if isinstance(data, dict) else data)
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
