@@ -121,8 +121,6 @@ class JobManager:
         """A damaged request.json must not hide the job (its status, metrics and checkpoints are intact): keep the
         file as ``request.json.bad-<ts>``, write a request with the config of the run's newest checkpoint (else
         the workspace config), and leave a notice saying so."""
-        from bit_transformer.config import stored_config_dict
-
         raw = read_json(job_dir / RECORD_FILE)
         if not isinstance(raw, dict):
             raise ValueError("job.json is not an object")
@@ -136,7 +134,7 @@ class JobManager:
             except (OSError, ValueError):
                 continue
             if isinstance(data, dict) and isinstance(data.get("config"), dict):
-                config, source = stored_config_dict(data["config"]), f"checkpoint {run}/{ckpt.name}"
+                config, source = data["config"], f"checkpoint {run}/{ckpt.name}"
                 break
         request = TrainRequest(config=config, run=run, out_dir=str(self.ws.runs_dir / run),
                                cache_dir=str(self.ws.cache_dir))
