@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_throughput import make_step
-from benchmarks.common import interleaved_times, machine_info, median
+from benchmarks.common import FLAT, interleaved_times, machine_info, median
 from benchmarks.flops import matmul_peak
 from benchmarks.reference_model import ReferenceTransformer
 from benchmarks.report import RESULTS, write_report
@@ -35,7 +35,7 @@ CLAIM = (1.2, 1.8)
 
 
 def run_shape(seq_len: int, batch: int, a: argparse.Namespace) -> dict:
-    cfg = ModelConfig(layers=a.layers, d_model=a.d_model, nhead=a.nhead, max_seq_len=seq_len, dropout=0.0,
+    cfg = ModelConfig(**FLAT, layers=a.layers, d_model=a.d_model, nhead=a.nhead, max_seq_len=seq_len, dropout=0.0,
                       full_attn_logging=False)
     bits = torch.randint(0, 2, (batch, seq_len + 1), generator=torch.Generator().manual_seed(0))
     steps = {}

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import ROOT, machine_info
+from benchmarks.common import FLAT, ROOT, machine_info
 from benchmarks.report import RESULTS, write_report
 from bit_transformer.bits import text_to_bits
 from bit_transformer.config import RunConfig
@@ -42,9 +42,10 @@ SEQ = 144
 
 def config(objective: str) -> RunConfig:
     return RunConfig.model_validate({
-        "model": {"layers": 4, "d_model": 64, "nhead": 2, "max_seq_len": SEQ, "dropout": 0.0,
+        "model": {**FLAT, "layers": 4, "d_model": 64, "nhead": 2, "max_seq_len": SEQ, "dropout": 0.0,
                   "causal": objective == "next_bit"},
-        "train": {"objective": objective, "batch_size": 16, "lr": 5e-3, "amp": "none", "device": "cpu"},
+        "train": {"objective": objective, "batch_size": 16, "lr": 5e-3, "amp": "none", "device": "cpu",
+                  "optimizer": "adamw", "lr_schedule": "onecycle"},  # the recipe the documented figures used
     })
 
 

@@ -38,6 +38,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import FLAT
 from benchmarks.report import write_report
 from bit_transformer.bits import bytes_to_bits
 from bit_transformer.config import FRAME_BITS, ModelConfig
@@ -83,7 +84,7 @@ def load_text(path: Path | None) -> tuple[bytes, bytes, str]:
 
 
 def model_config(a: argparse.Namespace) -> ModelConfig:
-    return ModelConfig(layers=a.layers, d_model=a.d_model, nhead=a.nhead, chunk_size=a.chunk_size,
+    return ModelConfig(**FLAT, layers=a.layers, d_model=a.d_model, nhead=a.nhead, chunk_size=a.chunk_size,
                        max_seq_len=a.seq_len, reversible=True, checkpointing=True, dropout=a.dropout,
                        full_attn_logging=False)
 

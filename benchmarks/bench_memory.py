@@ -65,13 +65,14 @@ def worker(job: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from benchmarks.common import FLAT
     from bit_transformer import ModelConfig
     from bit_transformer.factory import build_model
 
     device = torch.device(job["device"])
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
-    cfg = ModelConfig(layers=job["depth"], d_model=job["d_model"], nhead=job["nhead"], max_seq_len=job["seq"],
+    cfg = ModelConfig(**FLAT, layers=job["depth"], d_model=job["d_model"], nhead=job["nhead"], max_seq_len=job["seq"],
                       dropout=job["dropout"], **CONFIGS[job["config"]])
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()

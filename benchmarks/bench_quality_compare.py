@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT, machine_info
+from benchmarks.common import FLAT, ROOT, machine_info
 from benchmarks.report import RESULTS, write_report
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -113,7 +113,7 @@ def arm_config(a, kind: str, minutes: float):
     from bit_transformer.config import ModelConfig, RunConfig
     from bit_transformer.factory import build_model
 
-    model = ModelConfig(layers=a.layers, d_model=a.d_model, nhead=a.nhead, max_seq_len=a.seq_len, dropout=0.0,
+    model = ModelConfig(**FLAT, layers=a.layers, d_model=a.d_model, nhead=a.nhead, max_seq_len=a.seq_len, dropout=0.0,
                         full_attn_logging=False)
     with torch.device("meta"):
         target = build_model(model).num_parameters()

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import machine_info, median
+from benchmarks.common import FLAT, machine_info, median
 from benchmarks.report import RESULTS, write_report
 from bit_transformer.config import FRAME_BITS, ModelConfig
 from bit_transformer.factory import build_model
@@ -75,7 +75,7 @@ def batch_bits(batch: int, seq_len: int) -> torch.Tensor:
 
 
 def section_dropout(a: argparse.Namespace) -> dict:
-    base = ModelConfig()
+    base = ModelConfig(**FLAT, dropout=0.1)  # the default config of the day (issue 15)
     cfgs = {"before (attn_dropout=dropout=0.1)": base.model_copy(update={"attn_dropout": base.dropout}),
             "after (attn_dropout=0, dropout=0.1)": base}
     bits = batch_bits(a.batch, base.max_seq_len)
@@ -110,7 +110,7 @@ def framed_like(flat: ModelConfig) -> ModelConfig:
 
 
 def section_arch(a: argparse.Namespace) -> dict:
-    flat = ModelConfig(dropout=0.0)
+    flat = ModelConfig(**FLAT, dropout=0.0)
     framed = framed_like(flat)
     bits = batch_bits(a.batch, flat.max_seq_len)
     cfgs = {"flat": flat, "framed": framed}
@@ -135,7 +135,7 @@ def section_generate(a: argparse.Namespace) -> dict:
     for window in a.gen_windows:
         # 2 x 32, ~30k params at a 72-bit window: the tiny model of issue 13's measurement
         # (generate(max_bytes=4096) took 34-61 s); the same model at the default 576-bit window.
-        flat = ModelConfig(layers=2, d_model=32, nhead=4, max_seq_len=window, dropout=0.0)
+        flat = ModelConfig(**FLAT, layers=2, d_model=32, nhead=4, max_seq_len=window, dropout=0.0)
         texts = {}
         for arch, cfg in {"flat": flat, "framed": framed_like(flat)}.items():
             torch.manual_seed(0)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import FLAT
 from benchmarks.report import RESULTS, write_report
 from bit_transformer.config import ModelConfig
 from bit_transformer.factory import build_model
@@ -45,7 +46,7 @@ def _timed(fn, device: torch.device) -> float:
 
 def bench_shape(name: str, extra: dict, *, device: torch.device, batch: int, seq_len: int, repeats: int) -> dict:
     torch.manual_seed(0)
-    cfg = ModelConfig(layers=4, d_model=128, nhead=8, dropout=0.0, max_seq_len=seq_len, **extra)
+    cfg = ModelConfig(**FLAT, layers=4, d_model=128, nhead=8, dropout=0.0, max_seq_len=seq_len, **extra)
     model = build_model(cfg).to(device).eval()
     bits = torch.randint(0, 2, (batch, seq_len), device=device)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import interleaved_times, machine_info, median
+from benchmarks.common import FLAT, interleaved_times, machine_info, median
 from benchmarks.flops import matmul_peak, train_step_flops
 from benchmarks.reference_model import ReferenceTransformer
 from benchmarks.report import RESULTS, write_report
@@ -48,7 +48,7 @@ MEMORY_FLAGS = ("reversible", "act", "checkpointing")
 
 
 def task_config(task: str, seq_len: int) -> ModelConfig:
-    return ModelConfig(**{**TASKS[task], "max_seq_len": seq_len, "dropout": 0.0, "full_attn_logging": False})
+    return ModelConfig(**{**FLAT, **TASKS[task], "max_seq_len": seq_len, "dropout": 0.0, "full_attn_logging": False})
 
 
 def variant_configs(task_cfg: ModelConfig) -> dict[str, ModelConfig]:
@@ -115,7 +115,7 @@ def run_arch(a: argparse.Namespace) -> dict:
     """Training bits/s of the flat model vs the framed model at equal parameters and window."""
     from benchmarks.bench_speed import framed_like, timed
 
-    flat = ModelConfig(max_seq_len=a.seq_len, dropout=0.0, full_attn_logging=False)
+    flat = ModelConfig(**FLAT, max_seq_len=a.seq_len, dropout=0.0, full_attn_logging=False)
     cfgs = {"flat": flat, "framed": framed_like(flat)}
     B = a.arch_batch
     bits = torch.randint(0, 2, (B, a.seq_len + 1), generator=torch.Generator().manual_seed(1))

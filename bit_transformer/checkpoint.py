@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import RunConfig
+from .config import RunConfig, stored_run_config
 from .factory import build_model
 from .model import BitTransformerLM
 from .records import CheckpointInfo
@@ -319,7 +319,7 @@ def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu") -> Load
     if problem:
         raise CheckpointDamaged(ckpt, *problem)
     try:
-        config = RunConfig.model_validate(meta["config"])
+        config = stored_run_config(meta["config"])
     except (KeyError, ValidationError) as err:
         raise CheckpointDamaged(ckpt, "meta.json", f"holds no valid run config ({str(err)[:160]})") from err
     model = build_run_model(config, qat=meta.get("qat", False))

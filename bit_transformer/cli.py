@@ -33,7 +33,7 @@ from .cli_flags import (
     spell,
 )
 from .config import GROWABLE as GROW
-from .config import DataConfig, RunConfig
+from .config import DataConfig, RunConfig, stored_run_config
 from .export import DEFAULT_EVAL_BYTES
 from .progress import ProgressBar
 
@@ -81,7 +81,7 @@ def _checkpoint_config(run_dir: Path) -> RunConfig | None:
         ckpt = resolve_checkpoint(run_dir)
     except FileNotFoundError:
         return None
-    return RunConfig.model_validate(json.loads((ckpt / "meta.json").read_text(encoding="utf-8"))["config"])
+    return stored_run_config(json.loads((ckpt / "meta.json").read_text(encoding="utf-8"))["config"])
 
 
 def _run_config(cfg) -> RunConfig:

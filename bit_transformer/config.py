@@ -42,14 +42,18 @@ class ModelConfig(_Strict):
         description="Return stitched T x T attention maps with telemetry. Defaults to off when "
         "chunk_size is set (they cost O(T^2) memory), on otherwise.",
     )
-    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the embeddings and residual branches.")
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Dropout on the embeddings and residual branches (0 by default: at small budgets it costs more "
+        "than it regularises).",
+    )
     attn_dropout: float = Field(
         0.0, ge=0.0, lt=1.0,
         description="Dropout on the attention weights inside SDPA. Default 0: on CPU any value > 0 sends "
         "attention from the fused kernel to the math path (about 6x slower training).",
     )
     arch: Literal["flat", "framed"] = Field(
-        "flat",
+        "framed",
         description="flat: one sequence position per bit (9 per byte). framed: one trunk position per 9-bit "
         "frame, embedded from its bits, with an exact per-bit head (~9x fewer positions; max_seq_len, "
         "chunk_size and overlap must be multiples of 9).",
@@ -60,7 +64,7 @@ class ModelConfig(_Strict):
     ponder_weight: float = Field(0.01, ge=0.0, description="Weight of the ACT ponder cost in the loss.")
     checkpointing: bool = Field(False, description="Recompute each block's activations in backward.")
     block: Literal["classic", "modern"] = Field(
-        "classic",
+        "modern",
         description="classic: LayerNorm, learned absolute positions, GELU, biases. modern: RMSNorm, rotary "
         "positions with QK-norm, ReLU^2 MLP, no biases, zero-initialised residual writers (flat models keep the "
         "position-in-frame embedding). Needs an even head_dim.",
@@ -90,15 +94,17 @@ class ModelConfig(_Strict):
                 f"overlap ({self.overlap}) must be smaller than chunk_size ({self.chunk_size})"
             )
         if self.arch == "framed" and not self.causal:
-            problems.append("arch='framed' predicts each frame from the frames before it: it needs causal=true (a "
-                            "bidirectional denoising model is arch='flat', causal=false, train.objective='denoise')")
+            problems.append("arch='framed' (the default) predicts each frame from the frames before it, so it needs "
+                            "causal=true: for a bidirectional model set arch='flat' (a denoising model is "
+                            "arch='flat', causal=false, train.objective='denoise')")
         if self.arch == "framed":
             for name in ("max_seq_len", "chunk_size", "overlap"):
                 value = getattr(self, name)
                 if value is not None and value % FRAME_BITS:
                     fix = FRAME_BITS * max(1, round(value / FRAME_BITS))
-                    problems.append(f"arch='framed' works on whole 9-bit frames: {name} ({value}) must be a "
-                                    f"multiple of {FRAME_BITS}, e.g. {name}={fix}")
+                    problems.append(f"arch='framed' (the default) works on whole 9-bit frames: {name} ({value}) "
+                                    f"must be a multiple of {FRAME_BITS}, e.g. {name}={fix}; or set arch='flat' "
+                                    f"(one position per bit)")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -166,15 +172,17 @@ class TrainConfig(_Strict):
     )
     lr: float = Field(3e-3, gt=0.0, description="Peak learning rate.")
     optimizer: Literal["adamw", "muon"] = Field(
-        "adamw", description="muon: Muon (RMS-matched to AdamW, so one lr serves both) for the blocks' 2-D "
+        "muon", description="muon: Muon (RMS-matched to AdamW, so one lr serves both) for the blocks' 2-D "
         "matrices, AdamW for embeddings, head, norms and biases.",
     )
     betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
     weight_decay: float = Field(0.01, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
     warmup_frac: float = Field(0.1, ge=0.0, lt=1.0, description="Share of updates spent warming up.")
-    amp: Literal["bf16", "none"] = Field("bf16", description="bf16 autocast or plain fp32.")
-    lr_schedule: Literal["onecycle", "cosine", "constant", "progressive_plateau", "wsd"] = "onecycle"
+    amp: Literal["bf16", "none"] = Field(
+        "none", description="bf16 autocast or plain fp32 (the default: on CPU at these widths fp32 is faster)."
+    )
+    lr_schedule: Literal["onecycle", "cosine", "constant", "progressive_plateau", "wsd"] = "wsd"
     decay_frac: float = Field(
         0.2, gt=0.0, le=1.0, description="wsd: share of the updates in the final (1-sqrt) decay to 1% of lr."
     )
@@ -280,8 +288,9 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _check_arch(self) -> RunConfig:
         if self.model.arch == "framed" and self.train.compress_prob:
-            raise ValueError("model.arch='framed' reads whole 9-bit frames, and compressed streams are not framed: "
-                             "set train.compress_prob=0 (or model.arch='flat')")
+            raise ValueError("model.arch='framed' (the default) reads whole 9-bit frames, and compressed streams are "
+                             "not framed: set model.arch='flat' to train on compressed samples, or "
+                             "train.compress_prob=0")
         return self
 
     @model_validator(mode="after")
@@ -295,6 +304,8 @@ class RunConfig(_Strict):
             )
         if objective == "denoise":
             problems = []
+            if self.model.arch == "framed":
+                problems.append("needs model.arch='flat' (a framed model, the default, is causal by construction)")
             if causal:
                 problems.append("needs model.causal=false (set it, or use train.objective='next_bit')")
             if self.model.max_seq_len % FRAME_BITS:
@@ -307,6 +318,39 @@ class RunConfig(_Strict):
             if problems:
                 raise ValueError("train.objective='denoise' " + "; ".join(problems))
         return self
+
+
+# Defaults that changed when the best small-budget CPU recipe became the default (issue 22), with the value a
+# *stored* config meant when it lacks the field: a checkpoint, INT8 artifact or workspace config written before
+# the field existed (block, optimizer) ran with the old default. Configs a user writes get today's defaults.
+PRE_RECIPE_DEFAULTS: dict[str, dict[str, object]] = {
+    "model": {"arch": "flat", "block": "classic", "dropout": 0.1},
+    "train": {"optimizer": "adamw", "amp": "bf16", "lr_schedule": "onecycle"},
+}
+
+
+def _with_stored_defaults(section: str, data: dict) -> dict:
+    return {**PRE_RECIPE_DEFAULTS[section], **data}
+
+
+def stored_model_config(data: dict) -> ModelConfig:
+    """A ModelConfig read back from an artifact: fields it predates keep the value it was written with."""
+    return ModelConfig.model_validate(_with_stored_defaults("model", data))
+
+
+def stored_config_dict(data: dict) -> dict:
+    """A stored RunConfig tree with the fields it predates filled in with the values it ran with."""
+    tree = dict(data)
+    for section in PRE_RECIPE_DEFAULTS:
+        if isinstance(tree.get(section), dict):
+            tree[section] = _with_stored_defaults(section, tree[section])
+    return tree
+
+
+def stored_run_config(data: dict) -> RunConfig:
+    """A RunConfig read back from a checkpoint, job request or workspace: fields it predates keep the value it ran
+    with."""
+    return RunConfig.model_validate(stored_config_dict(data) if isinstance(data, dict) else data)
 
 
 def _largest_divisor(n: int, at_most: int) -> int:

@@ -45,7 +45,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .block import upgrade_key
-from .config import ModelConfig, RunConfig
+from .config import ModelConfig, RunConfig, stored_model_config, stored_run_config
 from .export import Int8Info
 from .factory import build_model
 from .model import BitTransformerLM
@@ -389,9 +389,9 @@ def load_int8(
         raise ValueError(f"{p} is not a {FORMAT} artifact (format={meta.get('format')!r})")
     if meta.get("version", 0) > VERSION:
         raise ValueError(f"{p} has INT8 format version {meta['version']}; this code reads up to {VERSION}")
-    cfg = ModelConfig.model_validate(meta["model"])
+    cfg = stored_model_config(meta["model"])
     # artifacts written before the block stack name its parts the old way (blocks.N.ff.0, ln_f)
     tensors = {upgrade_key(k): v for k, v in safetensors.torch.load_file(str(weights)).items()}
     layout = {kind: [upgrade_key(n) for n in names] for kind, names in meta["layout"].items()}
     model = _build(cfg, tensors, layout, backend, engine)
-    return model, (RunConfig.model_validate(meta["run"]) if meta.get("run") else cfg)
+    return model, (stored_run_config(meta["run"]) if meta.get("run") else cfg)

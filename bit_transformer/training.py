@@ -262,10 +262,11 @@ class Trainer:
     def _check_supported(self) -> None:
         t = self.cfg.train
         if self.dist.enabled and t.distributed == "fsdp":
-            for name, on in (("optimizer='muon'", t.optimizer == "muon"), ("ema_decay", t.ema_decay is not None)):
+            for name, on, fix in (("optimizer='muon'", t.optimizer == "muon", "set train.optimizer='adamw'"),
+                                  ("ema_decay", t.ema_decay is not None, "set train.ema_decay=null")):
                 if on:
                     raise ValueError(f"train.{name} is not supported with distributed='fsdp' (sharded parameters): "
-                                     "use distributed='ddp', or drop it")
+                                     f"{fix}, or use distributed='ddp'")
 
     # ------------------------------------------------------------------------------------------ time budget
     def _plan_budget(self, loaded) -> BudgetPlanner:

@@ -114,14 +114,14 @@ def run(job_dir: Path) -> int:
     try:
         import torch
 
-        from bit_transformer.config import RunConfig
+        from bit_transformer.config import stored_run_config
         from bit_transformer.data import load_corpus
         from bit_transformer.training import Trainer
 
         if threads:
             torch.set_num_threads(max(1, int(threads)))
 
-        cfg = RunConfig.model_validate(req.config)
+        cfg = stored_run_config(req.config)  # a request queued before a config field existed ran without it
         from bit_transformer.memory_limits import check_fits
 
         check_fits(cfg, purpose="training")  # fail fast with the estimate and the limit, rather than thrash

@@ -261,11 +261,11 @@ class Workspace:
 
     def load_config(self):
         """The current RunConfig (defaults when none is stored or the stored one is invalid)."""
-        from bit_transformer.config import RunConfig
+        from bit_transformer.config import RunConfig, stored_run_config
 
         data = self.load_config_dict()
         try:
-            cfg = RunConfig.model_validate(data)
+            cfg = stored_run_config(data)
         except ValidationError as err:
             first = err.errors()[0] if err.errors() else {}
             where = ".".join(str(p) for p in first.get("loc", ())) or "?"

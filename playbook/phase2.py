@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .model import Recipe, Step
-from .steps import E, call, completed, patch, reset, scaled, train
+from .steps import SEED_MODEL, SEED_TRAIN, E, call, completed, patch, reset, scaled, train
 
 SEQ = scaled(144, 1152)  # bits per window: 16 / 128 bytes (two chunks of 128 at smoke)
 WIKI2 = {"source": "hf", "hf_name": "wikitext", "hf_config": "wikitext-2-raw-v1", "max_bytes": None}
@@ -33,9 +33,10 @@ C_MAX_PASSES = 2.0  # the planned updates may read each training bit at most twi
 
 
 def body(model: dict, train_: dict, data: dict, *, batch: Any, steps: Any, lr: Any, warmup: Any = 0.1) -> dict:
-    """A full config patch: the seed flags, then what the scale changes."""
-    return {"model": {**model, "max_seq_len": SEQ},
-            "train": {**train_, "batch_size": batch, "steps": steps, "lr": lr, "warmup_frac": warmup, **RUN},
+    """A full config patch: what the seed's flags imply (its defaults), its flags, then what the scale changes."""
+    return {"model": {**SEED_MODEL, **model, "max_seq_len": SEQ},
+            "train": {**SEED_TRAIN, **train_, "batch_size": batch, "steps": steps, "lr": lr, "warmup_frac": warmup,
+                      **RUN},
             "data": data}
 
 

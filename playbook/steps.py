@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from bit_transformer.config import PRE_RECIPE_DEFAULTS
+
 from .model import Expect, Step, scaled
+
+# The seed playbook was written for the defaults of its day (the flat model, classic block, dropout 0.1, AdamW,
+# OneCycle, bf16); today's defaults are the small-budget CPU recipe (framed, modern, Muon, WSD, fp32), so the
+# seed's recipes pin what the seed implied and override only what they set themselves.
+SEED_MODEL: dict[str, Any] = dict(PRE_RECIPE_DEFAULTS["model"])
+SEED_TRAIN: dict[str, Any] = dict(PRE_RECIPE_DEFAULTS["train"])
 
 # Every DataConfig field but `source`/`max_bytes`, nulled: a merge patch then resets them to their defaults.
 _DATA_DEFAULTS = ("paths", "hf_name", "hf_config", "hf_split", "text_field", "val_fraction", "hf_data_files")

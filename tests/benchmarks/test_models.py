@@ -9,10 +9,12 @@ from benchmarks.reference_model import ReferenceTransformer
 from bit_transformer.attention import dense_chunk_mask
 from bit_transformer.config import ModelConfig
 from bit_transformer.factory import build_model
+from tests.flat import flat_cfg
 
 
 def _cfg(**kw) -> ModelConfig:
-    return ModelConfig(**{"layers": 2, "d_model": 16, "nhead": 2, "max_seq_len": 36, "dropout": 0.0, **kw})
+    # The reference is the flat model with the classic block (a plain nn.Transformer-style stack).
+    return flat_cfg(**{"layers": 2, "d_model": 16, "nhead": 2, "max_seq_len": 36, "dropout": 0.0, **kw})
 
 
 def test_reference_is_causal():

@@ -11,12 +11,13 @@ import torch.nn.functional as F
 
 from bit_transformer import BitTransformerLM, ModelConfig
 from bit_transformer.factory import build_model
+from tests.flat import flat_cfg
 
 
 def tiny_cfg(**kw) -> ModelConfig:
     base = dict(layers=3, d_model=32, nhead=4, dim_feedforward=64, max_seq_len=72, dropout=0.1)
     base.update(kw)
-    return ModelConfig(**base)
+    return flat_cfg(**base)
 
 
 def make_model(cfg: ModelConfig, seed: int = 0) -> BitTransformerLM:

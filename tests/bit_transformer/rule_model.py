@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bit_transformer.config import ModelConfig
 from bit_transformer.model import ModelOutput
+from tests.flat import flat_cfg
 
 
 class RuleModel(nn.Module):
@@ -15,7 +15,7 @@ class RuleModel(nn.Module):
 
     def __init__(self, rule, max_seq_len: int = 72):
         super().__init__()
-        self.cfg = ModelConfig(layers=1, d_model=8, nhead=1, max_seq_len=max_seq_len)
+        self.cfg = flat_cfg(layers=1, d_model=8, nhead=1, max_seq_len=max_seq_len)
         self.rule = rule
         self.dummy = nn.Parameter(torch.zeros(()))  # gives the model a device and dtype
         self.inputs: list[torch.Tensor] = []

@@ -31,9 +31,18 @@ def _model(**kw) -> BitTransformerLM:
     return build_model(ModelConfig(layers=2, d_model=16, nhead=2, max_seq_len=36, **kw)).train()
 
 
-def test_default_training_keeps_attention_dropout_off_but_residual_dropout_on(dropout_ps):
+def test_default_training_has_no_dropout_anywhere(dropout_ps):
     model = _model()
-    assert model.cfg.dropout == 0.1 and model.cfg.attn_dropout == 0.0
+    assert model.cfg.dropout == 0.0 and model.cfg.attn_dropout == 0.0
+    bits = torch.randint(0, 2, (2, 36), generator=torch.Generator().manual_seed(1))
+    a, b = model(bits).logits, model(bits).logits
+    assert dropout_ps and all(p == 0.0 for p in dropout_ps)  # the fused kernel's condition
+    torch.testing.assert_close(a, b)  # nothing random in a training forward
+
+
+def test_residual_dropout_keeps_attention_dropout_off(dropout_ps):
+    model = _model(dropout=0.1)
+    assert model.cfg.attn_dropout == 0.0
     bits = torch.randint(0, 2, (2, 36), generator=torch.Generator().manual_seed(1))
     a, b = model(bits).logits, model(bits).logits
     assert dropout_ps and all(p == 0.0 for p in dropout_ps)  # the fused kernel's condition

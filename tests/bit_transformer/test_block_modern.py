@@ -62,7 +62,7 @@ def test_modern_parts_are_there_and_biases_are_not(arch):
     # Zero-initialised residual writers: every block starts as the identity.
     for b in model.blocks:
         assert b.attn.out.weight.abs().max() == 0 and b.mlp.down.weight.abs().max() == 0
-    classic = build_model(ModelConfig(arch=arch, layers=2, d_model=32, nhead=4, max_seq_len=72))
+    classic = build_model(ModelConfig(arch=arch, block="classic", layers=2, d_model=32, nhead=4, max_seq_len=72))
     assert classic.blocks[0].attn.out.weight.abs().max() > 0 and classic.blocks[0].mlp.down.bias is not None
 
 
@@ -283,6 +283,6 @@ def test_memory_estimate_counts_frames_and_the_mlp_width():
     # 65 trunk positions for 576 bits (1/8.9) and attention over 65 keys, not 576: below 1/9, not ~1
     assert 1 / 50 < framed / flat < 1 / 9
     # MLP width (default 4 * 128 = 512): each extra hidden unit keeps 4 more fp32 values per position and block
-    layers, tokens, fp32 = 4, 32 * 576, 4
-    assert activations(dim_feedforward=1024) - activations() == layers * tokens * fp32 * 4 * 512
+    layers, tokens, fp32 = 4, 32 * 576, 4  # the flat model: one position per bit
+    assert activations(arch="flat", dim_feedforward=1024) - activations(arch="flat") == layers * tokens * fp32 * 4 * 512
     assert activations(mlp="swiglu") > activations(mlp="relu2")

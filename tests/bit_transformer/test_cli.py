@@ -17,7 +17,7 @@ from bit_transformer.cli import build_parser, main
 from bit_transformer.cli_flags import build_run_config, data_spec
 from bit_transformer.config import ModelConfig, RunConfig, SafetyConfig, TrainConfig
 from bit_transformer.progress import ProgressBar
-from tests.seed_commands import SEED_FLAGS
+from tests.seed_commands import SEED_FLAGS, SEED_IMPLIED
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--layers", "2", "--d_model", "32", "--nhead", "4", "--max_seq_len", "72", "--batch_size", "4",
@@ -67,8 +67,10 @@ def test_python_m_help_lists_every_subcommand():
 
 @pytest.mark.parametrize("task", sorted(SEED_FLAGS))
 def test_playbook_flags_parse_verbatim(task):
-    cfg = parse_train(shlex.split(SEED_FLAGS[task]))
+    cfg = parse_train(shlex.split(f"{SEED_IMPLIED} {SEED_FLAGS[task]}"))
     m, t = cfg.model, cfg.train
+    assert (m.arch, m.block, m.dropout, t.optimizer) == ("flat", "classic", 0.1, "adamw")
+    assert t.lr_schedule == ("onecycle" if task == "B" else "progressive_plateau")  # the seed's flag wins
     assert m.nhead == 8 and m.causal is True and m.chunk_size == 128
     assert m.reversible is True and m.checkpointing is True and t.amp == "bf16"
     if task == "A":
@@ -97,7 +99,8 @@ def test_every_config_field_is_a_flag():
 
 
 def test_booleans_take_true_or_false_only(capsys):
-    assert parse_train(["--causal", "FALSE", "--objective", "denoise", "--act", "True"]).model.causal is False
+    denoiser = ["--arch", "flat", "--causal", "FALSE", "--objective", "denoise", "--act", "True"]
+    assert parse_train(denoiser).model.causal is False
     with pytest.raises(SystemExit) as exc:
         main(["train", "--act", "maybe"])
     assert exc.value.code == 2
@@ -258,7 +261,10 @@ def test_export_int8_then_evaluate_the_artifact(trained, capsys):
     out = trained.tmp / "int8"
     assert main(["export-int8", "--checkpoint", str(trained.run), "--out", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["size_ratio"] > 2 and info["quantized_linears"] == 8  # 4 per block x 2 blocks
+    assert info["quantized_linears"] == 8  # 4 per block x 2 blocks
+    assert info["int8_params"] == 2 * (4 * 32 * 32 + 2 * 32 * 128)  # every block matrix (qkv, out, up, down)
+    # the framed default keeps its 256-way frame head (32 x 256) in fp32: a third of this 2 x 32 model's weights
+    assert info["size_ratio"] > 1.7
     text = corpus_text()[:400]
     bpb = {}
     for ckpt in (trained.run, out):

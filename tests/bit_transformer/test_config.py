@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from bit_transformer.config import ModelConfig, RunConfig, SafetyConfig, TrainConfig
+from bit_transformer.config import (
+    ModelConfig,
+    RunConfig,
+    SafetyConfig,
+    TrainConfig,
+    stored_model_config,
+    stored_run_config,
+)
+from tests.flat import flat_cfg
 
 
 def _message(**kw) -> str:
@@ -24,7 +32,7 @@ def test_d_model_must_divide_by_nhead():
 def test_overlap_must_be_smaller_than_chunk_size():
     msg = _message(chunk_size=16, overlap=16)
     assert "overlap (16)" in msg and "chunk_size (16)" in msg
-    assert ModelConfig(chunk_size=16, overlap=15).overlap == 15
+    assert flat_cfg(chunk_size=16, overlap=15).overlap == 15
 
 
 def test_overlap_without_chunk_size():
@@ -48,15 +56,15 @@ def test_unknown_field_is_named():
 
 
 def test_assignment_is_validated():
-    cfg = ModelConfig(chunk_size=16, overlap=4)
+    cfg = flat_cfg(chunk_size=16, overlap=4)
     with pytest.raises(ValidationError, match="overlap"):
         cfg.overlap = 32
 
 
 def test_attn_logging_resolution_task12():
     assert ModelConfig().attn_logging is True
-    assert ModelConfig(chunk_size=32).attn_logging is False
-    assert ModelConfig(chunk_size=32, full_attn_logging=True).attn_logging is True
+    assert ModelConfig(chunk_size=36).attn_logging is False
+    assert ModelConfig(chunk_size=36, full_attn_logging=True).attn_logging is True
     assert ModelConfig(full_attn_logging=False).attn_logging is False
 
 
@@ -73,3 +81,41 @@ def test_defaults_and_ranges():
     with pytest.raises(ValidationError, match="quantization"):
         TrainConfig(qat=True)
     assert RunConfig.model_validate_json(RunConfig().model_dump_json()) == RunConfig()
+
+
+def test_defaults_are_the_small_budget_cpu_recipe():
+    run = RunConfig()
+    model, train = run.model, run.train
+    assert (model.arch, model.block, model.mlp_kind, model.dropout) == ("framed", "modern", "relu2", 0.0)
+    assert (train.amp, train.optimizer, train.lr_schedule) == ("none", "muon", "wsd")
+    assert (model.causal, train.objective, train.compress_prob) == (True, "next_bit", 0.0)
+
+
+def test_a_stored_config_keeps_the_defaults_it_was_written_with():
+    # a checkpoint from before block/optimizer existed ran the flat classic model with AdamW
+    old = {"model": {"layers": 2, "d_model": 16, "nhead": 2}, "train": {"lr": 1e-3}}
+    cfg = stored_run_config(old)
+    assert (cfg.model.arch, cfg.model.block, cfg.model.dropout) == ("flat", "classic", 0.1)
+    assert (cfg.train.optimizer, cfg.train.amp, cfg.train.lr_schedule, cfg.train.lr) == ("adamw", "bf16", "onecycle",
+                                                                                        1e-3)
+    assert stored_model_config(old["model"]) == cfg.model
+    written = RunConfig(model=ModelConfig(layers=2, d_model=16, nhead=2))  # today's: every field is stored
+    assert stored_run_config(written.model_dump(mode="json")) == written
+    assert RunConfig.model_validate(old).model.arch == "framed"  # a config a user writes gets today's defaults
+
+
+@pytest.mark.parametrize("tree", [
+    {"train": {"objective": "denoise"}},
+    {"model": {"causal": False}, "train": {"objective": "denoise"}},
+    {"train": {"compress_prob": 0.5}},
+    {"model": {"chunk_size": 64}},
+    {"model": {"max_seq_len": 100}},
+])
+def test_flat_only_settings_on_the_framed_default_say_to_set_arch_flat(tree):
+    with pytest.raises(ValidationError) as err:
+        RunConfig.model_validate(tree)
+    assert "arch='flat'" in str(err.value)
+    flat = {**tree, "model": {**tree.get("model", {}), "arch": "flat", "block": "classic"}}
+    if tree.get("train", {}).get("objective") == "denoise":
+        flat["model"]["causal"] = False
+    RunConfig.model_validate(flat)  # and that fix is enough

@@ -25,8 +25,11 @@ SEQ = 72  # 8 bytes per window
 
 
 def denoise_config(**model) -> RunConfig:
-    m = {"layers": 1, "d_model": 32, "nhead": 2, "max_seq_len": SEQ, "dropout": 0.0, "causal": False, **model}
-    return RunConfig.model_validate({"model": m, "train": {"objective": "denoise", "amp": "none", "device": "cpu"}})
+    # denoising is a flat, bidirectional model; the optimizer and schedule are the ones these tests were sized for
+    m = {"arch": "flat", "block": "classic", "layers": 1, "d_model": 32, "nhead": 2, "max_seq_len": SEQ,
+         "dropout": 0.0, "causal": False, **model}
+    train = {"objective": "denoise", "amp": "none", "device": "cpu", "optimizer": "adamw", "lr_schedule": "onecycle"}
+    return RunConfig.model_validate({"model": m, "train": train})
 
 
 class Uniform(nn.Module):
@@ -42,10 +45,12 @@ class Uniform(nn.Module):
 
 
 @pytest.mark.parametrize(("patch", "fields"), [
-    ({"model": {"causal": False}}, ("train.objective='next_bit'", "model.causal=true")),
+    ({"model": {"arch": "flat", "causal": False}}, ("train.objective='next_bit'", "model.causal=true")),
     ({"train": {"objective": "denoise"}}, ("train.objective='denoise'", "model.causal=false")),
-    ({"model": {"causal": False}, "train": {"objective": "denoise", "compress_prob": 0.5}}, ("compress_prob",)),
-    ({"model": {"causal": False, "max_seq_len": 100}, "train": {"objective": "denoise"}}, ("max_seq_len",)),
+    ({"model": {"arch": "flat", "causal": False}, "train": {"objective": "denoise", "compress_prob": 0.5}},
+     ("compress_prob",)),
+    ({"model": {"arch": "flat", "causal": False, "max_seq_len": 100}, "train": {"objective": "denoise"}},
+     ("max_seq_len",)),
     ({"model": {"causal": False, "arch": "framed"}, "train": {"objective": "denoise"}}, ("arch='framed'", "causal")),
 ])
 def test_mismatched_objective_and_attention_are_refused_naming_both_fields(patch, fields):

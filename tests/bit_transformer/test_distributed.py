@@ -20,16 +20,17 @@ import torch
 from safetensors.torch import load_file
 
 from bit_transformer.parallel import DistInfo, _fqn_to_index, _index_to_fqn, fsdp_support, fsdp_units, local_main_first
+from tests.flat import flat_cfg
 
 TEXT_BYTES = 60_000
 STEPS = 3
 PER_RANK_BATCH = 2
 MODELS = {
     "plain": ["--layers", "2", "--d_model", "32", "--nhead", "2"],
-    # ACT, reversible blocks and checkpointing: the paths that could leave parameters without gradients
-    # or call blocks outside their forward (FSDP then shards the model as one unit).
-    "act_reversible": ["--layers", "3", "--d_model", "32", "--nhead", "2", "--act", "true", "--reversible", "true",
-                       "--checkpointing", "true"],
+    # ACT, reversible blocks and checkpointing on the flat classic model: the paths that could leave parameters
+    # without gradients or call blocks outside their forward (FSDP then shards the model as one unit).
+    "act_reversible": ["--arch", "flat", "--block", "classic", "--layers", "3", "--d_model", "32", "--nhead", "2",
+                       "--act", "true", "--reversible", "true", "--checkpointing", "true"],
 }
 
 
@@ -45,6 +46,7 @@ def text(tmp_path_factory) -> Path:
 def _train_args(out: Path, text: Path, model: str, *, batch: int, steps: int) -> list[str]:
     return ["train", "--data", str(text), *MODELS[model], "--max_seq_len", "72", "--dropout", "0",
             "--steps", str(steps), "--accum_steps", "2", "--batch_size", str(batch), "--amp", "none",
+            "--optimizer", "adamw",  # FSDP shards AdamW only (Muon is tested under DDP below)
             "--eval_every", "2", "--save_every", "2", "--device", "cpu", "--lr", "1e-2", "--quiet", "--json",
             "--out", str(out)]
 
@@ -139,7 +141,7 @@ def test_a_denoising_model_trains_data_parallel(tmp_path, text):
     # Each rank draws its own noise, so two ranks do not reproduce one process bit for bit; what must hold
     # is that the denoising objective runs under DDP and reports its bound from rank 0.
     result = _train(tmp_path / "denoise", text, "plain", processes=2, batch=PER_RANK_BATCH,
-                    extra=("--causal", "false", "--objective", "denoise"))
+                    extra=("--arch", "flat", "--causal", "false", "--objective", "denoise"))
     assert result["status"] == "completed" and result["updates_done"] == STEPS
     assert result["plan"]["world_size"] == 2
     losses = [s["loss"] for s in _steps(tmp_path / "denoise")]
@@ -169,13 +171,12 @@ def test_optimizer_state_layouts_round_trip():
 
 
 def test_fsdp_units_follow_how_the_stack_calls_blocks():
-    from bit_transformer.config import ModelConfig
     from bit_transformer.factory import build_model
 
-    plain = build_model(ModelConfig(layers=2, d_model=16, nhead=2, max_seq_len=36))
+    plain = build_model(flat_cfg(layers=2, d_model=16, nhead=2, max_seq_len=36))
     assert fsdp_units(plain) == list(plain.blocks)
     for flag in ("reversible", "act"):
-        m = build_model(ModelConfig(layers=2, d_model=16, nhead=2, max_seq_len=36, **{flag: True}))
+        m = build_model(flat_cfg(layers=2, d_model=16, nhead=2, max_seq_len=36, **{flag: True}))
         assert fsdp_units(m) == []  # branches are called directly: the whole model is one unit
 
 

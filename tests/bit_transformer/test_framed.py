@@ -21,7 +21,8 @@ TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mi
 
 def framed(seed: int = 0, **kw) -> BitTransformerLM:
     torch.manual_seed(seed)
-    cfg = {"arch": "framed", "layers": 2, "d_model": 32, "nhead": 4, "max_seq_len": 90, "dropout": 0.0, **kw}
+    cfg = {"arch": "framed", "block": "classic", "layers": 2, "d_model": 32, "nhead": 4, "max_seq_len": 90,
+           "dropout": 0.0, **kw}
     return build_model(ModelConfig(**cfg))
 
 
@@ -40,11 +41,11 @@ def _spread_halting(model: BitTransformerLM) -> None:
 
 def test_config_selects_the_framed_model_and_names_the_length_fix():
     assert type(framed()) is FramedBitTransformerLM and isinstance(framed(), BitTransformerLM)
-    assert type(build_model(ModelConfig(layers=1, d_model=16, nhead=2))) is BitTransformerLM
+    assert type(build_model(ModelConfig(arch="flat", layers=1, d_model=16, nhead=2))) is BitTransformerLM
     with pytest.raises(ValueError, match="build_model"):  # a class that does not match the config refuses
         BitTransformerLM(ModelConfig(arch="framed", layers=1, d_model=16, nhead=2))
     with pytest.raises(ValueError, match="build_model"):
-        FramedBitTransformerLM(ModelConfig(layers=1, d_model=16, nhead=2))
+        FramedBitTransformerLM(ModelConfig(arch="flat", layers=1, d_model=16, nhead=2))
     for field, value, fix in (("max_seq_len", 100, "max_seq_len=99"), ("chunk_size", 40, "chunk_size=36"),
                               ("overlap", 4, "overlap=9")):
         kw = {"chunk_size": 72} if field == "overlap" else {}

@@ -46,7 +46,7 @@ def test_vectors_shaped_as_matrices_stay_with_adamw():
 
 def test_adamw_keeps_the_old_split_and_order():
     model = build_model(ModelConfig(layers=1, d_model=16, nhead=2, max_seq_len=36))
-    opt = build_optimizer(model, TrainConfig())
+    opt = build_optimizer(model, TrainConfig(optimizer="adamw"))
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.99)
     decay = [n for n, p in model.named_parameters() if p.ndim >= 2 and "emb" not in n]
     by_id = {id(p): n for n, p in model.named_parameters()}

@@ -29,6 +29,7 @@ from bit_transformer.quantization import (
     quantize_int8,
     quantize_rows,
 )
+from tests.flat import flat_cfg
 
 needs_engine = pytest.mark.skipif(not dynamic_available(), reason="this torch has no quantized CPU engine")
 
@@ -36,7 +37,7 @@ needs_engine = pytest.mark.skipif(not dynamic_available(), reason="this torch ha
 def tiny(**kw) -> ModelConfig:
     base = dict(layers=2, d_model=32, nhead=4, dim_feedforward=64, max_seq_len=72, dropout=0.0)
     base.update(kw)
-    return ModelConfig(**base)
+    return flat_cfg(**base)
 
 
 def model_of(cfg: ModelConfig, seed: int = 0) -> BitTransformerLM:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bit_transformer import ModelConfig
 from bit_transformer.reversible import RevStackFunction, StackSpec
+from tests.flat import flat_cfg
 
 from .autograd_helpers import (
     grads,
@@ -55,7 +55,7 @@ def test_reversible_act_grads_match_plain_autograd(mode):
 
 
 def _double_stack(act: bool):
-    cfg = ModelConfig(layers=2, d_model=8, nhead=2, dim_feedforward=16, max_seq_len=18, dropout=0.0,
+    cfg = flat_cfg(layers=2, d_model=8, nhead=2, dim_feedforward=16, max_seq_len=18, dropout=0.0,
                       reversible=True, act=act, act_threshold=0.8)
     model = make_model(cfg).double()
     if act:

@@ -9,12 +9,13 @@ import torch.nn.functional as F
 from bit_transformer import BitTransformerLM, ModelConfig
 from bit_transformer.factory import build_model
 from bit_transformer.scale import ScaleReport, scale_up
+from tests.flat import flat_cfg
 
 
 def tiny(**kw) -> ModelConfig:
     base = dict(layers=2, d_model=16, nhead=2, dim_feedforward=32, max_seq_len=54, dropout=0.0)
     base.update(kw)
-    return ModelConfig(**base)
+    return flat_cfg(**base)
 
 
 def trained_like(cfg: ModelConfig, seed: int = 0) -> BitTransformerLM:

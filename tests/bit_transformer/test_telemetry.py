@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bit_transformer.attention import AttentionStats
-from bit_transformer.config import ModelConfig
 from bit_transformer.factory import build_model
 from bit_transformer.model import ForwardTelemetry
 from bit_transformer.telemetry import (
@@ -24,6 +23,7 @@ from bit_transformer.telemetry import (
     symbiosis,
     telemetry_loss,
 )
+from tests.flat import flat_cfg
 
 N = 576
 CONST0, CONST1 = torch.zeros(N), torch.ones(N)
@@ -167,7 +167,7 @@ def test_summarize_with_a_perfect_alternating_predictor():
 
 def test_summarize_reads_the_forward_record():
     torch.manual_seed(0)
-    model = build_model(ModelConfig(layers=3, d_model=16, nhead=4, dropout=0.0, max_seq_len=36)).eval()
+    model = build_model(flat_cfg(layers=3, d_model=16, nhead=4, dropout=0.0, max_seq_len=36)).eval()
     bits = torch.randint(0, 2, (2, 36))
     out = model(bits, return_telemetry=True)
     summary = summarize(bits, out.logits, out.telemetry)

@@ -32,16 +32,16 @@ def corpus(text: str, train_windows: int, val_windows: int = 4) -> Corpus:
                   cache_hit=False, cache_path=Path("."))
 
 
-def config(**train) -> RunConfig:
+def config(arch: str | None = None, **train) -> RunConfig:
     t = {"batch_size": 4, "amp": "none", "lr": 3e-3, "eval_every": 1000, "save_every": 1000, "device": "cpu"}
     t.update(train)
-    return RunConfig.model_validate(
-        {"model": {"layers": 1, "d_model": 16, "nhead": 2, "max_seq_len": SEQ, "dropout": 0.0}, "train": t}
-    )
+    m = {"layers": 1, "d_model": 16, "nhead": 2, "max_seq_len": SEQ, "dropout": 0.0}
+    return RunConfig.model_validate({"model": {**m, **({"arch": arch} if arch else {})}, "train": t})
 
 
-def run(tmp_path, text, *, windows=28, events=None, cancel=None, model=None, name="run", fit=None, **train):
-    cfg = config(**train)
+def run(tmp_path, text, *, windows=28, events=None, cancel=None, model=None, name="run", fit=None, arch=None,
+        **train):
+    cfg = config(arch, **train)
     sink = events if events is not None else []
     tr = Trainer(cfg, tmp_path / name, corpus=corpus(text, windows), model=model,
                  callback=lambda e, p: sink.append((e, p)), cancel=cancel)
@@ -86,7 +86,8 @@ def test_plan_matches_the_loader(text, windows, batch, accum, extra, world):
 def test_onecycle_ends_on_its_final_lr_at_the_last_update(tmp_path, text, accum):
     # 7 micro-batches per epoch: not divisible by 2 or 3, so the last group of each epoch is partial.
     events: list = []
-    tr, res = run(tmp_path, text, windows=28, events=events, accum_steps=accum, fit={"epochs": 2})
+    tr, res = run(tmp_path, text, windows=28, events=events, accum_steps=accum, lr_schedule="onecycle",
+                  fit={"epochs": 2})
     assert res.status == "completed", res.reason
     expected = 2 * math.ceil(7 / accum)
     assert res.plan.total_updates == res.updates_done == expected
@@ -186,7 +187,8 @@ def test_bf16_autocast_runs_and_is_reported(tmp_path, text, monkeypatch):
 def test_compression_ramp_follows_the_cosine_and_tracks_losses_separately(tmp_path, text):
     from bit_transformer import schedule
     events: list = []
-    _, res = run(tmp_path, text, windows=40, events=events, compress_prob=0.8, warmup_frac=0.5, fit={"steps": 10})
+    _, res = run(tmp_path, text, windows=40, events=events, arch="flat", compress_prob=0.8, warmup_frac=0.5,
+                 fit={"steps": 10})
     assert res.status == "completed", res.reason
     s = steps(events)
     warm = 5

@@ -21,16 +21,16 @@ def test_flat_and_dotted_keys_are_routed():
 
 
 def test_apply_reports_changed_leaves():
-    new, changes = apply_patch(RunConfig(), {"model": {"layers": 2}, "amp": "none", "safety": {"burn_in": 3}})
-    assert new.model.layers == 2 and new.train.amp == "none" and new.train.safety.burn_in == 3
+    new, changes = apply_patch(RunConfig(), {"model": {"layers": 2}, "amp": "bf16", "safety": {"burn_in": 3}})
+    assert new.model.layers == 2 and new.train.amp == "bf16" and new.train.safety.burn_in == 3
     assert {p for p, _, _ in changes} == {"model.layers", "train.amp", "train.safety.burn_in"}
     assert ("model.layers", 4, 2) in changes
 
 
 def test_null_resets_to_default():
-    cfg, _ = apply_patch(RunConfig(), {"model": {"chunk_size": 64}})
+    cfg, _ = apply_patch(RunConfig(), {"model": {"chunk_size": 72}})
     cfg, changes = apply_patch(cfg, {"model": {"chunk_size": None}})
-    assert cfg.model.chunk_size is None and changes == [("model.chunk_size", 64, None)]
+    assert cfg.model.chunk_size is None and changes == [("model.chunk_size", 72, None)]
 
 
 def test_every_bad_field_is_named():

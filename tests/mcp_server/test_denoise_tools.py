@@ -14,13 +14,15 @@ from .conftest import TINY, call, error_text, new_server
 pytestmark = pytest.mark.anyio
 
 DENOISE = copy.deepcopy(TINY)
-DENOISE["model"]["causal"] = False
+DENOISE["model"].update(arch="flat", causal=False)  # denoising is bidirectional: the flat model
 DENOISE["train"]["objective"] = "denoise"
 
 
 async def test_a_denoising_model_through_the_tools(tmp_path: Path):
     async with Client(new_server(tmp_path / "ws")) as c:
         msg = error_text(await c.call_tool("patch_config", {"patch": {"model": {"causal": False}}}))
+        assert "arch='flat'" in msg and "denoise" in msg  # the framed default is causal by construction
+        msg = error_text(await c.call_tool("patch_config", {"patch": {"model": {"arch": "flat", "causal": False}}}))
         assert "train.objective" in msg and "model.causal" in msg and "denoise" in msg
         await call(c, "patch_config", {"patch": DENOISE})
         job = await call(c, "train", {"steps": 6})

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 from mcp.client import Client
 
-from .conftest import call, error_text, new_server
+from .conftest import TINY, call, error_text, new_server
 
 pytestmark = pytest.mark.anyio
 TEXT = "The quick brown fox jumps over the lazy dog."
+
+
+@pytest.fixture
+async def flat_trained_ws(tmp_path: Path) -> Path:
+    """A workspace whose checkpoint is the flat model (bit-level chunks: tasks 10-12 are about them)."""
+    ws = tmp_path / "ws"
+    async with Client(new_server(ws)) as c:
+        await call(c, "patch_config", {"patch": {**TINY, "model": {**TINY["model"], "arch": "flat",
+                                                                   "block": "classic"}}})
+        view = await call(c, "train", {"steps": 3})
+        deadline = time.monotonic() + 240  # a cap for a slow machine, not a speed assertion
+        while view["active"] and time.monotonic() < deadline:
+            view = await call(c, "get_job", {"job_id": view["job_id"], "wait_s": 30})
+        assert view["status"] == "completed", view
+    return ws
 
 
 async def test_full_attention_uses_sdpa_is_causal_without_mask(tiny_ws):
@@ -24,8 +42,8 @@ async def test_full_attention_uses_sdpa_is_causal_without_mask(tiny_ws):
     assert r["mask_cache_second_pass"]["misses"] == 0 and r["mask_cache_reused"] is True
 
 
-async def test_chunked_attention_stitches_like_dense_and_reuses_masks(trained_ws):
-    async with Client(new_server(trained_ws)) as c:
+async def test_chunked_attention_stitches_like_dense_and_reuses_masks(flat_trained_ws):
+    async with Client(new_server(flat_trained_ws)) as c:
         r = await call(c, "inspect_attention", {"text": TEXT, "chunk_size": 27, "overlap": 9, "include_maps": True})
         assert r["model_source"].startswith("checkpoint job-0001/")
         assert r["chunk_size"] == 27 and r["overlap"] == 9
