@@ -25,12 +25,12 @@ class ModelConfig(_Strict):
 
     layers: int = Field(4, ge=1, le=256, description="Number of transformer blocks.")
     d_model: int = Field(128, ge=8, le=16384, description="Width of the residual stream.")
-    nhead: int = Field(8, ge=1, description="Attention heads; must divide d_model.")
+    nhead: int = Field(4, ge=1, description="Attention heads; must divide d_model.")
     dim_feedforward: int | None = Field(
         None, ge=8, description="Hidden width of the feed-forward layer; defaults to 4 * d_model."
     )
     max_seq_len: int = Field(
-        576, ge=FRAME_BITS, le=1 << 20, description="Longest input in bits (576 bits = 64 bytes)."
+        288, ge=FRAME_BITS, le=1 << 20, description="Longest input in bits (288 bits = 32 bytes)."
     )
     causal: bool = Field(True, description="Causal (next-bit) attention; false gives bidirectional.")
     chunk_size: int | None = Field(
@@ -154,7 +154,7 @@ class SafetyConfig(_Strict):
 class TrainConfig(_Strict):
     """How to train: batches, schedule, precision and the playbook's runtime switches."""
 
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(16, ge=1)
     accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer update.")
     epochs: int = Field(1, ge=1)
     steps: int | None = Field(
@@ -178,7 +178,7 @@ class TrainConfig(_Strict):
     betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
     weight_decay: float = Field(0.01, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
-    warmup_frac: float = Field(0.1, ge=0.0, lt=1.0, description="Share of updates spent warming up.")
+    warmup_frac: float = Field(0.05, ge=0.0, lt=1.0, description="Share of updates spent warming up.")
     amp: Literal["bf16", "none"] = Field(
         "none", description="bf16 autocast or plain fp32 (the default: on CPU at these widths fp32 is faster)."
     )
@@ -324,8 +324,8 @@ class RunConfig(_Strict):
 # *stored* config meant when it lacks the field: a checkpoint, INT8 artifact or workspace config written before
 # the field existed (block, optimizer) ran with the old default. Configs a user writes get today's defaults.
 PRE_RECIPE_DEFAULTS: dict[str, dict[str, object]] = {
-    "model": {"arch": "flat", "block": "classic", "dropout": 0.1},
-    "train": {"optimizer": "adamw", "amp": "bf16", "lr_schedule": "onecycle"},
+    "model": {"arch": "flat", "block": "classic", "dropout": 0.1, "nhead": 8, "max_seq_len": 576},
+    "train": {"optimizer": "adamw", "amp": "bf16", "lr_schedule": "onecycle", "batch_size": 32, "warmup_frac": 0.1},
 }
 
 

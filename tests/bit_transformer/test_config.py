@@ -88,6 +88,7 @@ def test_defaults_are_the_small_budget_cpu_recipe():
     model, train = run.model, run.train
     assert (model.arch, model.block, model.mlp_kind, model.dropout) == ("framed", "modern", "relu2", 0.0)
     assert (train.amp, train.optimizer, train.lr_schedule) == ("none", "muon", "wsd")
+    assert (model.nhead, model.max_seq_len, train.batch_size, train.warmup_frac) == (4, 288, 16, 0.05)
     assert (model.causal, train.objective, train.compress_prob) == (True, "next_bit", 0.0)
 
 

@@ -87,7 +87,7 @@ def test_onecycle_ends_on_its_final_lr_at_the_last_update(tmp_path, text, accum)
     # 7 micro-batches per epoch: not divisible by 2 or 3, so the last group of each epoch is partial.
     events: list = []
     tr, res = run(tmp_path, text, windows=28, events=events, accum_steps=accum, lr_schedule="onecycle",
-                  fit={"epochs": 2})
+                  warmup_frac=0.1, fit={"epochs": 2})
     assert res.status == "completed", res.reason
     expected = 2 * math.ceil(7 / accum)
     assert res.plan.total_updates == res.updates_done == expected

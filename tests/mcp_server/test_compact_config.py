@@ -35,8 +35,8 @@ def test_every_rule_names_a_real_field():
 @pytest.mark.parametrize(("settings", "inert"), [
     (PLAIN, PLAIN_INERT),
     # every switch on: only what the chosen alternatives leave unused
-    ({"data": {"source": "hf"}, "model": {"causal": False, "act": True, "max_seq_len": 576, "chunk_size": 36,
-                                          "overlap": 9},
+    ({"data": {"source": "hf"}, "model": {"arch": "flat", "causal": False, "act": True, "max_seq_len": 576,
+                                          "chunk_size": 36, "overlap": 9},
       "train": {"objective": "denoise", "lr_schedule": "progressive_plateau", "plateau_scale_up": True}},
      {"data.paths", "train.decay_frac"}),
     ({"data": {"source": "files", "paths": ["a.txt"]}, "train": {"lr_schedule": "wsd"}},

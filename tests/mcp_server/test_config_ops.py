@@ -44,8 +44,8 @@ def test_every_bad_field_is_named():
 
 
 def test_cross_field_error_says_how_to_fix():
-    with pytest.raises(PatchError, match=r"divisible by nhead \(8\); e.g. nhead="):
-        apply_patch(RunConfig(), {"d_model": 100})
+    with pytest.raises(PatchError, match=r"divisible by nhead \(4\); e.g. nhead="):
+        apply_patch(RunConfig(), {"d_model": 102})
 
 
 @pytest.mark.parametrize("patch", ["[1, 2]", "not json", 3, ["a"]])
