@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +44,9 @@ TARGETS = {"5m": 2.30, "15m": 2.12}  # issue 22: Tiny Shakespeare validation, wh
 
 # The best measured recipe (docs/benchmarks.md, "Best recipe through the CLI"); flags as the CLI spells them.
 RECIPE: dict[str, str] = {
-    "arch": "framed", "block": "modern", "layers": "4", "d_model": "128", "nhead": "4", "max_seq_len": "576",
-    "batch_size": "32", "optimizer": "muon", "lr": "3e-3", "lr_schedule": "wsd", "ema_decay": "0.999",
-    "dropout": "0", "amp": "none", "eval_every": "100000", "save_every": "100000",
+    "arch": "framed", "block": "modern", "layers": "4", "d_model": "128", "nhead": "4", "max_seq_len": "288",
+    "batch_size": "16", "optimizer": "muon", "lr": "3e-3", "lr_schedule": "wsd", "warmup_frac": "0.05",
+    "ema_decay": "0.999", "dropout": "0", "amp": "none", "eval_every": "1000",
 }
 
 
@@ -61,15 +61,16 @@ class Variant:
         return {**RECIPE, **self.flags, **(extra or {})}
 
 
-VARIANTS: list[Variant] = [
+VARIANTS: list[Variant] = [  # in order of interest: a run stopped early has the first ones
     Variant("best", "the recipe", {}),
     Variant("classic", "classic block (LayerNorm, learned positions, GELU, biases)", {"block": "classic"}),
     Variant("adamw", "AdamW for every parameter instead of Muon", {"optimizer": "adamw"}),
     Variant("cosine", "cosine schedule instead of warm-up/stable/decay", {"lr_schedule": "cosine"}),
     Variant("no-ema", "no EMA of the weights", {"ema_decay": "none"}),
+    Variant("ctx64", "64-byte windows, batch 8 (the same bytes per update)", {"max_seq_len": "576", "batch_size": "8"}),
+    Variant("flat", "flat (one position per bit) instead of framed", {"arch": "flat"}),
     Variant("dropout", "dropout 0.1", {"dropout": "0.1"}),
     Variant("bf16", "bf16 autocast instead of fp32", {"amp": "bf16"}),
-    Variant("flat", "flat (one position per bit) instead of framed", {"arch": "flat"}),
 ]
 
 
@@ -186,12 +187,13 @@ def summary_line(summary: list[dict], headline: list[dict], budget: str | None) 
     parts = []
     for h in headline:
         target = TARGETS.get(h["budget"])
-        parts.append(f"best recipe {_num(h.get('bpb'), '.3f')} bits/byte after {h['budget']} CPU"
-                     + (f" (target <= {target})" if target else ""))
+        parts.append(f"best recipe {_num(h.get('bpb'), '.3f')} bits/byte after {h['budget']} of CPU time"
+                     + (f" (target <= {target:.2f})" if target else ""))
     if best and best["mean_bpb"] is not None:
         target = TARGETS.get(budget or "")
-        parts.append(f"{best['mean_bpb']:.3f} after {budget} (mean of {len(best['seeds'])} seeds"
-                     + (f", target <= {target})" if target else ")"))
+        n = len(best["seeds"])
+        parts.append(f"{best['mean_bpb']:.3f} after {budget} (mean of {n} seed{'s' * (n != 1)}"
+                     + (f", target <= {target:.2f})" if target else ")"))
     costs = [f"{s['variant']} {_num(s['mean_delta'], '+.3f')}" for s in summary if s["variant"] != "best"]
     if costs:
         parts.append("each change off (bits/byte vs best): " + ", ".join(costs))
@@ -227,26 +229,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def main(argv=None) -> dict:
-    a = parse_args(argv)
-    variants = [v for v in VARIANTS if v.name in a.variants]
-    best = next(v for v in VARIANTS if v.name == "best")
-    # the headline first: the longest run starts at once and the ablation fills the other core meanwhile
-    work = [(best, s, b, "headline") for b in a.headline for s in a.seeds[:1]]
-    work += [(v, s, a.budget, v.name) for v in variants for s in a.seeds]
-    load_start, t0 = load_avg(), time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
-        rows = list(pool.map(lambda w: run_variant(w[0], w[1], w[2], a, w[3]), work))
+def report(rows: list[dict], variants: list[Variant], a: argparse.Namespace, argv, started: dict,
+           pending: int) -> dict:
+    """The results so far (rewritten after every run, so a long ablation can be read while it goes on)."""
     headline = [r for r in rows if r["label"] == "headline"]
     ablation = [r for r in rows if r["label"] != "headline"]
     summary = summarise(ablation, variants)
     out = {"command": "python -m benchmarks.bench_recipe " + " ".join(argv if argv is not None else sys.argv[1:]),
            "recipe": RECIPE, "budget": a.budget, "steps": a.steps, "seeds": a.seeds, "jobs": a.jobs,
-           "targets": TARGETS, "runs": ablation, "variants": summary, "headline": headline,
-           "wall_seconds": round(time.perf_counter() - t0, 1), "load_average_start": load_start,
-           "load_average_end": load_avg(), "machine": machine_info(),
+           "targets": TARGETS, "runs": ablation, "variants": summary, "headline": headline, "pending_runs": pending,
+           "wall_seconds": round(time.perf_counter() - started["t0"], 1), "load_average_start": started["load"],
+           "load_average_end": load_avg(), "machine": started["machine"],
            "summary": summary_line(summary, headline, a.budget)}
-    write_report("bench_recipe", out, markdown(ablation, summary, headline, a.budget), a.out)
+    table = markdown(ablation, summary, headline, a.budget)
+    if pending:
+        table += f"\n*In progress: {pending} run(s) still to come.*\n"
+    write_report("bench_recipe", out, table, a.out)
+    return out
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    variants = [v for v in VARIANTS if v.name in a.variants]
+    best = next(v for v in VARIANTS if v.name == "best")
+    # The headline first (the longest run starts at once, the ablation fills the other core meanwhile), then the
+    # ablation seed by seed: if it is stopped early, every variant has a run before any has its second.
+    work = [(best, s, b, "headline") for b in a.headline for s in a.seeds[:1]]
+    work += [(v, s, a.budget, v.name) for s in a.seeds for v in variants]
+    started = {"t0": time.perf_counter(), "load": load_avg(), "machine": machine_info()}
+    with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
+        futures = [pool.submit(run_variant, v, s, b, a, label) for v, s, b, label in work]
+        for _ in as_completed(futures):
+            rows = [f.result() for f in futures if f.done()]  # in work order
+            out = report(rows, variants, a, argv, started, pending=len(work) - len(rows))
     print(out["summary"], flush=True)
     return out
 

@@ -39,12 +39,12 @@ def test_a_time_budget_reaches_the_trainer(tmp_path):
     assert row["status"] == "completed" and row["updates"] >= 1 and row["bpb"] > 0
 
 
-def test_each_ablation_turns_off_one_thing():
+def test_each_ablation_changes_the_recipe():
     assert VARIANTS[0] == Variant("best", "the recipe", {})
     names = [v.name for v in VARIANTS]
     assert len(set(names)) == len(names)
     for v in VARIANTS[1:]:
-        assert len(v.flags) == 1 and all(RECIPE[k] != value for k, value in v.flags.items()), v
+        assert v.flags and all(RECIPE[k] != value for k, value in v.flags.items()), v
     assert VARIANTS[1].config({"layers": "2"}) == {**RECIPE, **VARIANTS[1].flags, "layers": "2"}
 
 
