@@ -29,7 +29,7 @@ from benchmarks.flops import matmul_peak
 from benchmarks.reference_model import ReferenceTransformer
 from benchmarks.report import RESULTS, write_report
 from bit_transformer.config import ModelConfig
-from bit_transformer.model import BitTransformerLM
+from bit_transformer.factory import build_model
 
 CLAIM = (1.2, 1.8)
 
@@ -42,7 +42,7 @@ def run_shape(seq_len: int, batch: int, a: argparse.Namespace) -> dict:
     for impl in ("ours", "reference"):
         for prec in ("fp32", "bf16"):
             torch.manual_seed(0)
-            model = BitTransformerLM(cfg) if impl == "ours" else ReferenceTransformer.like(cfg)
+            model = build_model(cfg) if impl == "ours" else ReferenceTransformer.like(cfg)
             steps[f"{impl} {prec}"] = make_step(model.train(), bits, prec == "bf16")
     times = interleaved_times(steps, a.repeats, a.warmup)
     med = {k: median(v) for k, v in times.items()}

@@ -31,6 +31,7 @@ from bit_transformer.bits import text_to_bits
 from bit_transformer.config import RunConfig
 from bit_transformer.data import builtin_text
 from bit_transformer.evaluate import evaluate_bits
+from bit_transformer.factory import build_model
 from bit_transformer.generate import generate
 from bit_transformer.model import BitTransformerLM
 from bit_transformer.train_loss import micro_batch_loss
@@ -57,7 +58,7 @@ def train(objective: str, bits: np.ndarray, updates: int, seed: int = 0) -> tupl
     """Train one arm; returns the model and the CPU seconds its updates took."""
     cfg = config(objective)
     torch.manual_seed(seed)
-    model = BitTransformerLM(cfg.model).train()
+    model = build_model(cfg.model).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=(0.9, 0.99), weight_decay=0.01)
     warm = max(1, updates // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (

@@ -42,6 +42,7 @@ from benchmarks.report import write_report
 from bit_transformer.bits import bytes_to_bits
 from bit_transformer.config import FRAME_BITS, ModelConfig
 from bit_transformer.evaluate import evaluate_bits
+from bit_transformer.factory import build_model
 from bit_transformer.model import BitTransformerLM
 from bit_transformer.quantization import convert_qat, export_int8, load_int8, prepare_qat, quantize_int8
 
@@ -144,7 +145,7 @@ def bpb(model: torch.nn.Module, val_bits: np.ndarray, eval_bytes: int) -> float:
 
 
 def cpu_copy(model: BitTransformerLM) -> BitTransformerLM:
-    out = BitTransformerLM(model.cfg)
+    out = build_model(model.cfg)
     out.load_state_dict({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
     return out.eval()
 
@@ -198,12 +199,12 @@ def linear_share(model: torch.nn.Module, x: torch.Tensor) -> float:
 def get_model(a: argparse.Namespace, train_bits: np.ndarray) -> tuple[BitTransformerLM, dict]:
     cfg = model_config(a)
     if a.init is not None:
-        model = BitTransformerLM(cfg)
+        model = build_model(cfg)
         model.load_state_dict(safetensors.torch.load_file(str(a.init)))
         return model.eval(), {"init": str(a.init)}
     device = resolve_device(a.device)
     torch.manual_seed(a.seed)
-    model = BitTransformerLM(cfg).to(device)
+    model = build_model(cfg).to(device)
     t0 = time.perf_counter()
     losses = train(model, train_bits, start=0, stop=a.steps, total=a.steps, a=a, opt=new_optimizer(model, a.lr),
                    device=device, log="fp32")
@@ -213,7 +214,7 @@ def get_model(a: argparse.Namespace, train_bits: np.ndarray) -> tuple[BitTransfo
 
 def full_attention(model: BitTransformerLM) -> BitTransformerLM:
     """The same weights with chunk_size=None (SDPA's fused causal kernel): timing only, a different function."""
-    out = BitTransformerLM(model.cfg.model_copy(update={"chunk_size": None}))
+    out = build_model(model.cfg.model_copy(update={"chunk_size": None}))
     out.load_state_dict(model.state_dict())
     return out.eval()
 
@@ -226,7 +227,7 @@ def time_all(a, model: BitTransformerLM, artifact: Path, val_bits: np.ndarray, e
     for spec in filter(None, a.timing_shapes.split(",")):  # wider/deeper models: where do linears dominate?
         layers, width = (int(v) for v in spec.split("x"))
         with torch.random.fork_rng(devices=[]):
-            wide = BitTransformerLM(model.cfg.model_copy(update={"layers": layers, "d_model": width}))
+            wide = build_model(model.cfg.model_copy(update={"layers": layers, "d_model": width}))
         variants.append((f"{layers}x{width} untrained, timing only", wide.eval(), None))
     int8 = {}
     for name, fp, _ in variants:

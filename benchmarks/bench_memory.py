@@ -65,7 +65,8 @@ def worker(job: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from bit_transformer import BitTransformerLM, ModelConfig
+    from bit_transformer import ModelConfig
+    from bit_transformer.factory import build_model
 
     device = torch.device(job["device"])
     if job.get("threads"):
@@ -73,7 +74,7 @@ def worker(job: dict) -> dict:
     cfg = ModelConfig(layers=job["depth"], d_model=job["d_model"], nhead=job["nhead"], max_seq_len=job["seq"],
                       dropout=job["dropout"], **CONFIGS[job["config"]])
     torch.manual_seed(0)
-    model = BitTransformerLM(cfg).to(device).train()
+    model = build_model(cfg).to(device).train()
     bits = torch.randint(0, 2, (job["batch"], job["seq"]), device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=job["amp"] == "bf16")
     cuda = device.type == "cuda"

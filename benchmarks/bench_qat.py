@@ -37,6 +37,7 @@ from benchmarks.bench_int8 import (
 )
 from benchmarks.report import write_report
 from bit_transformer.bits import bytes_to_bits
+from bit_transformer.factory import build_model
 from bit_transformer.model import BitTransformerLM
 from bit_transformer.quantization import convert_qat, export_int8, load_int8, prepare_qat
 
@@ -62,7 +63,7 @@ def main(argv=None) -> dict:
     timings = {}
 
     torch.manual_seed(a.seed)
-    fp32 = BitTransformerLM(cfg).to(device)
+    fp32 = build_model(cfg).to(device)
     opt = new_optimizer(fp32, a.lr)
     t0 = time.perf_counter()
     train(fp32, train_bits, start=0, stop=branch, total=n, a=a, opt=opt, device=device, log="fp32")
@@ -70,7 +71,7 @@ def main(argv=None) -> dict:
     train(fp32, train_bits, start=branch, stop=n, total=n, a=a, opt=opt, device=device, log="fp32")
     timings["fp32_s"] = time.perf_counter() - t0
 
-    ft = BitTransformerLM(cfg).to(device)
+    ft = build_model(cfg).to(device)
     ft.load_state_dict(snap[0])
     prepare_qat(ft)  # same Parameter objects: the optimizer state carries over
     ft_opt = new_optimizer(ft, a.lr)
@@ -82,7 +83,7 @@ def main(argv=None) -> dict:
     runs = {"fine-tune": ft}
     if not a.no_scratch:
         torch.manual_seed(a.seed)
-        scratch = prepare_qat(BitTransformerLM(cfg).to(device))
+        scratch = prepare_qat(build_model(cfg).to(device))
         t0 = time.perf_counter()
         train(scratch, train_bits, start=0, stop=n, total=n, a=a, opt=new_optimizer(scratch, a.lr), device=device,
               log="qat-scratch")

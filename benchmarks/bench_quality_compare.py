@@ -1,38 +1,31 @@
-"""Quality per compute: the flat and the framed bit model vs a byte-level transformer of the same size, same
-harness and budget.
+"""Quality per compute: the flat and the framed bit model of the same size, same budget, through the Trainer.
 
-    python -m benchmarks.bench_quality_compare [--quick] [--budgets 5 15] [--arms bit framed byte]
+    python -m benchmarks.bench_quality_compare [--quick] [--budgets 5 15] [--arms bit framed]
 
 Tiny Shakespeare (first 90% of the bytes train, last 10% validate: ``data.load_corpus`` with
 ``val_fraction=0.1``). For each budget (minutes of training, evaluations excluded) the arms train side by
-side, one process and one torch thread each. Budgets are process CPU time (``time.process_time``, see
-``--clock``): the machine is shared, and CPU time gives every arm the same compute whatever else runs:
+side, one process and one torch thread each, each through ``training.Trainer`` with ``train.time_budget`` (probe,
+plan, re-plan, hard stop: what ``bit-transformer train --time_budget`` does) on process CPU time (``--clock``):
+the machine is shared, and CPU time gives every arm the same compute whatever else runs.
 
 * the bit model: BitTransformerLM 4 layers x 64, 2 heads, 144-bit windows (16 bytes), the recipe of
   ``bench_quality`` (batch 16, AdamW lr 5e-3, cosine with 5% warm-up, dropout 0, fp32);
 * the framed bit model (``model.arch='framed'``): the same depth, heads and 144-bit windows, one trunk position
   per 9-bit frame built from its bits, exact per-bit head; its width matched to the bit model's parameter
-  count; the byte baseline's batch (64 windows) and LR, since it computes per byte like the baseline;
-* the byte baseline (:mod:`benchmarks.byte_baseline`): the same blocks, depth and heads over bytes, its
-  width matched to the bit model's parameter count, a 16-byte context (what the bit window covers),
-  the same optimizer, peak LR, schedule builder, warm-up and clip; batch 64 windows (a 1.5-minute sweep
-  on this machine: lr 2e-3 / 5e-3 / 1e-2 at batch 16 gave 2.75 / 2.71 / 2.74 bits per byte, batch 64
-  at 5e-3 gave 2.68; a baseline gets its better setting, as the bit recipe got its sweep).
+  count; batch 64 windows (it computes per byte).
 
-Both are trained by :mod:`benchmarks.quality_harness` (probe, plan, re-plan every 10% of the budget,
-hard stop at the budget) and scored on the same validation bytes as bits per byte: the bit model with
-``evaluate.evaluate_bits`` (all 9 bit positions, windows overlapping by 108 bits), the byte model with
-``byte_baseline.evaluate_bytes`` (windows overlapping so each scored byte sees >= 12 bytes of context,
-the same as the bit model's 108 bits). gzip / bzip2 / xz are charged for the same bytes given the
-training split. The learning curves (validation bits per byte on the first ``--curve-bytes`` of the
-split vs training seconds) go to ``<out>/quality.png``. Writes ``<out>/bench_quality_compare.json``/``.md``.
+The byte-level baseline transformer that used to run here needed a second training loop; it was retired (its
+measured figures stay in docs/benchmarks.md as an external reference). Both arms are scored on the same
+validation bytes with ``evaluate.evaluate_bits`` (all 9 bit positions, windows overlapping by 3/4), gzip / bzip2 /
+xz on the same bytes given the training split. The learning curves (validation bits per byte on the Trainer's
+evaluation windows vs training seconds) go to ``<out>/quality.png``. Writes ``<out>/bench_quality_compare.json``
+and ``.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import subprocess
@@ -48,7 +41,7 @@ from benchmarks.report import RESULTS, write_report
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 FULL_EVAL_AT = (0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.85)
 QUICK_EVAL_AT = (0.5,)
-ARMS = ("bit", "framed", "byte")
+ARMS = ("bit", "framed")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,14 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=144, help="bit window (a multiple of 9)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--byte-lr", type=float, default=None, help="byte model's peak LR (default: --lr)")
-    p.add_argument("--byte-batch-size", type=int, default=64, help="byte model's windows per batch")
     p.add_argument("--warmup-frac", type=float, default=0.05)
     p.add_argument("--lr-schedule", default="cosine")
-    p.add_argument("--curve-bytes", type=int, default=None, help="val bytes per curve point (8192; quick 2048)")
+    p.add_argument("--eval-every", type=int, default=None, help="updates between curve points (250; quick 100)")
     p.add_argument("--eval-bytes", type=int, default=None, help="val bytes of the final score (all; quick 8192)")
     p.add_argument("--framed-batch-size", type=int, default=64, help="framed model's windows per batch")
-    p.add_argument("--framed-lr", type=float, default=None, help="framed model's peak LR (default: --byte-lr)")
+    p.add_argument("--framed-lr", type=float, default=None, help="framed model's peak LR (default: --lr)")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="which models to train")
     p.add_argument("--skip", nargs="*", default=[], metavar="MIN:ARM",
                    help="leave one arm out at one budget, e.g. 15:bit (when the full grid does not fit the time)")
@@ -83,142 +74,79 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     a.budgets = a.budgets or ([0.4] if a.quick else [5.0, 15.0])
-    a.curve_bytes = a.curve_bytes or (2048 if a.quick else 8192)
+    a.eval_every = a.eval_every or (100 if a.quick else 250)
     a.eval_bytes = a.eval_bytes or (8192 if a.quick else None)
-    a.byte_lr = a.byte_lr or a.lr
-    a.framed_lr = a.framed_lr or a.byte_lr
+    a.framed_lr = a.framed_lr or a.lr
     return a
 
 
 # ------------------------------------------------------------------------------------------ worker side
-def load_split(a) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train bits, val bits, train bytes, val bytes) of the corpus split (cached after the first load)."""
+def load_corpus_split(a):
     from bit_transformer.config import DataConfig
     from bit_transformer.data import load_corpus
 
-    corpus = load_corpus(DataConfig(source="files", paths=[str(a.data)], val_fraction=0.1), a.out / "cache")
-    train, val = np.asarray(corpus.train), np.asarray(corpus.val)
+    return load_corpus(DataConfig(source="files", paths=[str(a.data)], val_fraction=0.1), a.out / "cache")
 
-    def to_bytes(bits):
-        return np.packbits(bits.reshape(-1, 9)[:, :8], axis=1).reshape(-1)
 
-    return train, val, to_bytes(train), to_bytes(val)
+def to_bytes(bits) -> np.ndarray:
+    return np.packbits(np.asarray(bits).reshape(-1, 9)[:, :8], axis=1).reshape(-1)
 
 
 def framed_width(flat_cfg, target: int) -> int:
     """The framed model's d_model (a multiple of nhead) whose parameter count is closest to ``target``."""
     import torch
 
-    from bit_transformer.model import BitTransformerLM
+    from bit_transformer.factory import build_model
 
     def params(d: int) -> int:
         with torch.device("meta"):
-            return BitTransformerLM(flat_cfg.model_copy(update={"arch": "framed", "d_model": d})).num_parameters()
+            return build_model(flat_cfg.model_copy(update={"arch": "framed", "d_model": d})).num_parameters()
 
     widths = range(flat_cfg.nhead, 4 * flat_cfg.d_model + 1, flat_cfg.nhead)
     return min(widths, key=lambda d: abs(params(d) - target))
 
 
-def bit_job(a, train_bits, val_bits, arch: str = "flat"):
+def arm_config(a, kind: str, minutes: float):
+    """The RunConfig of one arm: the flat recipe, or the framed model matched to its parameter count."""
     import torch
-    import torch.nn.functional as F
 
-    from benchmarks.quality_harness import Job
-    from bit_transformer.config import ModelConfig
-    from bit_transformer.evaluate import evaluate_bits
-    from bit_transformer.model import BitTransformerLM
+    from bit_transformer.config import ModelConfig, RunConfig
+    from bit_transformer.factory import build_model
 
-    cfg = ModelConfig(layers=a.layers, d_model=a.d_model, nhead=a.nhead, max_seq_len=a.seq_len, dropout=0.0,
-                      full_attn_logging=False)
-    target = BitTransformerLM(cfg).num_parameters()
-    if arch == "framed":
-        cfg = cfg.model_copy(update={"arch": "framed", "d_model": framed_width(cfg, target)})
-    torch.manual_seed(a.seed)
-    model = BitTransformerLM(cfg)
-    L, offsets = a.seq_len, np.arange(a.seq_len + 1)
-
-    def batch(idx):
-        w = torch.from_numpy(train_bits[idx[:, None] * L + offsets[None, :]].astype(np.int64))
-        return w[:, :-1], w[:, 1:]
-
-    def loss(m, x, y):
-        out = m(x)
-        ce = F.cross_entropy(out.logits.float().reshape(-1, 2), y.reshape(-1))
-        return ce + cfg.ponder_weight * out.ponder_cost if cfg.act else ce
-
-    def evaluate(m, max_bytes):
-        return evaluate_bits(m, val_bits, seq_len=L, context_bits=(L * 3 // 4) // 9 * 9, batch_size=64,
-                             max_bytes=max_bytes, telemetry=False, compressors=False).bits_per_byte
-
-    name = "bit" if arch == "flat" else arch
-    job = Job(name, model, batch, (train_bits.size - 1) // L, loss, 9 / math.log(2), evaluate)
-    model_info = {"layers": cfg.layers, "d_model": cfg.d_model, "nhead": cfg.nhead, "max_seq_len": cfg.max_seq_len,
-                  "arch": cfg.arch}
-    return job, {"model": model_info, "config": cfg.model_dump(), "params": model.num_parameters(),
-                 "params_vs_bit": model.num_parameters() / target - 1,
-                 "window_bytes": L / 9, "eval_context_bits": (L * 3 // 4) // 9 * 9}
-
-
-def byte_job(a, train_bytes, val_bytes):
-    import torch
-    import torch.nn.functional as F
-
-    from benchmarks.byte_baseline import VOCAB, evaluate_bytes, matched_byte_model
-    from benchmarks.quality_harness import Job
-    from bit_transformer.config import ModelConfig
-    from bit_transformer.model import BitTransformerLM
-
-    bit_cfg = ModelConfig(layers=a.layers, d_model=a.d_model, nhead=a.nhead, max_seq_len=a.seq_len, dropout=0.0)
-    target = BitTransformerLM(bit_cfg).num_parameters()
-    torch.manual_seed(a.seed)
-    model, diff = matched_byte_model(bit_cfg, target)
-    L, offsets = model.context, np.arange(model.context + 1)
-    min_context = (a.seq_len * 3 // 4) // 9  # the bit model's 108 context bits = 12 bytes
-
-    def batch(idx):
-        w = torch.from_numpy(train_bytes[idx[:, None] * L + offsets[None, :]].astype(np.int64))
-        return w[:, :-1], w[:, 1:]
-
-    def loss(m, x, y):
-        return F.cross_entropy(m(x).float().reshape(-1, VOCAB), y.reshape(-1))
-
-    def evaluate(m, max_bytes):
-        return evaluate_bytes(m, val_bytes, min_context=min_context, max_bytes=max_bytes)["bits_per_byte"]
-
-    job = Job("byte", model, batch, (train_bytes.size - 1) // L, loss, 1 / math.log(2), evaluate)
-    return job, {"model": {"layers": a.layers, "d_model": model.cfg.d_model, "nhead": a.nhead, "context": L,
-                           "vocab": VOCAB}, "params": model.num_parameters(), "params_vs_bit": diff,
-                 "window_bytes": L, "eval_min_context_bytes": min_context}
+    model = ModelConfig(layers=a.layers, d_model=a.d_model, nhead=a.nhead, max_seq_len=a.seq_len, dropout=0.0,
+                        full_attn_logging=False)
+    with torch.device("meta"):
+        target = build_model(model).num_parameters()
+    lr, batch = a.lr, a.batch_size
+    if kind == "framed":
+        model = model.model_copy(update={"arch": "framed", "d_model": framed_width(model, target)})
+        lr, batch = a.framed_lr, a.framed_batch_size
+    train = {"batch_size": batch, "lr": lr, "warmup_frac": a.warmup_frac, "lr_schedule": a.lr_schedule,
+             "amp": "none", "seed": a.seed, "device": "cpu", "eval_every": a.eval_every, "eval_batches": 4,
+             "save_every": 1_000_000, "time_budget": minutes * 60.0, "budget_clock": a.clock}
+    return RunConfig(model=model, train=train, data={"source": "files", "paths": [str(a.data)],
+                                                     "val_fraction": 0.1}), target
 
 
 def worker(spec: dict) -> dict:
     import torch
 
-    from benchmarks.quality_harness import train_for_budget
-    from bit_transformer.config import TrainConfig
+    from benchmarks.bench_quality import train_and_score
 
     torch.set_num_threads(1)
     a = parse_args(spec["argv"])
-    train_bits, val_bits, train_bytes, val_bytes = load_split(a)
-    if spec["kind"] == "bit":
-        job, info = bit_job(a, train_bits, val_bits)
-        lr, batch = a.lr, a.batch_size
-    elif spec["kind"] == "framed":
-        job, info = bit_job(a, train_bits, val_bits, arch="framed")
-        lr, batch = a.framed_lr, a.framed_batch_size
-    else:
-        job, info = byte_job(a, train_bytes, val_bytes)
-        lr, batch = a.byte_lr, a.byte_batch_size
-    train = TrainConfig(batch_size=batch, lr=lr, warmup_frac=a.warmup_frac, lr_schedule=a.lr_schedule, amp="none",
-                        seed=a.seed)
-    eval_at = (*(QUICK_EVAL_AT if a.quick else FULL_EVAL_AT), 1.0)
-    clock = time.process_time if a.clock == "cpu" else time.perf_counter  # one thread: process CPU = training CPU
+    cfg, target = arm_config(a, spec["kind"], spec["minutes"])
     t0 = time.perf_counter()
-    res = train_for_budget(job, train, spec["minutes"] * 60, eval_at=eval_at, curve_bytes=a.curve_bytes,
-                           final_bytes=a.eval_bytes, seed=a.seed, log=lambda m: print(m, flush=True), clock=clock)
-    return {**info, **res, "kind": spec["kind"], "minutes": spec["minutes"], "lr": lr, "batch_size": batch,
-            "torch_threads": torch.get_num_threads(), "budget_clock": "process_time" if a.clock == "cpu" else
-            "perf_counter", "worker_wall_seconds": round(time.perf_counter() - t0, 1)}
+    run_dir = a.out / f"quality_{spec['kind']}_{spec['minutes']:g}min_run"
+    res = train_and_score(cfg, load_corpus_split(a), run_dir, eval_bytes=a.eval_bytes, compressors=False,
+                          log=lambda m: print(f"[{spec['kind']}] {m}", flush=True))
+    m = cfg.model
+    return {**res, "kind": spec["kind"], "minutes": spec["minutes"], "lr": cfg.train.lr,
+            "batch_size": cfg.train.batch_size, "config": m.model_dump(mode="json"),
+            "model": {"layers": m.layers, "d_model": m.d_model, "nhead": m.nhead, "max_seq_len": m.max_seq_len,
+                      "arch": m.arch},
+            "params_vs_bit": res["params"] / target - 1, "torch_threads": torch.get_num_threads(),
+            "budget_clock": a.clock, "worker_wall_seconds": round(time.perf_counter() - t0, 1)}
 
 
 # ------------------------------------------------------------------------------------------ driver side
@@ -291,13 +219,14 @@ def main(argv=None) -> dict:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the workers' cleanup on kill
 
     a.out.mkdir(parents=True, exist_ok=True)
-    _, _, train_bytes, val_bytes = load_split(a)  # builds the cache once, before the workers race for it
+    corpus = load_corpus_split(a)  # builds the cache once, before the workers race for it
+    train_bytes, val_bytes = to_bytes(corpus.train), to_bytes(corpus.val)
     t0 = time.perf_counter()
     runs = run_budgets(a.budgets, argv, a)
     scored = val_bytes[: a.eval_bytes] if a.eval_bytes else val_bytes
     r = {"benchmark": "bench_quality_compare",
          "command": "python -m benchmarks.bench_quality_compare " + " ".join(argv),
-         "data": str(a.data), "val_bytes": int(scored.size), "curve_bytes": a.curve_bytes, "budgets_min": a.budgets,
+         "data": str(a.data), "val_bytes": int(scored.size), "eval_every": a.eval_every, "budgets_min": a.budgets,
          "runs": runs,
          "compressors": compressor_bpb(scored.tobytes(), train_bytes.tobytes()),
          "concurrent": not a.sequential, "wall_seconds": round(time.perf_counter() - t0, 1),

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from benchmarks.common import machine_info, median
 from benchmarks.report import RESULTS, write_report
 from bit_transformer.config import FRAME_BITS, ModelConfig
+from bit_transformer.factory import build_model
 from bit_transformer.generate import generate
-from bit_transformer.model import BitTransformerLM
 
 PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks?\n"
 
@@ -82,7 +82,7 @@ def section_dropout(a: argparse.Namespace) -> dict:
     steps = {}
     for name, cfg in cfgs.items():
         torch.manual_seed(0)
-        steps[name] = train_step(BitTransformerLM(cfg).train(), bits, bf16=True)
+        steps[name] = train_step(build_model(cfg).train(), bits, bf16=True)
     rows = timed(steps, a.repeats)
     for row in rows.values():
         row["bits_per_s"] = a.batch * base.max_seq_len / row["median_s"]
@@ -96,12 +96,12 @@ def section_dropout(a: argparse.Namespace) -> dict:
 
 def framed_like(flat: ModelConfig) -> ModelConfig:
     """The framed config with the flat one's depth/heads and the widest d_model within its parameter count."""
-    target = BitTransformerLM(flat).num_parameters()
+    target = build_model(flat).num_parameters()
     best = None
     for d in range(flat.nhead, 4 * flat.d_model + 1, flat.nhead):
         cfg = flat.model_copy(update={"arch": "framed", "d_model": d})
         with torch.device("meta"):
-            n = BitTransformerLM(cfg).num_parameters()
+            n = build_model(cfg).num_parameters()
         if n > target:
             break
         best = cfg
@@ -117,11 +117,11 @@ def section_arch(a: argparse.Namespace) -> dict:
     steps = {}
     for name, cfg in cfgs.items():
         torch.manual_seed(0)
-        steps[name] = train_step(BitTransformerLM(cfg).train(), bits, bf16=True)
+        steps[name] = train_step(build_model(cfg).train(), bits, bf16=True)
     rows = timed(steps, a.repeats)
     for name, row in rows.items():
         row["bits_per_s"] = a.batch * flat.max_seq_len / row["median_s"]
-        row["params"] = BitTransformerLM(cfgs[name]).num_parameters()
+        row["params"] = build_model(cfgs[name]).num_parameters()
         row["config"] = cfgs[name].model_dump(exclude_defaults=True)
         print(f"arch     {name:<8} {row['params']:>8,} params {row['median_s'] * 1e3:8.0f} ms  "
               f"{row['bits_per_s']:>9,.0f} bits/s", flush=True)
@@ -139,7 +139,7 @@ def section_generate(a: argparse.Namespace) -> dict:
         texts = {}
         for arch, cfg in {"flat": flat, "framed": framed_like(flat)}.items():
             torch.manual_seed(0)
-            model = BitTransformerLM(cfg).eval()
+            model = build_model(cfg).eval()
             for cache in (False, True):
                 n = a.gen_bytes_uncached if not cache else a.gen_bytes
                 t0, c0 = time.perf_counter(), time.process_time()

@@ -21,7 +21,7 @@ import torch
 
 from benchmarks.report import RESULTS, write_report
 from bit_transformer.config import ModelConfig
-from bit_transformer.model import BitTransformerLM
+from bit_transformer.factory import build_model
 from bit_transformer.telemetry import summarize
 
 SHAPES = {
@@ -46,7 +46,7 @@ def _timed(fn, device: torch.device) -> float:
 def bench_shape(name: str, extra: dict, *, device: torch.device, batch: int, seq_len: int, repeats: int) -> dict:
     torch.manual_seed(0)
     cfg = ModelConfig(layers=4, d_model=128, nhead=8, dropout=0.0, max_seq_len=seq_len, **extra)
-    model = BitTransformerLM(cfg).to(device).eval()
+    model = build_model(cfg).to(device).eval()
     bits = torch.randint(0, 2, (batch, seq_len), device=device)
 
     def plain():

@@ -40,7 +40,7 @@ from benchmarks.flops import matmul_peak, train_step_flops
 from benchmarks.reference_model import ReferenceTransformer
 from benchmarks.report import RESULTS, write_report
 from bit_transformer.config import ModelConfig
-from bit_transformer.model import BitTransformerLM
+from bit_transformer.factory import build_model
 from playbook.phase2 import A_MODEL, B_MODEL, C_MODEL
 
 TASKS = {"A": A_MODEL, "B": B_MODEL, "C": C_MODEL}
@@ -86,7 +86,7 @@ def build_variants(task_cfg: ModelConfig, bits: torch.Tensor, amp: bool = True) 
         cfg = cfgs[kind]
         for prec in precisions if amp else ("fp32",):
             torch.manual_seed(0)
-            model = BitTransformerLM(cfg).train()
+            model = build_model(cfg).train()
             out[f"ours {kind} {prec}"] = (make_step(model, bits, prec == "bf16", cfg.ponder_weight), cfg, prec)
     return out
 
@@ -107,7 +107,7 @@ def run_task(task: str, a: argparse.Namespace, peaks: dict[str, float]) -> dict:
                       "config": vcfg.model_dump(exclude_defaults=True)}
         print(f"task {task} {name:<18} {med * 1e3:8.1f} ms  {rows[name]['bits_per_s']:>9,.0f} bits/s  "
               f"x{ref / med:.2f} vs reference  MFU {rows[name]['mfu']:.1%}", flush=True)
-    return {"config": cfg.model_dump(exclude_defaults=True), "params": BitTransformerLM(cfg).num_parameters(),
+    return {"config": cfg.model_dump(exclude_defaults=True), "params": build_model(cfg).num_parameters(),
             "variants": rows}
 
 
@@ -122,12 +122,12 @@ def run_arch(a: argparse.Namespace) -> dict:
     steps = {}
     for name, cfg in cfgs.items():
         torch.manual_seed(0)
-        steps[name] = make_step(BitTransformerLM(cfg).train(), bits, False)
+        steps[name] = make_step(build_model(cfg).train(), bits, False)
     rows = timed(steps, a.repeats, a.warmup)  # wall and process-CPU medians, interleaved
     for name, cfg in cfgs.items():
         row = rows[name]
         row.update(bits_per_s=B * a.seq_len / row["median_s"], bits_per_cpu_s=B * a.seq_len / row["cpu_median_s"],
-                   params=BitTransformerLM(cfg).num_parameters(), config=cfg.model_dump(exclude_defaults=True))
+                   params=build_model(cfg).num_parameters(), config=cfg.model_dump(exclude_defaults=True))
         print(f"arch {name:<7} {row['params']:>9,} params {row['median_s'] * 1e3:8.1f} ms  "
               f"{row['bits_per_s']:>9,.0f} bits/s ({row['bits_per_cpu_s']:,.0f} per CPU-second)", flush=True)
     return {"rows": rows, "batch": B, "window_bytes": a.seq_len // 9,

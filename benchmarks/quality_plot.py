@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-NAMES = {"bit": "BitTransformerLM flat (bits)", "framed": "BitTransformerLM framed (bits)",
-         "byte": "byte transformer (baseline)"}
-COLORS = {"bit": "tab:blue", "framed": "tab:green", "byte": "tab:orange"}
+NAMES = {"bit": "BitTransformerLM flat (bits)", "framed": "BitTransformerLM framed (bits)"}
+COLORS = {"bit": "tab:blue", "framed": "tab:green"}
 
 
 def _model_text(run: dict) -> str:
     m = run["model"]
-    window = f"{m['max_seq_len']}-bit window" if "max_seq_len" in m else f"{m['context']}-byte context"
-    return f"{m['layers']}x{m['d_model']}, {window}"
+    return f"{m['layers']}x{m['d_model']}, {m['max_seq_len']}-bit window"
 
 
 def summary(r: dict) -> str:
@@ -23,10 +21,10 @@ def summary(r: dict) -> str:
     diff = max((abs(r["runs"][b][k].get("params_vs_bit", 0.0)) for b in budgets for k in kinds if k in r["runs"][b]),
                default=0.0)
     comp = ", ".join(f"{k} {v:.2f}" for k, v in r["compressors"].items())
-    label = {"bit": "flat bit model", "framed": "framed bit model", "byte": "byte model"}
+    label = {"bit": "flat bit model", "framed": "framed bit model"}
     models = ", ".join(f"{label[k]} {per[k]}" for k in kinds)
     return (f"Tiny Shakespeare val bits/byte after {' / '.join(budgets)} CPU-min of training: {models} "
-            f"(same harness, params within {diff:.1%}); {comp}")
+            f"(same Trainer and budget, params within {diff:.1%}); {comp}")
 
 
 def markdown(r: dict) -> str:
@@ -74,11 +72,10 @@ def plot(r: dict, path: Path) -> Path:
     ax.set_xlim(left=0)
     ax.set_xlabel(f"training seconds ({r.get('budget_clock', 'wall clock')}, evaluations excluded)")
     ax.set_ylabel("validation bits per byte")
-    ax.set_title("Tiny Shakespeare: flat and framed bit models vs a byte-level transformer, same parameters and "
-                 "budget", fontsize=10)
+    ax.set_title("Tiny Shakespeare: flat and framed bit models, same parameters and budget", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
-    fig.text(0.01, 0.01, f"lines: the first {r.get('curve_bytes', 'few'):,} validation bytes during training; "
+    fig.text(0.01, 0.01, "lines: the Trainer's validation windows during training; "
              f"stars: all {r['val_bytes']:,} scored validation bytes at the end of the budget",
              fontsize=7, color="dimgray")
     fig.tight_layout(rect=(0, 0.03, 1, 1))

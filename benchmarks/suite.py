@@ -87,7 +87,7 @@ REGISTRY: dict[str, Bench] = {b.name: b for b in [
           "benchmarks/bench_memory.py", ("--quick", "--seq", "256", "--batch", "4"),
           ("--depths", "4", "8", "16", "32", "--seq", "256", "--batch", "4"), 60, 180,
           result="memory.json", out_args=("--out", "{out}/memory.json")),
-    Bench("quality", "quality per CPU-minute on Tiny Shakespeare: flat and framed bits vs bytes vs compressors",
+    Bench("quality", "quality per CPU-minute on Tiny Shakespeare (time budget): flat and framed bits vs compressors",
           "benchmarks.bench_quality_compare", ("--quick",), (), 75, 1440, plot="quality.png"),
     Bench("speed", "default config: attention-dropout trap; flat vs framed training; generation with a KV cache",
           "benchmarks.bench_speed", ("--quick",), ("--threads", "1"), 20, 600),

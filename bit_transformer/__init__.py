@@ -14,6 +14,7 @@ from .config import DataConfig, ModelConfig, RunConfig, SafetyConfig, TrainConfi
 _LAZY = {
     "BitTransformerLM": ".model",
     "ModelOutput": ".model",
+    "build_model": ".factory",
     "bits_to_text": ".bits",
     "text_to_bits": ".bits",
 }

@@ -1,5 +1,10 @@
 """Multi-head self-attention through ``F.scaled_dot_product_attention``, full or chunked.
 
+With ``model.block='modern'`` queries and keys are RMS-normalised per head (QK-norm, learned gains
+``q_norm``/``k_norm``) and then rotated by their absolute position (rotary embeddings, dim pairs turned as
+complex numbers); a KV-cache step rotates the new position by its index in the cache, so cached and uncached
+decoding agree.
+
 Full attention passes ``is_causal`` and no mask, which lets PyTorch pick its fused kernels (playbook
 task 9). Chunked attention splits the sequence into chunks of ``chunk_size`` bits; each query sees
 its own chunk plus the ``overlap`` positions before it (causally when ``causal``). All chunks run in
@@ -74,6 +79,24 @@ def _window_mask(T: int, chunk: int, overlap: int, causal: bool, device) -> torc
     return allowed.contiguous()
 
 
+ROPE_BASE = 10000.0
+
+
+def rotary(x: torch.Tensor, offset: int = 0, seq_dim: int = -2) -> torch.Tensor:
+    """Rotate x (..., E) by positions offset..offset+T-1 along ``seq_dim``: the dim pair (2i, 2i+1) is a complex
+    number turned by angle pos * ROPE_BASE^(-2i/E). One complex multiply (several times cheaper on CPU than the
+    half-split form); computed in at least float32 and returned in x's dtype."""
+    T, E = x.shape[seq_dim], x.shape[-1]
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    inv_freq = ROPE_BASE ** (-torch.arange(0, E, 2, device=x.device, dtype=work.dtype) / E)
+    angle = torch.arange(offset, offset + T, device=x.device, dtype=work.dtype)[:, None] * inv_freq
+    shape = [1] * x.dim()
+    shape[seq_dim], shape[-1] = T, E // 2
+    cis = torch.polar(torch.ones_like(angle), angle).view(shape)
+    turned = torch.view_as_complex(work.contiguous().reshape(*x.shape[:-1], E // 2, 2)) * cis
+    return torch.view_as_real(turned).flatten(-2).to(x.dtype)
+
+
 @dataclass
 class AttentionFacts:
     """How the last forward computed attention; read by checks and the MCP server."""
@@ -109,8 +132,13 @@ class SelfAttention(nn.Module):
         self.chunk_size = cfg.chunk_size
         self.overlap = cfg.overlap
         self.dropout = cfg.attn_dropout  # not cfg.dropout: > 0 takes CPU SDPA off its fused kernel
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        bias = cfg.block == "classic"
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=bias)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=bias)
+        modern = cfg.block == "modern"
+        self.q_norm = nn.RMSNorm(cfg.head_dim) if modern else None
+        self.k_norm = nn.RMSNorm(cfg.head_dim) if modern else None
+        self.rotary = modern
         self.facts = AttentionFacts()
         self.kv: LayerKV | None = None  # set by ``kv_cache.kv_cache`` while decoding
 
@@ -123,8 +151,8 @@ class SelfAttention(nn.Module):
         statistics recompute attention weights explicitly, so they cost extra: ask only for telemetry.
         """
         B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.nhead, self.head_dim).permute(2, 0, 3, 1, 4)
         kv = self.kv
+        q, k, v = self.project(x, 0 if kv is None or kv.k is None else kv.k.shape[2])
         if kv is not None and kv.k is not None:  # a decoding step: the new position against the cache
             return self.out(self._cached_step(kv, q, k, v).transpose(1, 2).reshape(B, T, D)), None
         if kv is not None:  # prefill: attend as usual and keep this call's keys and values
@@ -137,6 +165,21 @@ class SelfAttention(nn.Module):
         else:
             y, info = self._chunked(q, k, v, p, stats or maps, maps)
         return self.out(y.transpose(1, 2).reshape(B, T, D)), info
+
+    def project(self, x: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, D) -> q, k, v (B, H, T, head_dim) as attention uses them (QK-norm and rotary applied,
+        positions starting at ``offset``)."""
+        B, T, _ = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.nhead, self.head_dim)
+        qk, v = qkv[:, :, :2], qkv[:, :, 2].transpose(1, 2)
+        # q and k together (B, T, 2, H, E): one norm, one multiply by their gains, one rotation
+        if self.q_norm is not None:
+            gains = torch.stack([self.q_norm.weight, self.k_norm.weight])[:, None].to(qk.dtype)
+            qk = F.rms_norm(qk, (self.head_dim,), eps=self.q_norm.eps) * gains
+        if self.rotary:
+            qk = rotary(qk, offset, seq_dim=1)
+        q, k = qk.permute(2, 0, 3, 1, 4)
+        return q, k, v
 
     def _cached_step(self, kv: LayerKV, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """New positions (causal) against every cached key each may see: its chunk and ``overlap`` before it.

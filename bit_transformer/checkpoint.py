@@ -4,7 +4,8 @@ A checkpoint is a directory::
 
     <root>/<name>/model.safetensors      model weights (state_dict)
                   optimizer.safetensors  optimizer tensors; non-tensor parts in its JSON metadata
-                  extra.safetensors      extra tensors (the trainer's torch RNG states), optional
+                  extra.safetensors      extra tensors (the trainer's torch RNG states; the EMA weights as
+                                         ``ema.<name>`` with train.ema_decay), optional
                   meta.json              format, config, training state, scheduler state, file list
     <root>/latest                        text file naming the newest complete checkpoint
 
@@ -31,6 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import RunConfig
+from .factory import build_model
 from .model import BitTransformerLM
 from .records import CheckpointInfo
 
@@ -296,12 +298,12 @@ def _info(ckpt: Path, meta: dict[str, Any], latest: str | None = None) -> Checkp
     )
 
 
-def build_model(config: RunConfig, qat: bool = False) -> BitTransformerLM:
+def build_run_model(config: RunConfig, qat: bool = False) -> BitTransformerLM:
     """A fresh model of ``config.model``, QAT-prepared when ``qat``; refuses one this machine cannot hold."""
     from .memory_limits import check_fits
 
     check_fits(config, purpose="building")  # ModelTooLarge (estimate, limit, fix) before any allocation
-    model = BitTransformerLM(config.model)
+    model = build_model(config.model)
     if not qat:
         return model
     from .quantization import apply_qat  # lazy: only QAT runs need it
@@ -320,7 +322,7 @@ def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu") -> Load
         config = RunConfig.model_validate(meta["config"])
     except (KeyError, ValidationError) as err:
         raise CheckpointDamaged(ckpt, "meta.json", f"holds no valid run config ({str(err)[:160]})") from err
-    model = build_model(config, qat=meta.get("qat", False))
+    model = build_run_model(config, qat=meta.get("qat", False))
     weights, _ = _read_safetensors(ckpt / "model.safetensors")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
@@ -337,8 +339,13 @@ def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu") -> Load
 
 
 def load_model(dir: str | Path, device: str | torch.device = "cpu") -> tuple[BitTransformerLM, RunConfig]:
-    """Just the model (in eval mode) and its run config."""
+    """Just the model (in eval mode) and its run config; the EMA weights when the run kept them."""
+    from .ema import ema_state
+
     loaded = load_checkpoint(dir, device)
+    averaged = ema_state(loaded.tensors)
+    if averaged:  # train.ema_decay: the averaged weights are the ones to evaluate and export
+        loaded.model.load_state_dict(averaged)
     loaded.model.eval()
     return loaded.model, loaded.config
 

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from .budget import parse_duration
 from .config import RunConfig
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -123,6 +124,18 @@ def _literal(values: tuple) -> Any:
     return parse
 
 
+def parse_duration_arg(text: str) -> float:
+    """argparse type for durations (``--time_budget 15m``): seconds, or a number with s/m/h."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# Fields whose flag reads more than their type: dest -> (argparse type, metavar).
+FLAG_TYPES = {"train.time_budget": (parse_duration_arg, "DURATION")}
+
+
 def _argument_kwargs(annotation) -> dict[str, Any] | None:
     """argparse keyword arguments for a field type; None for types the command line cannot express."""
     inner, optional = _split_optional(annotation)
@@ -138,6 +151,9 @@ def _argument_kwargs(annotation) -> dict[str, Any] | None:
     elif origin is list and typing.get_args(inner) in ((str,), (int,), (float,)):
         item = typing.get_args(inner)[0]
         return {"type": item, "nargs": "+", "metavar": item.__name__.upper()}
+    elif origin is tuple and len(set(typing.get_args(inner))) == 1 and typing.get_args(inner)[0] in (int, float):
+        item = typing.get_args(inner)[0]  # a fixed-length tuple such as betas: --betas 0.9 0.95
+        return {"type": item, "nargs": len(typing.get_args(inner)), "metavar": item.__name__.upper()}
     else:
         return None
     if optional:
@@ -221,6 +237,9 @@ def add_run_config_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
             kw = _argument_kwargs(field.annotation)
             if kw is None:
                 continue
+            if dest in FLAG_TYPES:
+                parse, metavar = FLAG_TYPES[dest]
+                kw.update(type=_optional(parse), metavar=metavar + "|none")
             names = config_flag_names(dest)
             if section in BARE_SECTIONS and names[0] == dest:  # the playbook's bare flag would be lost
                 raise ValueError(f"field {dest.split('.', 1)[1]!r} is in two config sections; rename one field")

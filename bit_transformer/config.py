@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .budget import parse_duration
 
 FRAME_BITS = 9  # 8 data bits + 1 even-parity bit per byte
 
@@ -57,6 +59,17 @@ class ModelConfig(_Strict):
     act_threshold: float = Field(0.99, gt=0.0, le=1.0, description="Cumulative halting mass that stops a position.")
     ponder_weight: float = Field(0.01, ge=0.0, description="Weight of the ACT ponder cost in the loss.")
     checkpointing: bool = Field(False, description="Recompute each block's activations in backward.")
+    block: Literal["classic", "modern"] = Field(
+        "classic",
+        description="classic: LayerNorm, learned absolute positions, GELU, biases. modern: RMSNorm, rotary "
+        "positions with QK-norm, ReLU^2 MLP, no biases, zero-initialised residual writers (flat models keep the "
+        "position-in-frame embedding). Needs an even head_dim.",
+    )
+    mlp: Literal["auto", "gelu", "relu2", "swiglu"] = Field(
+        "auto",
+        description="MLP activation; auto = gelu for block='classic', relu2 for 'modern'. swiglu adds a gate "
+        "matrix (3 instead of 2 d_model x dim_feedforward weights).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -66,6 +79,10 @@ class ModelConfig(_Strict):
                 f"d_model ({self.d_model}) must be divisible by nhead ({self.nhead}); "
                 f"e.g. nhead={_largest_divisor(self.d_model, self.nhead)}"
             )
+        if self.block == "modern" and self.head_dim % 2:
+            even = _largest_divisor(self.d_model // 2, self.nhead)
+            problems.append(f"block='modern' rotates pairs of head dims: head_dim = d_model / nhead "
+                            f"({self.head_dim}) must be even, e.g. nhead={even}")
         if self.chunk_size is None and self.overlap:
             problems.append("overlap needs chunk_size: set chunk_size or set overlap to 0")
         if self.chunk_size is not None and self.overlap >= self.chunk_size:
@@ -89,6 +106,13 @@ class ModelConfig(_Strict):
     @property
     def ff_dim(self) -> int:
         return self.dim_feedforward or 4 * self.d_model
+
+    @property
+    def mlp_kind(self) -> str:
+        """Resolved `mlp`: the activation the MLP uses."""
+        if self.mlp == "auto":
+            return "relu2" if self.block == "modern" else "gelu"
+        return self.mlp
 
     @property
     def attn_logging(self) -> bool:
@@ -131,12 +155,33 @@ class TrainConfig(_Strict):
         None, ge=1, description="Optimizer updates to run; overrides epochs when set."
     )
     extra_steps: int = Field(0, ge=0, description="Updates added to the scheduler horizon per epoch.")
+    time_budget: float | None = Field(
+        None, gt=0.0, description="Train for this many seconds (also '90s', '15m', '1.5h') instead of steps/epochs: "
+        "a short probe measures the update rate, the LR schedule is planned (and re-planned) to anneal exactly at "
+        "the budget. Evaluations are not counted.",
+    )
+    budget_clock: Literal["wall", "cpu"] = Field(
+        "wall", description="time_budget's clock: wall time, or this process's CPU time (steadier on a shared "
+        "machine).",
+    )
     lr: float = Field(3e-3, gt=0.0, description="Peak learning rate.")
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", description="muon: Muon (RMS-matched to AdamW, so one lr serves both) for the blocks' 2-D "
+        "matrices, AdamW for embeddings, head, norms and biases.",
+    )
+    betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
     weight_decay: float = Field(0.01, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
     warmup_frac: float = Field(0.1, ge=0.0, lt=1.0, description="Share of updates spent warming up.")
     amp: Literal["bf16", "none"] = Field("bf16", description="bf16 autocast or plain fp32.")
-    lr_schedule: Literal["onecycle", "cosine", "constant", "progressive_plateau"] = "onecycle"
+    lr_schedule: Literal["onecycle", "cosine", "constant", "progressive_plateau", "wsd"] = "onecycle"
+    decay_frac: float = Field(
+        0.2, gt=0.0, le=1.0, description="wsd: share of the updates in the final (1-sqrt) decay to 1% of lr."
+    )
+    ema_decay: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Keep an EMA of the weights (e.g. 0.999); evaluation, checkpoints' "
+        "exported weights, evaluate and export-int8 then use it.",
+    )
     patience: int = Field(3, ge=1, description="progressive_plateau: evaluations without improvement.")
     min_delta: float = Field(1e-3, ge=0.0, description="progressive_plateau: improvement that counts.")
     plateau_scale_up: bool = Field(False, description="progressive_plateau: ask for a scale-up on plateau.")
@@ -179,6 +224,18 @@ class TrainConfig(_Strict):
         "linear", description="denoise: how the share of masked bits grows with diffusion time (training noise "
         "levels and the sampler's steps; the bound itself does not depend on it).",
     )
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value):
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError(f"betas must each be in [0, 1), got {value}")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -2,7 +2,7 @@
 
 Bits in. Frame k (bits 9k..9k+8: eight data bits, most significant first, then even parity) is embedded from
 its nine bit values by a small MLP (the model never sees a byte id), plus a learned frame position. The trunk
-is the engine's own ``Block`` stack (causal SDPA, chunks, reversible, ACT, checkpointing, compile and INT8
+is the engine's own ``BlockStack`` (causal SDPA, chunks, reversible, ACT, checkpointing, compile and INT8
 all apply) over ``[start, frame 0, ..., frame n-1]``: its input is shifted by one frame behind a learned start
 vector, so trunk state k has seen frames 0..k-1 only. Chunk sizes and overlaps are given in bits like the flat
 model's and must be whole frames; the trunk uses them divided by 9.
@@ -26,13 +26,11 @@ model for the same window, which is where the speed comes from.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from .config import FRAME_BITS, ModelConfig
-from .model import BitTransformerLM, Block, ForwardTelemetry, ModelOutput
+from .model import BitTransformerLM, ForwardTelemetry, ModelOutput
 
 DATA_BITS = FRAME_BITS - 1
 BYTES = 1 << DATA_BITS
@@ -78,31 +76,28 @@ def frame_bit_logits(z: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
 
 
 class FramedBitTransformerLM(BitTransformerLM):
-    """Built by ``BitTransformerLM(cfg)`` when ``cfg.arch == 'framed'``; shares its block stack code."""
+    """Built by ``factory.build_model(cfg)`` when ``cfg.arch == 'framed'``: the flat model's stack, head and
+    initialisation, with frames in (``frame_in``, ``start``) and byte logits out."""
+
+    OUTPUTS = BYTES
+    ARCH = "framed"
 
     def __init__(self, cfg: ModelConfig):
-        nn.Module.__init__(self)
         if cfg.max_seq_len % FRAME_BITS:
             raise ValueError(f"arch='framed' needs max_seq_len to be a multiple of {FRAME_BITS}")
-        self.cfg = cfg
-        self.trunk_cfg = trunk_config(cfg)
-        D = cfg.d_model
-        self.frame_in = nn.Sequential(nn.Linear(FRAME_BITS, D), nn.GELU(), nn.Linear(D, D))  # the nine bits
+        super().__init__(cfg)
+
+    stack_config = staticmethod(trunk_config)
+
+    def _build_inputs(self, cfg: ModelConfig) -> None:
+        D, bias = cfg.d_model, cfg.block == "classic"
+        self.frame_in = nn.Sequential(nn.Linear(FRAME_BITS, D, bias=bias), nn.GELU(),
+                                      nn.Linear(D, D, bias=bias))  # the nine bits
         self.start = nn.Parameter(torch.empty(D))
-        self.pos_emb = nn.Embedding(self.trunk_cfg.max_seq_len, D)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(self.trunk_cfg) for _ in range(cfg.layers))
-        self.ln_f = nn.LayerNorm(D)
-        self.head = nn.Linear(D, BYTES)
-        self.apply(self._init)
-        nn.init.normal_(self.start, std=0.02)
-        for block in self.blocks:
-            for proj in block.residual_projections:
-                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * cfg.layers))
-            if block.halt is not None:
-                block.halt.reset_parameters()
-        self.efficient_backward = True
-        self.kv_cache = None
+        frames = trunk_config(cfg).max_seq_len
+        self.pos_emb = nn.Embedding(frames, D) if cfg.block == "classic" else None  # modern: rotary
+
+    def _finish_inputs(self, cfg: ModelConfig) -> None:
         self.mask_emb = None  # framed models are causal only (no denoising MASK input)
 
     def trunk(self, frames: torch.Tensor, *, start: bool, record: ForwardTelemetry | None = None):
@@ -110,19 +105,19 @@ class FramedBitTransformerLM(BitTransformerLM):
 
         With a KV cache the positions continue after the cached ones (decoding: one frame per call)."""
         B = frames.shape[0]
-        x = self.frame_in(frames.to(self.start.dtype) * 2.0 - 1.0)
+        # the residual stream stays in the parameters' dtype under autocast (as the flat model's embeddings)
+        x = self.frame_in(frames.to(self.start.dtype) * 2.0 - 1.0).to(self.start.dtype)
         if start:
             x = torch.cat([self.start.to(x.dtype).expand(B, 1, -1), x], dim=1)
         offset = self.kv_cache.length if self.kv_cache is not None else 0
         n = x.shape[1]
-        if offset + n > self.pos_emb.num_embeddings:
+        if offset + n > self.stack.cfg.max_seq_len:
             bits = (offset + n - 1) * FRAME_BITS
             raise ValueError(f"input has {bits} bits but max_seq_len is {self.cfg.max_seq_len}")
-        h = self.drop(x + self.pos_emb(torch.arange(offset, offset + n, device=frames.device)))
-        h, ponder = self._run_blocks(h, record)
-        if self.kv_cache is not None:
-            self.kv_cache.length += n
-        return self.head(self.ln_f(h)), ponder
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(offset, offset + n, device=frames.device))
+        h, ponder = self.run_stack(self.drop(x), record)
+        return self.head(h), ponder
 
     def forward(self, bits: torch.Tensor, *, return_telemetry: bool = False) -> ModelOutput:
         """bits (B, T) of 0/1 -> logits (B, T, 2) where position t predicts bit t + 1 (as the flat model)."""

@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import FRAME_BITS
+
 MIB = 1024.0 * 1024.0
 CGROUP_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
@@ -47,19 +49,41 @@ class MemoryNeed:
     _layers: int = 1
 
 
+def positions(model_cfg) -> int:
+    """Sequence positions the block stack runs per window: one per bit (flat), one per frame + start (framed)."""
+    if model_cfg.arch == "framed":
+        return model_cfg.max_seq_len // FRAME_BITS + 1
+    return model_cfg.max_seq_len
+
+
+def block_values_per_position(model_cfg) -> int:
+    """Activation values one block keeps per position for backward, besides attention scores.
+
+    Korthikanti et al. (2022), per token: attention 11 d, two norms 4 d, MLP 3 d + 4 f for a GELU MLP of width
+    f (two f-wide tensors: 34 d at f = 4 d). ReLU^2 also keeps two (the ReLU output, squared in place of a
+    copy, and the square); SwiGLU four (up, gate, its SiLU, the product)."""
+    d, f = model_cfg.d_model, model_cfg.ff_dim
+    mlp = {"gelu": 4 * f, "relu2": 4 * f, "swiglu": 8 * f}[model_cfg.mlp_kind]
+    return 18 * d + mlp
+
+
 def estimate(cfg, params: int) -> MemoryNeed:
     """Training memory of ``cfg`` (a RunConfig) with ``params`` parameters (Korthikanti-style count).
 
-    Activations per block per token ~ 34 * d_model values plus 5 * heads * keys for attention (keys =
-    the chunk window when chunked); bf16 halves them. Checkpointing keeps only block inputs plus one
-    block's working set; reversible keeps two activations per position regardless of depth.
+    Activations per block per position: :func:`block_values_per_position` plus 5 * heads * keys for attention
+    (keys = the chunk window when chunked); bf16 halves them. Framed models run one position per frame and add
+    their byte head (256 logits, the prefix log-sum-exp tree and its softmax, float32). Checkpointing keeps only
+    block inputs plus one block's working set; reversible keeps two activations per position regardless of depth.
     """
     m, t = cfg.model, cfg.train
-    T = m.max_seq_len
-    keys = T if m.chunk_size is None else min(T, m.chunk_size + m.overlap)
+    T = positions(m)
+    window = m.chunk_size if m.arch == "flat" or m.chunk_size is None else m.chunk_size // FRAME_BITS
+    overlap = m.overlap if m.arch == "flat" else m.overlap // FRAME_BITS
+    keys = T if m.chunk_size is None else min(T, window + overlap)
     value_bytes = 2 if t.amp == "bf16" else 4
     tokens = t.batch_size * T
-    one_block = tokens * (34 * m.d_model + 5 * m.nhead * keys) * value_bytes
+    one_block = tokens * (block_values_per_position(m) + 5 * m.nhead * keys) * value_bytes
+    head = tokens * 3 * 256 * 4 if m.arch == "framed" else 0
     if m.reversible:
         act, how = 2 * tokens * m.d_model * 4 + one_block, "reversible: flat in depth"
     elif m.checkpointing:
@@ -67,7 +91,8 @@ def estimate(cfg, params: int) -> MemoryNeed:
     else:
         act, how = m.layers * one_block, "all blocks' activations kept"
     w = params * 4
-    return MemoryNeed(weights=w, grads=w, optimizer=2 * w, activations=act, how=how, _layers=max(1, m.layers))
+    return MemoryNeed(weights=w, grads=w, optimizer=2 * w, activations=act + head, how=how,
+                      _layers=max(1, m.layers))
 
 
 @functools.lru_cache(maxsize=64)
@@ -75,10 +100,10 @@ def _params(model_json: str) -> int:
     import torch
 
     from .config import ModelConfig
-    from .model import BitTransformerLM
+    from .factory import build_model
 
     with torch.device("meta"):  # shapes only
-        return BitTransformerLM(ModelConfig.model_validate_json(model_json)).num_parameters()
+        return build_model(ModelConfig.model_validate_json(model_json)).num_parameters()
 
 
 def count_params(model_cfg) -> int:

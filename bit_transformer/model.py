@@ -1,37 +1,35 @@
 """BitTransformerLM: a transformer that reads bits and predicts the next bit.
 
-Each input position carries three embeddings: the bit itself, its absolute position, and its phase
-inside the 9-bit frame (0-7 data bits, 8 = parity). Windows start on frame boundaries, so the
-phase of position t is simply t mod 9.
+Each input position carries the bit's embedding and its phase inside the 9-bit frame (0-7 data bits,
+8 = parity); classic blocks add a learned absolute position, modern blocks rotate queries and keys by it
+instead (``block.py``). Windows start on frame boundaries, so the phase of position t is simply t mod 9.
 
-``model.arch='framed'`` builds :class:`framed.FramedBitTransformerLM` instead: one trunk position per
-frame, the same blocks and the same per-bit ``forward`` contract.
-
-Blocks are pre-norm; each exposes its two residual branches (``attn_branch``, ``ff_branch``) so that
-the stack can run them as ordinary residuals, with activation checkpointing, or as a reversible
-coupling (see ``reversible.py``). With ``act`` each block also owns a halting unit (see ``act.py``).
+Build models with :func:`factory.build_model`: ``model.arch='framed'`` gives
+:class:`framed.FramedBitTransformerLM` (one trunk position per frame, the same block stack and the same
+per-bit ``forward`` contract). Both own a :class:`block.BlockStack` (the blocks and the final norm) and share
+its initialisation (``block.init_weights``).
 
 Memory options: ``checkpointing`` recomputes each block in backward (``torch.utils.checkpoint``,
 non-reentrant); ``reversible`` recomputes every block's inputs from its outputs. Reversible wins when
 both are set: it already stores no per-block activations, so checkpointing is accepted and ignored.
 Setting ``model.efficient_backward = False`` runs the very same computation with ordinary autograd
 (no checkpointing, no custom backward): the reference the tests compare gradients against.
+
+Checkpoints written before the stack existed (keys ``blocks.N.ff.0``, ``ln_f``, ...) load unchanged: a
+``load_state_dict`` pre-hook renames their keys (``block.upgrade_key``).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from .act import ACTState, HaltingUnit
-from .attention import AttentionFacts, AttentionStats, SelfAttention
+from .attention import AttentionFacts, AttentionStats
+from .block import BlockStack, init_weights, upgrade_state_dict_hook
 from .config import FRAME_BITS, ModelConfig
-from .reversible import run_stack
 
 
 @dataclass
@@ -49,82 +47,51 @@ class ModelOutput(NamedTuple):
     telemetry: ForwardTelemetry | None
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block, split into its attention and feed-forward branches."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.attn = SelfAttention(cfg)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.ff = nn.Sequential(
-            nn.Linear(cfg.d_model, cfg.ff_dim),
-            nn.GELU(),
-            nn.Linear(cfg.ff_dim, cfg.d_model),
-        )
-        self.drop = nn.Dropout(cfg.dropout)
-        self.halt = HaltingUnit(cfg) if cfg.act else None  # ACT: halting probability after this block
-
-    def attn_branch(self, x: torch.Tensor, stats: bool = False, maps: bool = False):
-        y, info = self.attn(self.ln1(x), stats=stats, maps=maps)
-        return self.drop(y), info
-
-    def ff_branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.ff(self.ln2(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn_branch(x)[0]
-        return x + self.ff_branch(x)
-
-    @property
-    def residual_projections(self) -> tuple[nn.Linear, nn.Linear]:
-        """The two linears that write into the residual stream (zeroed to make a block an identity)."""
-        return self.attn.out, self.ff[2]
-
-
 class BitTransformerLM(nn.Module):
-    def __new__(cls, cfg: ModelConfig | None = None, *args, **kwargs):
-        # BitTransformerLM(cfg) builds the architecture cfg.arch names, so every caller (training,
-        # checkpoints, scale-up, INT8, the MCP server) gets a framed model from a framed config.
-        if cls is BitTransformerLM and cfg is not None and cfg.arch == "framed":
-            from .framed import FramedBitTransformerLM  # local: framed imports this module
+    """The flat model (one position per bit). Subclasses replace the input side (``_build_inputs``) and
+    the output width (``OUTPUTS``); the stack, head and initialisation are shared."""
 
-            cls = FramedBitTransformerLM
-        return super().__new__(cls)
+    ARCH = "flat"
+    OUTPUTS = 2  # next-bit logits
 
     def __init__(self, cfg: ModelConfig):
+        if cfg.arch != self.ARCH:
+            raise ValueError(f"{type(self).__name__} is the arch={self.ARCH!r} model but the config says "
+                             f"arch={cfg.arch!r}: build models with bit_transformer.factory.build_model(cfg)")
         super().__init__()
         self.cfg = cfg
-        self.bit_emb = nn.Embedding(2, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model)
-        self.phase_emb = nn.Embedding(FRAME_BITS, cfg.d_model)
+        self._build_inputs(cfg)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, 2)
-        self.apply(self._init)
-        # GPT-2 style: shrink the projections that add into the residual stream with depth.
-        for block in self.blocks:
-            for proj in block.residual_projections:
-                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * cfg.layers))
-            if block.halt is not None:
-                block.halt.reset_parameters()  # _init zeroed its bias
+        self.stack = BlockStack(self.stack_config(cfg))
+        self.head = nn.Linear(cfg.d_model, self.OUTPUTS, bias=cfg.block == "classic")
+        init_weights(self, self.stack)
         # False: same computation with ordinary autograd (no checkpointing, no reversible backward).
         self.efficient_backward = True
         self.kv_cache = None  # a ``kv_cache.KVCache`` while decoding
+        self._finish_inputs(cfg)
+        self.register_load_state_dict_pre_hook(upgrade_state_dict_hook)
+
+    @staticmethod
+    def stack_config(cfg: ModelConfig) -> ModelConfig:
+        """The config the blocks are built from (framed: chunk sizes in frames)."""
+        return cfg
+
+    def _build_inputs(self, cfg: ModelConfig) -> None:
+        self.bit_emb = nn.Embedding(2, cfg.d_model)
+        # modern blocks carry positions in rotary q/k: no learned absolute table
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.block == "classic" else None
+        self.phase_emb = nn.Embedding(FRAME_BITS, cfg.d_model)
+
+    def _finish_inputs(self, cfg: ModelConfig) -> None:
         # Denoising models (causal=false) also read MASK (2), a hidden bit, with a vector of its own. Made
         # last so that a causal and a bidirectional model of one seed share every other initial weight.
         self.mask_emb = None if cfg.causal else nn.Embedding(1, cfg.d_model)
         if self.mask_emb is not None:
             nn.init.normal_(self.mask_emb.weight, std=0.02)
 
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.02)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.stack.blocks
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -141,57 +108,22 @@ class BitTransformerLM(nn.Module):
         else:  # MASK positions take the mask vector; their (unknown) bit value never enters
             hidden = (bits == 2).unsqueeze(-1)
             tok = torch.where(hidden, self.mask_emb.weight[0], self.bit_emb(bits.clamp(max=1)))
-        h = tok + self.pos_emb(pos) + self.phase_emb(pos % FRAME_BITS)
-        return self.drop(h)
+        h = tok if self.pos_emb is None else tok + self.pos_emb(pos)
+        return self.drop(h + self.phase_emb(pos % FRAME_BITS))
+
+    def run_stack(self, h: torch.Tensor, record: ForwardTelemetry | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block stack and final norm on embedded positions (B, T, D); counts them into the KV cache."""
+        caching = self.kv_cache is not None
+        h, ponder = self.stack(h, record, efficient_backward=self.efficient_backward, caching=caching)
+        if caching:
+            self.kv_cache.length += h.shape[1]
+        return h, ponder
 
     def forward(self, bits: torch.Tensor, *, return_telemetry: bool = False) -> ModelOutput:
         """bits (B, T) of 0/1 -> logits (B, T, 2) where position t predicts bit t + 1."""
-        h = self.embed(bits)
         record = ForwardTelemetry() if return_telemetry else None
-        h, ponder = self._run_blocks(h, record)
-        if self.kv_cache is not None:
-            self.kv_cache.length += bits.shape[1]
-        return ModelOutput(self.head(self.ln_f(h)), ponder, record)
-
-    def _run_blocks(self, h: torch.Tensor, record: ForwardTelemetry | None) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.cfg
-        threshold = cfg.act_threshold if cfg.act else None
-        if cfg.reversible:  # reversible wins over checkpointing: it already recomputes every block
-            res = run_stack(
-                list(self.blocks), h, act_threshold=threshold, stats=record is not None,
-                maps=cfg.attn_logging, memory_efficient=self.efficient_backward,
-                early_exit=self.kv_cache is None,
-            )
-            if record is not None:
-                record.attention.extend(res.attention)
-                record.halting, record.layers_used = res.halting, res.layers_used
-            return res.out, res.ponder
-        use_ckpt = (
-            cfg.checkpointing and self.efficient_backward and self.training and torch.is_grad_enabled()
-            and record is None
-        )
-        act = ACTState(h, cfg.layers, threshold, keep_probs=record is not None) if cfg.act else None
-        for layer, block in enumerate(self.blocks):
-            if act is not None and not torch.is_grad_enabled() and act.all_halted() and self.kv_cache is None:
-                break  # early exit: halted positions are frozen and weighted 0 by every later layer
-            if record is not None:
-                y, info = block.attn_branch(h, stats=True, maps=cfg.attn_logging)
-                record.attention.append(info)
-                out = h + y
-                out = out + block.ff_branch(out)
-            elif use_ckpt:
-                out = checkpoint(block, h, use_reentrant=False)
-            else:
-                out = block(h)
-            if act is not None:
-                out = torch.where(act.running.unsqueeze(-1), out, h)  # halted positions stop updating
-                act.step(layer, out, block.halt(out))
-            h = out
-        if act is None:
-            return h, h.new_zeros(())
-        if record is not None:
-            record.halting, record.layers_used = act.halting_telemetry()
-        return act.acc, act.ponder()
+        h, ponder = self.run_stack(self.embed(bits), record)
+        return ModelOutput(self.head(h), ponder, record)
 
     def attention_facts(self) -> list[AttentionFacts]:
         """How each layer computed attention in the last forward (backend, is_causal, masks)."""

@@ -12,14 +12,14 @@ import torch
 
 from .config import RunConfig
 from .device import resolve_device, resolve_precision
-from .model import BitTransformerLM
+from .factory import build_model
 from .records import TrainPlan
 from .schedule import warmup_updates
 
 
 def _count_params(cfg: RunConfig) -> int:
     with torch.device("meta"):
-        return BitTransformerLM(cfg.model).num_parameters()
+        return build_model(cfg.model).num_parameters()
 
 
 def plan_training(cfg: RunConfig, n_train_windows: int, *, steps: int | None = None, epochs: int | None = None,

@@ -40,6 +40,7 @@ class ProgressBar:
         self.total = 0
         self._next_line = 0  # plain mode: the update at which the next progress line is due
         self._bar: tqdm | None = None
+        self._planned = False  # a plan was shown for the current run: later 'plan' events are re-plans
 
     def _line(self, text: str) -> None:
         if self._bar is not None:
@@ -50,8 +51,19 @@ class ProgressBar:
 
     def __call__(self, event: str, payload: Any) -> None:
         get = (lambda k, d=None: getattr(payload, k, d)) if payload is not None else (lambda k, d=None: d)
-        if event == "plan":
+        if event == "plan" and self._planned:  # a time-budget re-plan: same bar, new total
             self.total = int(get("total_updates", 0) or 0)
+            if self._bar is not None:
+                self._bar.total = self.total
+                self._bar.refresh()
+            elif get("budget_note"):
+                self._line(f"time budget: {get('budget_note')}")
+        elif event == "plan":
+            self._planned = True
+            self.total = int(get("total_updates", 0) or 0)
+            if get("time_budget_s"):
+                self._line(f"time budget {get('time_budget_s'):g} s ({get('budget_clock')} clock): probe "
+                           f"{get('probe_s_per_update') * 1e3:.1f} ms/update")
             self._line(
                 f"plan: {self.total} updates ({get('epochs')} epochs x {get('updates_per_epoch')}), batch "
                 f"{get('batch_size')} x accum {get('accum_steps')}, seq {get('seq_len')} bits, "
@@ -71,6 +83,7 @@ class ProgressBar:
         elif event == "plateau":
             self._line(f"plateau: {payload}")
         elif event == "done":
+            self._planned = False
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None

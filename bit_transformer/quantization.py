@@ -2,7 +2,7 @@
 
 Scheme (shared by export, the loader and QAT, so they agree bit for bit on the integers):
 
-- Weights of the block linears (q/k/v, attention output, both feed-forward layers): int8, per output
+- Weights of the block linears (``attn.qkv``, ``attn.out``, ``mlp.up``/``mlp.gate``/``mlp.down``): int8, per output
   channel, symmetric: ``scale = max|w_row| / 127`` (1.0 for an all-zero row), ``q = round(w / scale)``
   in [-127, 127], zero point 0 (stored anyway, as the format's explicit statement).
 - Embeddings (bit, position, phase): int8 per row, same rule; dequantized to float32 at load time. They
@@ -10,7 +10,7 @@ Scheme (shared by export, the loader and QAT, so they agree bit for bit on the i
   big share of a small model.
 - Activations: dynamic. At inference the kernel quantizes each linear's input per tensor (asymmetric
   uint8, 7-bit range on x86/fbgemm/onednn, which avoid int16 overflow that way) from that call's min/max.
-- Everything else (LayerNorms, biases, the 2-way head, ACT halting units) stays float32: < 1% of the
+- Everything else (norms, QK-norm gains, biases, the 2-way head, ACT halting units) stays float32: < 1% of the
   weights, and the head/halting units make the logits and discrete halting decisions.
 
 The artifact (``model.int8.safetensors`` + ``config.json``, no pickle) and how loading packs it into
@@ -44,8 +44,10 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
+from .block import upgrade_key
 from .config import ModelConfig, RunConfig
 from .export import Int8Info
+from .factory import build_model
 from .model import BitTransformerLM
 
 FORMAT = "bit-transformer-int8"
@@ -109,7 +111,7 @@ class QATEmbedding(nn.Embedding):
 
 def quant_targets(model: nn.Module) -> tuple[list[str], list[str]]:
     """(linear names, embedding names) that the INT8 format quantizes."""
-    linears = [n for n, m in model.named_modules() if n.startswith("blocks.") and ".halt" not in n
+    linears = [n for n, m in model.named_modules() if n.startswith("stack.blocks.") and ".halt" not in n
                and (isinstance(m, nn.Linear) or _is_int8_linear(m))]
     embeddings = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
     return linears, embeddings
@@ -269,7 +271,7 @@ def _build(cfg: ModelConfig, tensors: dict[str, torch.Tensor], layout: dict[str,
            backend: Backend, engine: str | None = None) -> BitTransformerLM:
     use_dynamic = backend == "dynamic" or (backend == "auto" and dynamic_available())
     with torch.random.fork_rng(devices=[]):  # the throwaway init must not move the caller's RNG
-        model = BitTransformerLM(cfg)
+        model = build_model(cfg)
     plain = dict(tensors)
     for name in layout["embedding"]:
         q, scale = plain.pop(name + ".weight.int8"), plain.pop(name + ".weight.scale")
@@ -388,5 +390,8 @@ def load_int8(
     if meta.get("version", 0) > VERSION:
         raise ValueError(f"{p} has INT8 format version {meta['version']}; this code reads up to {VERSION}")
     cfg = ModelConfig.model_validate(meta["model"])
-    model = _build(cfg, safetensors.torch.load_file(str(weights)), meta["layout"], backend, engine)
+    # artifacts written before the block stack name its parts the old way (blocks.N.ff.0, ln_f)
+    tensors = {upgrade_key(k): v for k, v in safetensors.torch.load_file(str(weights)).items()}
+    layout = {kind: [upgrade_key(n) for n in names] for kind, names in meta["layout"].items()}
+    model = _build(cfg, tensors, layout, backend, engine)
     return model, (RunConfig.model_validate(meta["run"]) if meta.get("run") else cfg)

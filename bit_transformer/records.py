@@ -49,6 +49,13 @@ class TrainPlan(BaseModel):
     start_update: int = 0
     resume_note: str | None = None  # e.g. the checkpoint came from a different number of processes
     distributed: str | None = None  # 'ddp' / 'fsdp' when world_size > 1
+    # train.time_budget: the horizon above is planned from the probed rate and re-planned (each plan is an event)
+    time_budget_s: float | None = None
+    budget_clock: str | None = None
+    probe_s_per_update: float | None = None
+    budget_used_s: float | None = None  # budget spent when this plan was made
+    replans: int = 0
+    budget_note: str | None = None  # e.g. the budget ran out before the schedule ended
 
 
 class StepMetrics(BaseModel):

@@ -2,8 +2,8 @@
 
 Two residual streams both start as the embedding. Block l maps (x1, x2) to
 
-    y1 = x1 + F_l(x2)      F = the block's attention branch (ln1 -> attention -> dropout)
-    y2 = x2 + G_l(y1)      G = the block's feed-forward branch (ln2 -> MLP -> dropout)
+    y1 = x1 + F_l(x2)      F = the block's attention branch (norm1 -> attention -> dropout)
+    y2 = x2 + G_l(y1)      G = the block's MLP branch (norm2 -> MLP -> dropout)
 
 and is inverted by x2 = y2 - G_l(y1), x1 = y1 - F_l(x2). The head reads the mean (y1 + y2) / 2 of the
 last block's streams (with ACT: the halting-weighted mix of the per-layer means). A block whose two
@@ -106,7 +106,7 @@ def stack_forward(
             result.attention.append(info)
         y1 = x1 + _masked(f, m)
         state_g = _capture_rng(x.device) if rng_log is not None else None
-        y2 = x2 + _masked(block.ff_branch(y1), m)
+        y2 = x2 + _masked(block.mlp_branch(y1), m)
         if rng_log is not None:
             rng_log.append((state_f, state_g))
         if act is not None:
@@ -194,7 +194,7 @@ class RevStackFunction(torch.autograd.Function):
                 if spec.rng:
                     _restore_rng(ctx.rng_log[layer][1], device)
                 z1 = y1.detach().requires_grad_()
-                g = _masked(block.ff_branch(z1), m)
+                g = _masked(block.mlp_branch(z1), m)
                 gs = torch.autograd.grad(g, [z1, *params], dy2, allow_unused=True)
                 dz1 = dy1 + gs[0]
                 accumulate(layer, gs[1:])

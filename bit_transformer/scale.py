@@ -16,6 +16,10 @@ output, second FF linear) gets its new rows as A times its old rows, which keeps
 - D' = k D: A repeats the stream k times. Mean and variance over D' equal those over D, so every LayerNorm
   gives the same outputs on the old dims (exact, eps included). Readers of the stream (q/k/v, first FF
   linear, head, ACT halting) get zero weights on the new dims.
+- modern blocks (RMSNorm): every new dim holds 0 and the whole stream is scaled by c = sqrt(D'/D). The mean
+  square over D' then equals the old one over D (eps acts as before); the norms' old gains are divided by c
+  and their new gains are 1, so the new dims normalise to exactly 0 and normed readers keep random weights on
+  them. Rotary frequencies and QK-norm are per head dim, so modern blocks keep head_dim (grow nhead with it).
 - otherwise: every new dim holds the mean of the old dims, and the whole stream is scaled by
   c = sqrt(D'/D) (every writer's rows and biases). Then the mean over D' is c times the old mean and the
   variance over D' equals the old one (c^2 * D/D' = 1), so LayerNorm's eps acts exactly as before; scaling
@@ -46,6 +50,7 @@ from pydantic import BaseModel, Field
 
 from .bits import text_to_bits
 from .config import FRAME_BITS, GROWABLE, ModelConfig, RunConfig
+from .factory import build_model
 from .model import BitTransformerLM
 
 PROBE_TEXT = (
@@ -71,8 +76,9 @@ class ScaleReport(BaseModel):
     params_before: int
     params_after: int
     new_layers: list[int] = Field(description="Indices of the added (identity) blocks.")
-    stream_growth: Literal["none", "repeat", "mean"] = Field(
-        description="How new residual dims were filled: repeat (D' = k D) or mean (stream scaled by sqrt(D'/D))."
+    stream_growth: Literal["none", "repeat", "mean", "zero"] = Field(
+        description="How new residual dims were filled: repeat (D' = k D), mean or zero (modern blocks; both "
+        "scale the stream by sqrt(D'/D))."
     )
     exact: list[str] = Field(description="Parts whose function is preserved exactly (up to float rounding).")
     approximate: list[str] = Field(description="Parts that are preserved only approximately, or not at all.")
@@ -93,8 +99,11 @@ class _Widen:
     def __init__(self, old: ModelConfig, new: ModelConfig, fresh: dict[str, torch.Tensor]):
         self.old, self.new, self.fresh = old, new, fresh
         D, Dn = old.d_model, new.d_model
-        self.mode = "none" if Dn == D else ("repeat" if Dn % D == 0 else "mean")
-        self.c = math.sqrt(Dn / D) if self.mode == "mean" else 1.0  # stream scale; LayerNorm gains get 1/c
+        if Dn == D:
+            self.mode = "none"
+        else:
+            self.mode = "zero" if old.block == "modern" else ("repeat" if Dn % D == 0 else "mean")
+        self.c = math.sqrt(Dn / D) if self.mode in ("mean", "zero") else 1.0  # stream scale; norm gains get 1/c
         # Old (part, head, j) -> new row of qkv; old (head, j) -> new column of attn.out.
         h = torch.arange(old.nhead)[:, None] * new.head_dim + torch.arange(old.head_dim)[None, :]
         self.head_idx = h.reshape(-1)
@@ -108,17 +117,17 @@ class _Widen:
         if self.mode == "repeat":
             return torch.cat([t] * (self.new.d_model // self.old.d_model), dim=dim)
         extra = self.new.d_model - self.old.d_model
-        mean = t.mean(dim=dim, keepdim=True)
-        return self.c * torch.cat([t, mean.expand(*t.shape[:dim], extra, *t.shape[dim + 1 :])], dim=dim)
+        fill = t.mean(dim=dim, keepdim=True) if self.mode == "mean" else torch.zeros_like(t.narrow(dim, 0, 1))
+        return self.c * torch.cat([t, fill.expand(*t.shape[:dim], extra, *t.shape[dim + 1 :])], dim=dim)
 
     def reader(self, name: str, w: torch.Tensor, rows: torch.Tensor | None, normed: bool) -> torch.Tensor:
         """A linear reading the stream: old weights at (rows, :D); new-dim columns zero unless they read a
-        LayerNorm output in 'mean' mode (those inputs are exactly 0, so fresh weights there are free)."""
+        norm's output in 'mean'/'zero' mode (those inputs are exactly 0, so fresh weights there are free)."""
         out = self.fresh[name].clone()
         D = self.old.d_model
         rows = torch.arange(w.shape[0]) if rows is None else rows
         out[rows, :D] = w
-        if not (normed and self.mode == "mean"):
+        if not (normed and self.mode in ("mean", "zero")):
             out[rows, D:] = 0.0
         return out
 
@@ -128,13 +137,16 @@ class _Widen:
         m[:, torch.arange(w.shape[1]) if cols is None else cols] = w
         return self.stream(m, 0)
 
-    def layer_norm(self, prefix: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        g, b = sd[prefix + ".weight"], sd[prefix + ".bias"]
+    def norm(self, prefix: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A LayerNorm (gain, bias) or RMSNorm (gain) over the stream."""
+        g, b = sd[prefix + ".weight"], sd.get(prefix + ".bias")
         if self.mode == "repeat":
             return {prefix + ".weight": self.stream(g, 0), prefix + ".bias": self.stream(b, 0)}
         extra = self.new.d_model - self.old.d_model
-        return {prefix + ".weight": torch.cat([g / self.c, g.new_ones(extra)]),
-                prefix + ".bias": torch.cat([b, b.new_zeros(extra)])}
+        out = {prefix + ".weight": torch.cat([g / self.c, g.new_ones(extra)])}
+        if b is not None:
+            out[prefix + ".bias"] = torch.cat([b, b.new_zeros(extra)])
+        return out
 
     def vector(self, name: str, b: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         out = self.fresh[name].clone()
@@ -143,34 +155,47 @@ class _Widen:
 
 
 def _grow_block(w: _Widen, sd: dict[str, torch.Tensor], old_p: str, new_p: str) -> dict[str, torch.Tensor]:
-    """All parameters of one old block, widened; keys use the new prefix."""
+    """All parameters of one old block, widened; keys use the new prefix (biases only where the block has them)."""
     o, n = w.old, w.new
     out: dict[str, torch.Tensor] = {}
-    for ln in ("ln1", "ln2"):
-        for k, v in w.layer_norm(f"{old_p}.{ln}", sd).items():
+    for norm in ("norm1", "norm2"):
+        for k, v in w.norm(f"{old_p}.{norm}", sd).items():
             out[new_p + k[len(old_p) :]] = v
+    for qk in ("q_norm", "k_norm"):  # modern: per-head-dim gains (head_dim never grows there)
+        if f"{old_p}.attn.{qk}.weight" in sd:
+            out[f"{new_p}.attn.{qk}.weight"] = sd[f"{old_p}.attn.{qk}.weight"].clone()
     # q/k/v: old rows in place; query rows of old heads scaled for the new head_dim.
     qkv_w = sd[f"{old_p}.attn.qkv.weight"].clone()
-    qkv_b = sd[f"{old_p}.attn.qkv.bias"].clone()
     qkv_w[: o.d_model] *= w.q_scale
-    qkv_b[: o.d_model] *= w.q_scale
     name = f"{new_p}.attn.qkv"
     new_w = w.reader(name + ".weight", qkv_w, w.qkv_idx, normed=True)
-    new_b = w.vector(name + ".bias", qkv_b, w.qkv_idx)
+    qkv_b = sd.get(f"{old_p}.attn.qkv.bias")
+    new_b = None
+    if qkv_b is not None:
+        qkv_b = qkv_b.clone()
+        qkv_b[: o.d_model] *= w.q_scale
+        new_b = out[name + ".bias"] = w.vector(name + ".bias", qkv_b, w.qkv_idx)
     if n.head_dim > o.head_dim:  # new query dims of old heads are 0: old scores stay q.k
         q_new = torch.ones(n.d_model, dtype=torch.bool)
         q_new[w.head_idx] = False
         q_new[o.nhead * n.head_dim :] = False  # added heads keep fresh queries
         new_w[: n.d_model][q_new] = 0.0
-        new_b[: n.d_model][q_new] = 0.0
-    out[name + ".weight"], out[name + ".bias"] = new_w, new_b
+        if new_b is not None:
+            new_b[: n.d_model][q_new] = 0.0
+    out[name + ".weight"] = new_w
     out[f"{new_p}.attn.out.weight"] = w.writer(sd[f"{old_p}.attn.out.weight"], w.head_idx, n.d_model)
-    out[f"{new_p}.attn.out.bias"] = w.stream(sd[f"{old_p}.attn.out.bias"], 0)
     hidden = torch.arange(o.ff_dim)
-    out[f"{new_p}.ff.0.weight"] = w.reader(f"{new_p}.ff.0.weight", sd[f"{old_p}.ff.0.weight"], hidden, True)
-    out[f"{new_p}.ff.0.bias"] = w.vector(f"{new_p}.ff.0.bias", sd[f"{old_p}.ff.0.bias"], hidden)
-    out[f"{new_p}.ff.2.weight"] = w.writer(sd[f"{old_p}.ff.2.weight"], hidden, n.ff_dim)
-    out[f"{new_p}.ff.2.bias"] = w.stream(sd[f"{old_p}.ff.2.bias"], 0)
+    for part in ("up", "gate"):  # readers of the stream; new hidden units are fresh on this side
+        if f"{old_p}.mlp.{part}.weight" in sd:
+            out[f"{new_p}.mlp.{part}.weight"] = w.reader(f"{new_p}.mlp.{part}.weight",
+                                                         sd[f"{old_p}.mlp.{part}.weight"], hidden, True)
+            if f"{old_p}.mlp.{part}.bias" in sd:
+                out[f"{new_p}.mlp.{part}.bias"] = w.vector(f"{new_p}.mlp.{part}.bias",
+                                                           sd[f"{old_p}.mlp.{part}.bias"], hidden)
+    out[f"{new_p}.mlp.down.weight"] = w.writer(sd[f"{old_p}.mlp.down.weight"], hidden, n.ff_dim)
+    for writer in ("attn.out", "mlp.down"):
+        if f"{old_p}.{writer}.bias" in sd:
+            out[f"{new_p}.{writer}.bias"] = w.stream(sd[f"{old_p}.{writer}.bias"], 0)
     if f"{old_p}.halt.proj.weight" in sd:  # ACT reads the raw stream: new-dim weights must be 0
         out[f"{new_p}.halt.proj.weight"] = w.reader(f"{new_p}.halt.proj.weight",
                                                     sd[f"{old_p}.halt.proj.weight"] / w.c, None, normed=False)
@@ -183,6 +208,10 @@ def _check(cfg: ModelConfig, new: ModelConfig) -> None:
     for field in ("layers", "d_model", "ff_dim", "max_seq_len", "nhead", "head_dim"):
         if getattr(new, field) < getattr(cfg, field):
             problems.append(f"{field} would shrink from {getattr(cfg, field)} to {getattr(new, field)}")
+    if cfg.block == "modern" and new.head_dim != cfg.head_dim:
+        raise ValueError(f"block='modern' keeps head_dim ({cfg.head_dim}) when growing: rotary frequencies and "
+                         "QK-norm are per head dim. Grow nhead with d_model, e.g. "
+                         f"nhead={new.d_model // cfg.head_dim} for d_model={new.d_model}")
     if problems:
         raise ValueError("scale_up only grows a model (every old head and unit is kept): " + "; ".join(problems)
                          + ". Grow d_model together with nhead to keep head_dim, e.g. "
@@ -244,41 +273,45 @@ def scale_up(
           for k, v in model.state_dict().items()}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        new_model = BitTransformerLM(new_cfg).to(next(iter(sd.values())).dtype)
+        new_model = build_model(new_cfg).to(next(iter(sd.values())).dtype)
     fresh = {k: v.detach().clone() for k, v in new_model.state_dict().items()}
     w = _Widen(cfg, new_cfg, fresh)
 
     out: dict[str, torch.Tensor] = {}
-    pos = sd["pos_emb.weight"]
-    rows = fresh["pos_emb.weight"].shape[0]  # max_seq_len bits (flat) or frames + 1 (framed)
-    reps = -(-rows // pos.shape[0])
-    out["pos_emb.weight"] = w.stream(pos.repeat(reps, 1)[:rows], 1)
+    if "pos_emb.weight" in sd:  # classic blocks: learned absolute positions (modern ones rotate q/k instead)
+        pos = sd["pos_emb.weight"]
+        rows = fresh["pos_emb.weight"].shape[0]  # max_seq_len bits (flat) or frames + 1 (framed)
+        reps = -(-rows // pos.shape[0])
+        out["pos_emb.weight"] = w.stream(pos.repeat(reps, 1)[:rows], 1)
     if "start" in sd:  # framed: the start frame and the frame embedding MLP (hidden width = d_model)
         out["start"] = w.stream(sd["start"], 0)
         hidden = torch.arange(cfg.d_model)
         out["frame_in.0.weight"] = w.vector("frame_in.0.weight", sd["frame_in.0.weight"], hidden)
-        out["frame_in.0.bias"] = w.vector("frame_in.0.bias", sd["frame_in.0.bias"], hidden)
         out["frame_in.2.weight"] = w.writer(sd["frame_in.2.weight"], hidden, new_cfg.d_model)  # new units write 0
-        out["frame_in.2.bias"] = w.stream(sd["frame_in.2.bias"], 0)
+        if "frame_in.0.bias" in sd:
+            out["frame_in.0.bias"] = w.vector("frame_in.0.bias", sd["frame_in.0.bias"], hidden)
+            out["frame_in.2.bias"] = w.stream(sd["frame_in.2.bias"], 0)
     for name in ("bit_emb.weight", "phase_emb.weight", "mask_emb.weight"):  # mask_emb: denoising models only
         if name in sd:
             out[name] = w.stream(sd[name], 1)
-    out.update(w.layer_norm("ln_f", sd))
+    out.update(w.norm("stack.norm", sd))
     out["head.weight"] = w.reader("head.weight", sd["head.weight"], None, normed=True)
-    out["head.bias"] = sd["head.bias"].clone()
+    if "head.bias" in sd:
+        out["head.bias"] = sd["head.bias"].clone()
     for i in range(cfg.layers):
-        out.update(_grow_block(w, sd, f"blocks.{i}", f"blocks.{i}"))
-    top = f"blocks.{cfg.layers - 1}."
+        out.update(_grow_block(w, sd, f"stack.blocks.{i}", f"stack.blocks.{i}"))
+    top = f"stack.blocks.{cfg.layers - 1}."
     new_layers = list(range(cfg.layers, new_cfg.layers))
     for i in new_layers:
         src = out if new_layer_init == "copy" else fresh
-        prefix = top if new_layer_init == "copy" else f"blocks.{i}."
-        out.update({f"blocks.{i}." + k[len(prefix) :]: v.clone() for k, v in src.items() if k.startswith(prefix)})
+        prefix = top if new_layer_init == "copy" else f"stack.blocks.{i}."
+        out.update({f"stack.blocks.{i}." + k[len(prefix) :]: v.clone() for k, v in src.items()
+                    if k.startswith(prefix)})
     names = {id(m): n for n, m in new_model.named_modules()}
     for i in new_layers:  # identity: both residual writers (weight and bias) are zero
         for proj in new_model.blocks[i].residual_projections:
-            out[names[id(proj)] + ".weight"].zero_()
-            out[names[id(proj)] + ".bias"].zero_()
+            for part in ("weight", "bias") if proj.bias is not None else ("weight",):
+                out[f"{names[id(proj)]}.{part}"].zero_()
 
     unknown_old = sorted(k for k in sd if k not in out)
     missing = sorted(set(fresh) - set(out))
@@ -322,6 +355,9 @@ def _notes(old: ModelConfig, new: ModelConfig, mode: str, deeper: bool) -> tuple
     if mode == "repeat":
         exact.append(f"d_model {old.d_model}->{new.d_model}: stream repeated x{new.d_model // old.d_model}, "
                      "LayerNorm statistics unchanged")
+    elif mode == "zero":
+        exact.append(f"d_model {old.d_model}->{new.d_model}: new dims hold 0, stream scaled by "
+                     f"sqrt({new.d_model}/{old.d_model}) and RMSNorm gains by its inverse (eps included)")
     elif mode == "mean":
         exact.append(f"d_model {old.d_model}->{new.d_model}: new dims hold the stream mean, stream scaled by "
                      f"sqrt({new.d_model}/{old.d_model}) and LayerNorm gains by its inverse (eps included)")

@@ -11,6 +11,9 @@ Schedules (``TrainConfig.lr_schedule``):
   ``warmup_frac`` of the updates, then ``lr`` -> ``lr/25/1e4`` at the last update.
 * ``cosine``    linear warm-up over ``warmup_frac``, then cosine decay to ``lr * 0.01``.
 * ``constant``  linear warm-up over ``warmup_frac``, then ``lr``.
+* ``wsd``       warm-up / stable / decay: linear warm-up over ``warmup_frac``, ``lr`` held, then over the last
+  ``decay_frac`` of the updates a 1-sqrt decay (``lr * (1 - sqrt(t))``, Hägele et al. 2024) to ``lr * 0.01``.
+  The stable phase does not depend on the horizon, so a re-planned budget run only moves where the decay starts.
 * ``progressive_plateau``  linear warm-up, then hold ``lr`` while validation improves. After
   ``patience`` evaluations without an improvement of at least ``min_delta`` over the best validation
   loss, the LR is divided by sqrt(2) and re-warmed linearly from 10% of the new value over a short
@@ -30,7 +33,7 @@ from .config import TrainConfig
 
 ONECYCLE_DIV = 25.0  # torch OneCycleLR defaults
 ONECYCLE_FINAL_DIV = 1e4
-COSINE_FLOOR = 0.01
+COSINE_FLOOR = 0.01  # cosine's and wsd's final LR, as a share of lr
 REWARM_START = 0.1
 
 
@@ -88,6 +91,12 @@ class Schedule:
     def _shape(self, i: int) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def replan(self, horizon: int) -> None:
+        """A new horizon mid-run (time budget): the warm-up keeps its length, the rest stretches or shrinks."""
+        if horizon < 1:
+            raise ValueError(f"a schedule needs at least one update, got horizon={horizon}")
+        self.horizon = int(horizon)
+
     def _warm(self, i: int, target: float) -> float:
         return target * (i + 1) / self.warmup if i < self.warmup else target
 
@@ -129,6 +138,10 @@ class OneCycle(Schedule):
         self.peak_at = float(warmup_frac * horizon) - 1
         self.end_at = float(horizon - 1)
 
+    def replan(self, horizon: int) -> None:
+        super().replan(horizon)
+        self.end_at = float(horizon - 1)
+
     @staticmethod
     def _cos(start: float, end: float, pct: float) -> float:
         return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
@@ -150,6 +163,22 @@ class Cosine(Schedule):
         pct = 1.0 if span <= 0 else (i - self.warmup) / span
         floor = self.base_lr * COSINE_FLOOR
         return floor + (self.base_lr - floor) * 0.5 * (1 + math.cos(math.pi * pct))
+
+
+class WSD(Schedule):
+    name = "wsd"
+
+    def __init__(self, lr: float, horizon: int, warmup_frac: float = 0.0, decay_frac: float = 0.2):
+        super().__init__(lr, horizon, warmup_frac)
+        self.decay_frac = decay_frac
+
+    def _shape(self, i: int) -> float:
+        decay = max(1, round(self.decay_frac * self.horizon))
+        start = self.horizon - decay
+        if i < start:
+            return self._warm(i, self.base_lr)
+        floor = self.base_lr * COSINE_FLOOR
+        return floor + (self.base_lr - floor) * (1 - math.sqrt((i - start + 1) / decay))
 
 
 class Constant(Schedule):
@@ -223,7 +252,9 @@ def build_schedule(cfg: TrainConfig, horizon: int) -> Schedule:
         return Cosine(cfg.lr, horizon, cfg.warmup_frac)
     if kind == "constant":
         return Constant(cfg.lr, horizon, cfg.warmup_frac)
+    if kind == "wsd":
+        return WSD(cfg.lr, horizon, cfg.warmup_frac, cfg.decay_frac)
     if kind == "progressive_plateau":
         return ProgressivePlateau(cfg.lr, horizon, cfg.warmup_frac, patience=cfg.patience,
                                   min_delta=cfg.min_delta, scale_up=cfg.plateau_scale_up)
-    raise ValueError(f"unknown lr_schedule '{kind}': use onecycle, cosine, constant or progressive_plateau")
+    raise ValueError(f"unknown lr_schedule '{kind}': use onecycle, cosine, constant, wsd or progressive_plateau")

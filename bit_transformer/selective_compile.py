@@ -1,4 +1,4 @@
-"""Selective ``torch.compile``: each block's attention and feed-forward, compiled in place, undone on failure.
+"""Selective ``torch.compile``: each block's attention and MLP, compiled in place, undone on failure.
 
 Every decision comes with its reason (task 8), so a run that could not compile says why and runs eagerly.
 """
@@ -34,7 +34,7 @@ def compile_support() -> tuple[bool, str]:
 
 
 def compile_blocks(model: nn.Module, requested: bool, warmup=None) -> tuple[bool, str]:
-    """Compile each block's attention and feed-forward submodules in place (selective compile).
+    """Compile each block's attention and MLP submodules in place (selective compile).
 
     In-place ``Module.compile`` keeps parameter names, so checkpoints are unaffected. Compiling the
     submodules (not whole blocks) serves every stack: plain, checkpointed, reversible and ACT all call
@@ -47,9 +47,9 @@ def compile_blocks(model: nn.Module, requested: bool, warmup=None) -> tuple[bool
     if not ok:
         return False, f"skipped: {why}"
     targets = [m for block in getattr(model, "blocks", []) for m in (getattr(block, "attn", None),
-                                                                      getattr(block, "ff", None)) if m is not None]
+                                                                      getattr(block, "mlp", None)) if m is not None]
     if not targets:
-        return False, "skipped: model has no blocks with attn/ff submodules to compile"
+        return False, "skipped: model has no blocks with attn/mlp submodules to compile"
     try:
         with warnings.catch_warnings():  # torch's import-time deprecation notices are not ours to show
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -62,4 +62,4 @@ def compile_blocks(model: nn.Module, requested: bool, warmup=None) -> tuple[bool
             m._compiled_call_impl = None  # undo Module.compile: back to eager
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return False, f"skipped: torch.compile failed ({type(exc).__name__}: {first[:200]}); running eagerly"
-    return True, f"compiled attn+ff of {len(targets) // 2} blocks ({why})"
+    return True, f"compiled attn+mlp of {len(targets) // 2} blocks ({why})"

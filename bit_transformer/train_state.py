@@ -22,6 +22,7 @@ class TrainState(BaseModel):
     position: int = 0  # micro-batches of ``epoch`` consumed
     micro_step: int = 0  # micro-batches consumed in all
     best_val_loss: float | None = None
+    budget_s: float = 0.0  # train.time_budget seconds spent (probe and training; evaluations excluded)
 
     def advance(self, epoch: int, position: int, micro_batches: int) -> None:
         """One optimizer update consumed ``micro_batches`` starting at ``position`` of ``epoch``."""

@@ -2,7 +2,9 @@
 
 One *update* is one optimizer step over ``accum_steps`` micro-batches (the last group of an epoch may be shorter:
 it still steps, its loss scaled by its real size). ``plan_training`` fixes the number of updates and the LR
-schedule spans exactly that, so the final LR is the last update's. The parts live beside this file:
+schedule spans exactly that, so the final LR is the last update's. With ``train.time_budget`` the horizon comes
+from a probe of the update rate instead, and is re-planned as the rate drifts (``budget.BudgetPlanner``); each
+plan is emitted as a 'plan' event. The parts live beside this file:
 ``sampler.UpdateBatches`` yields the groups, ``train_state.TrainState`` counts, ``validator.Validator`` scores
 held-out windows and applies the safety gate, ``checkpointer.Checkpointer`` saves and resumes, ``parallel.Parallel``
 owns DDP/FSDP, ``train_loss`` computes each micro-batch's loss.
@@ -19,18 +21,21 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 from pydantic import BaseModel
 
+from .budget import BudgetPlanner, Clock, budget_clock
 from .checkpointer import Checkpointer
 from .config import FRAME_BITS, RunConfig
 from .device import autocast, resolve_device
+from .ema import WeightEMA
+from .factory import build_model
 from .metrics_log import open_sinks
 from .model import BitTransformerLM
+from .optim import build_optimizer
 from .parallel import (
     Parallel,
     any_rank,
@@ -40,6 +45,7 @@ from .parallel import (
     release_distributed,
 )
 from .plan import plan_training
+from .probe import measure_update_seconds
 from .quantization import apply_qat
 from .records import EvalMetrics, GateDecision, GrowthEvent, StepMetrics, TrainPlan, TrainResult
 from .sampler import UpdateBatches, UpdateGroup
@@ -65,16 +71,18 @@ class Trainer:
 
     Under torchrun each rank constructs its own Trainer; the process group is joined here, so the corpus
     cache is built by one process per machine while the others wait. ``fit`` may run more than once (a
-    timing probe, then the run); each call plans, trains and leaves the process group.
+    timing probe, then the run); each call plans, trains and leaves the process group. ``clock`` replaces
+    ``train.budget_clock``'s clock for the time budget (tests pass a deterministic stand-in).
     """
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, *, corpus=None, model: BitTransformerLM | None = None,
                  callback: Callback | None = None, cancel: threading.Event | None = None,
-                 cache_dir: str | Path | None = None, metrics_log: bool = True):
+                 cache_dir: str | Path | None = None, metrics_log: bool = True, clock: Clock | None = None):
         from .data import load_corpus  # lazy: data.py pulls in the text sources
 
         self.out_dir = Path(out_dir)
         self.metrics_log = metrics_log
+        self.clock = clock or budget_clock(cfg.train.budget_clock)
         self.callback = callback
         self.cancel = cancel or threading.Event()
         self.dist = dist_env()
@@ -90,7 +98,7 @@ class Trainer:
         self.corpus = corpus
         self._datasets()
         torch.manual_seed(cfg.train.seed)
-        model = model if model is not None else BitTransformerLM(cfg.model)
+        model = model if model is not None else build_model(cfg.model)
         self.model = apply_qat(model) if cfg.train.qat else model
         self.plan: TrainPlan | None = None  # each fit() plans, counts and checkpoints afresh
         self.state = TrainState()
@@ -162,16 +170,18 @@ class Trainer:
     def _fit(self, steps: int | None, epochs: int | None, resume: bool) -> TrainResult:
         self._setup(steps, epochs, resume)
         t, plan, state = self.cfg.train, self.plan, self.state
-        self._emit("plan", plan)
+        self._emit("plan", plan.model_copy())  # a copy: a re-plan changes self.plan, not what was reported
         batches = UpdateBatches(self.train_set, t, rank=self.dist.rank, world_size=self.dist.world_size,
                                 pin_memory=self.device.type == "cuda")
         ramp_len = warmup_updates(t.warmup_frac, plan.total_updates)
         clock = _Clock(state.update)
         last_step: StepMetrics | None = None
         bad_updates, status, reason = 0, "completed", None
-        remaining = plan.total_updates - state.update
-        for group in islice(batches.groups(state.epoch, state.position), max(0, remaining)):
+        for group in batches.groups(state.epoch, state.position):
+            if state.update >= plan.total_updates:  # the horizon may move (time budget): checked per update
+                break
             rng_at_start = capture_rng(self.np_rng)  # what a cancel inside this group saves: resume redoes it
+            started = self.clock()
             compress_p = 0.0 if t.compress_prob <= 0 else cosine_ramp(state.update, 0.0, t.compress_prob, ramp_len)
             sums = self._forward_backward(group, compress_p)
             if sums is None:
@@ -183,6 +193,8 @@ class Trainer:
             if bad_updates >= MAX_BAD_UPDATES:
                 status, reason = "gated", f"non-finite training loss/gradients for {bad_updates} updates in a row"
                 break
+            if self.budget is not None:
+                self._spend_budget(self.clock() - started)
             final = state.update == plan.total_updates
             if self.validator.due(state.update, final=final):
                 decision = self._evaluate()
@@ -212,10 +224,13 @@ class Trainer:
         self.plan = plan = plan_training(self.cfg, len(self.train_set), steps=steps, epochs=epochs,
                                          world_size=self.dist.world_size, params=self.model.num_parameters())
         self.model = self.model.to(self.device).train()
+        self._check_supported()
+        self.budget = self._plan_budget(loaded) if t.time_budget is not None else None
         plan.compile_ran, plan.compile_reason = compile_blocks(self.model, t.compile, self._compile_warmup)
         self.parallel = Parallel(self.model, t.distributed, self.dist, self.device)
         self.optimizer = self._optimizer()
         self.schedule = build_schedule(t, plan.total_updates)
+        self.ema = WeightEMA(self.model, t.ema_decay) if t.ema_decay is not None else None
         self.validator = Validator(self.val_set, t, self.dist, self.device)
         self.np_rng = np.random.default_rng([t.seed, self.dist.rank])
         self.state, self.last_eval = TrainState(), None
@@ -241,6 +256,69 @@ class Trainer:
                                 f"{self.dist.world_size}: the epoch's remaining data order is re-drawn")
             log.warning(plan.resume_note)
         restore_rng(saved.get("rng", {}), loaded.tensors, self.np_rng)
+        if self.ema is not None:
+            self.ema.load(loaded.tensors, int(saved.get("ema_updates", 0)))
+
+    def _check_supported(self) -> None:
+        t = self.cfg.train
+        if self.dist.enabled and t.distributed == "fsdp":
+            for name, on in (("optimizer='muon'", t.optimizer == "muon"), ("ema_decay", t.ema_decay is not None)):
+                if on:
+                    raise ValueError(f"train.{name} is not supported with distributed='fsdp' (sharded parameters): "
+                                     "use distributed='ddp', or drop it")
+
+    # ------------------------------------------------------------------------------------------ time budget
+    def _plan_budget(self, loaded) -> BudgetPlanner:
+        """Probe the update rate (a throw-away copy; the run's state is untouched) and plan the horizon."""
+        t, plan = self.cfg.train, self.plan
+        used = float(loaded.state.get("budget_s", 0.0)) if loaded is not None else 0.0
+        budget = BudgetPlanner(t.time_budget, used_s=used)
+        t0 = self.clock()
+        rate = measure_update_seconds(self.model, self.cfg, self.train_set, device=self.device,
+                                      precision=plan.precision, clock=self.clock)
+        probe_s = self.clock() - t0
+        if self.dist.enabled:  # every rank must plan the same horizon
+            rate, probe_s = self._mean_before_wrap([rate, probe_s])
+        budget.spend(probe_s)
+        start = int(loaded.state["update"]) if loaded is not None else 0
+        plan.time_budget_s, plan.budget_clock, plan.probe_s_per_update = t.time_budget, t.budget_clock, rate
+        self._set_horizon(budget.horizon(start, rate), budget, emit=False)
+        plan.warmup_updates = warmup_updates(t.warmup_frac, plan.total_updates)
+        return budget
+
+    def _mean_before_wrap(self, values: list[float]) -> list[float]:
+        """Mean over ranks before ``self.parallel`` exists (the probe runs before the model is wrapped)."""
+        import torch.distributed as torch_dist
+
+        x = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch_dist.all_reduce(x)
+        return (x / self.dist.world_size).tolist()
+
+    def _set_horizon(self, horizon: int, budget: BudgetPlanner, *, emit: bool = True, note: str | None = None) -> None:
+        plan = self.plan
+        plan.total_updates = plan.scheduler_horizon = horizon
+        plan.epochs = math.ceil(horizon / plan.updates_per_epoch)
+        plan.budget_used_s, plan.replans, plan.budget_note = round(budget.used_s, 3), budget.replans, note
+        if emit:
+            self.schedule.replan(horizon)
+            self._emit("plan", plan.model_copy())
+
+    def _spend_budget(self, seconds: float) -> None:
+        """Count one update's training time; re-plan when due, or end the run when the budget is spent."""
+        if self.dist.enabled:  # the same figure on every rank, so every rank stops and re-plans together
+            seconds = self.parallel.mean_over_ranks([seconds])[0]
+        budget, update = self.budget, self.state.update
+        budget.spend(seconds)
+        self.state.budget_s = budget.used_s
+        if update >= self.plan.total_updates:
+            return
+        if budget.exhausted:  # the safety net: the plan should have ended first
+            self._set_horizon(update, budget, note=f"budget spent at update {update}, before the planned "
+                              f"{self.plan.total_updates}: the schedule did not reach its final LR")
+            return
+        horizon = budget.replan(update)
+        if horizon is not None:
+            self._set_horizon(horizon, budget)
 
     def _compile_warmup(self) -> None:
         """One real-shaped step, so that compile errors surface before training, not mid-run."""
@@ -251,12 +329,7 @@ class Trainer:
         self.model.zero_grad(set_to_none=True)
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        # No weight decay on embeddings, norms and biases (the usual AdamW split).
-        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        decay = [p for n, p in params if p.ndim >= 2 and "emb" not in n]
-        keep = [p for n, p in params if not (p.ndim >= 2 and "emb" not in n)]
-        groups = [{"params": decay, "weight_decay": self.cfg.train.weight_decay}, {"params": keep, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=self.cfg.train.lr, betas=(0.9, 0.99))
+        return build_optimizer(self.model, self.cfg.train)
 
     # ------------------------------------------------------------------------------------------ one update
     def _forward_backward(self, group: UpdateGroup, compress_p: float) -> _GroupSums | None:
@@ -285,6 +358,8 @@ class Trainer:
         ok = math.isfinite(loss) and math.isfinite(grad_norm)
         if ok:
             self.optimizer.step()  # else skipped: weights stay finite and the last checkpoint stays good
+            if self.ema is not None:
+                self.ema.update(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         self.state.advance(group.epoch, group.position, group.size)
         clock.tick(sums)
@@ -302,7 +377,12 @@ class Trainer:
     def _evaluate(self) -> GateDecision:
         """Validate; then let a plateau schedule react, and keep the best model so far."""
         update = self.state.update
-        self.last_eval = ev = self.validator.run(self.model, update, self.plan.precision, sharded=self.parallel.sharded)
+        if self.ema is None:
+            ev = self.validator.run(self.model, update, self.plan.precision, sharded=self.parallel.sharded)
+        else:  # the averaged weights are the ones evaluated, kept as 'best' and exported
+            with self.ema.swapped(self.model):
+                ev = self.validator.run(self.model, update, self.plan.precision, sharded=self.parallel.sharded)
+        self.last_eval = ev
         self._emit("eval", ev)
         loss, decision = ev.val_loss, ev.gate
         if decision.triggered:
@@ -336,6 +416,8 @@ class Trainer:
         self.parallel = Parallel(self.model, self.cfg.train.distributed, self.dist, self.device)
         self.cfg = self.cfg.model_copy(update={"model": model_cfg})
         self.optimizer = self._optimizer()
+        if self.ema is not None:  # the average of the old architecture does not fit the new one
+            self.ema = WeightEMA(self.model, self.cfg.train.ema_decay)
         self.plan.params = self.model.num_parameters()
         self._emit("scale_up", GrowthEvent(update=self.state.update, layers=model_cfg.layers, params_before=before,
                                            params_after=self.plan.params,
@@ -348,6 +430,9 @@ class Trainer:
         state = {**self.state.state_dict(), "total_updates": self.plan.total_updates, "seed": self.cfg.train.seed,
                  "world_size": self.dist.world_size, "val_loss": ev.val_loss if ev else None,
                  "val_bpb": ev.val_bpb if ev else None, "gate": self.validator.gate.state_dict(), "rng": rng_js}
+        if self.ema is not None:
+            state["ema_updates"] = self.ema.updates
+            rng_tensors = {**rng_tensors, **self.ema.tensors()}
         info = self.checkpoints.save(kind, update=self.state.update, parallel=self.parallel, optimizer=self.optimizer,
                                      config=self.cfg, schedule=self.schedule, state=state, tensors=rng_tensors,
                                      last_eval=ev)

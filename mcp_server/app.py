@@ -19,6 +19,7 @@ from mcp.server.mcpserver import MCPServer
 
 from .engine import Engine
 from .jobs import Job, JobManager
+from .playbook_job import PlaybookRuns
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ Training runs as a background job (one at a time) that keeps running when this c
 get_job (compact; ask for detail once with include=[...]) and stop it with cancel_job (it saves a resumable
 checkpoint; train(resume=<run or job id>) continues). All files live in the server's workspace; names, never
 paths outside it, are accepted. playbook_list() / playbook_step(task_id) give the optimization playbook as
-ordered tool calls with expected results."""
+ordered tool calls with expected results; playbook_run(task_id or phase) runs and checks them itself, on a scratch
+workspace (the user's config and model are untouched), and returns a PASS/FAIL table."""
 
 
 class App:
@@ -41,6 +43,7 @@ class App:
         self.ws = Workspace(workspace)
         self.engine = Engine(self.ws)
         self.jobs = JobManager(self.ws, on_finish=self._on_finish, follow_session=jobs_follow_session)
+        self.playbook_runs = PlaybookRuns(self.ws)  # playbook_run: recipes on scratch workspaces
         self.config_lock = threading.Lock()
         self._config_cache: tuple[float, Any] | None = None
         self.config()  # create config.json with defaults on first start
@@ -78,7 +81,7 @@ def build_server(workspace: str | Path = "bt_workspace", *, token: str | None = 
     from . import notices, prompts, resources
     from .auth import auth_kwargs
     from .tools import register_all
-    from .tools.dashboard import build_apps
+    from .tools.dashboard import build_apps, hide_app_only
 
     if jobs_follow_session is None:
         jobs_follow_session = os.environ.get("BT_JOBS_FOLLOW_SESSION") == "1"
@@ -103,6 +106,7 @@ def build_server(workspace: str | Path = "bt_workspace", *, token: str | None = 
         log_level=log_level.upper(),  # type: ignore[arg-type]
         **auth_kwargs(token, host, port),
         extensions=[build_apps(app)],  # MCP Apps: the live dashboard (tools/dashboard.py)
+        middleware=[hide_app_only],  # app-only tools stay out of a non-Apps client's (the model's) tool list
     )
     register_all(server, app)
     notices.install(server, app.ws)  # results tell the agent when a damaged config/state was replaced

@@ -117,8 +117,8 @@ def _layer_row(attn, i: int, x, fact, include_maps: bool, dense_chunk_mask, T: i
         entropy = [round(float(h), 6) for h in info.entropy]
         maps = info.maps
         if fact_d.get("chunked") and maps is not None:
-            B, E = x.shape[0], attn.head_dim
-            q, k, _v = attn.qkv(x).view(B, T, 3, attn.nhead, E).permute(2, 0, 3, 1, 4)
+            E = attn.head_dim
+            q, k, _v = attn.project(x)
             scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(E)
             mask = dense_chunk_mask(T, attn.chunk_size, attn.overlap, attn.causal, x.device)
             dense = scores.masked_fill(~mask, float("-inf")).softmax(-1)

@@ -331,3 +331,21 @@ def diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
             out += diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
         return out
     return [] if old == new else [(prefix, old, new)]
+
+
+def choices(model: type[BaseModel] = RunConfig, prefix: str = "") -> dict[str, str]:
+    """Allowed values of every enum (Literal) field, e.g. {"data.source": "builtin|files|hf"}: get_config shows
+    them so an agent picks a valid value instead of learning it from an error."""
+    import typing
+    from types import UnionType
+
+    out: dict[str, str] = {}
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        options = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, UnionType) else (ann,)
+        for option in options:
+            if typing.get_origin(option) is typing.Literal:
+                out[prefix + name] = "|".join(map(str, typing.get_args(option)))
+            elif isinstance(option, type) and issubclass(option, BaseModel):
+                out.update(choices(option, f"{prefix}{name}."))
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 from bit_transformer.records import CorpusInfo
 
 from .views import DerivedFacts, MemoryEstimate, PlanDetail
-from .workspace import Workspace, WorkspaceError
+from .workspace import Workspace, WorkspaceError, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,10 @@ class Engine:
         if key not in self._params:
             import torch
 
-            from bit_transformer.model import BitTransformerLM
+            from bit_transformer.factory import build_model
 
             with torch.device("meta"):  # no memory, no init cost: just the shapes
-                self._params[key] = BitTransformerLM(model_cfg).num_parameters()
+                self._params[key] = build_model(model_cfg).num_parameters()
         return self._params[key]
 
     def plan(self, cfg, n_windows: int, *, steps: int | None = None, epochs: int | None = None) -> PlanDetail:
@@ -124,6 +125,56 @@ class Engine:
                              memory=memory_estimate(cfg, params), data=data, notes=notes)
         self._derived[key] = facts
         return facts
+
+    # ---- speed ---------------------------------------------------------------------------------------------------
+    SPEED_FILE = "speed.json"
+    SPEED_MAX_PARAMS = 20_000_000  # larger models are not probed by get_config (seconds per probe update)
+
+    def with_speed(self, cfg, facts: DerivedFacts) -> DerivedFacts:
+        """``facts`` plus measured seconds/update, the plan's ETA and one budget note (measured once per model and
+        batch shape on this machine, cached in the workspace's cache/speed.json)."""
+        from bit_transformer.budget import budget_advice
+
+        if facts.params is None or facts.params > self.SPEED_MAX_PARAMS:
+            return facts
+        try:
+            s = self.seconds_per_update(cfg)
+        except Exception as err:  # an estimate is a bonus: never fail get_config on it
+            log.warning("speed probe failed: %s", err)
+            return facts
+        plan, budget = facts.plan, cfg.train.time_budget
+        total = plan.total_updates if plan else None
+        eta = budget if budget is not None else (None if total is None else total * s)
+        note = budget_advice(s, plan.updates_per_epoch if plan else 1, time_budget=budget, total_updates=total)
+        return facts.model_copy(update={"s_per_update": round(s, 5), "eta_s": None if eta is None else round(eta, 1),
+                                        "notes": [*facts.notes, note]})
+
+    def seconds_per_update(self, cfg) -> float:
+        import torch
+
+        from bit_transformer.probe import estimate_update_seconds
+
+        threads = int(os.environ.get("BT_TORCH_THREADS") or torch.get_num_threads())  # what a worker will use
+        t = cfg.train
+        key = json.dumps({"model": cfg.model.model_dump(mode="json"), "threads": threads, **{
+            k: getattr(t, k) for k in ("batch_size", "accum_steps", "amp", "device", "optimizer", "objective")}},
+            sort_keys=True)
+        path = self.ws.cache_dir / self.SPEED_FILE
+        with self.lock:
+            try:
+                cache = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                cache = {}
+            if key in cache:
+                return float(cache[key])
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                cache[key] = estimate_update_seconds(cfg)
+            finally:
+                torch.set_num_threads(before)
+            atomic_write_json(path, cache)
+            return float(cache[key])
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
     def checkpoints(self) -> list[tuple[str, Any]]:
@@ -215,12 +266,12 @@ class Engine:
         """An untrained model of ``cfg.model`` (seeded), for inspection before any training."""
         import torch
 
+        from bit_transformer.factory import build_model
         from bit_transformer.memory_limits import check_fits
-        from bit_transformer.model import BitTransformerLM
 
         check_fits(cfg, purpose="building")  # never build in the server what the machine cannot hold
         torch.manual_seed(cfg.train.seed)
-        return BitTransformerLM(cfg.model).eval()
+        return build_model(cfg.model).eval()
 
 
 def corpus_info(corpus, load_s: float | None = None) -> CorpusInfo:

@@ -9,6 +9,8 @@ server over MCP like any agent. The package is expected to expose, at top level:
     get_recipe(task_id: str, scale: str = "smoke") -> Recipe | dict   # raises KeyError/ValueError if unknown
     render_prompt(target: str, scale: str = "smoke") -> str     # optional: prompt text for a task id or
                                                                  # "phase-1" / "phase-2" / "all"
+    brief_report(report: dict, budget=None, detail=False) -> dict   # a run report (``python -m playbook run
+                                                                 # --report``) as a compact PASS/FAIL table
 
 Anything missing is reported as a clear error (tools) or a generic text (prompts).
 """
@@ -81,3 +83,11 @@ def prompt_text(target: str, scale: str = "smoke") -> str | None:
     if callable(render):
         return str(render(target, scale))
     return None
+
+
+def brief_report(report: dict[str, Any], *, budget: int | None = None, detail: bool = False) -> dict[str, Any]:
+    """A ``python -m playbook run`` report as the compact PASS/FAIL table playbook_run returns."""
+    brief = getattr(_module(), "brief_report", None)
+    if not callable(brief):
+        raise PlaybookUnavailable("the installed playbook package has no brief_report (reinstall: pip install -e .)")
+    return brief(report, budget=budget, detail=detail)

@@ -46,6 +46,7 @@ class StepBrief(BaseModel):
     loss: Num | None = Field(None, description="Training loss (nats per bit).")
     bpb: float | None = Field(None, description="The same in bits per byte (loss x 9 / ln 2).")
     lr: float | None = None
+    bits_per_s: float | None = Field(None, description="Training throughput, bits per second.")
 
 
 class EvalBrief(BaseModel):
@@ -115,6 +116,8 @@ class DerivedFacts(BaseModel):
     memory: MemoryEstimate | None = None
     data: CorpusInfo | None = None
     notes: list[str] = Field(default_factory=list)
+    s_per_update: float | None = Field(None, description="Measured seconds per update on this machine (get_config).")
+    eta_s: float | None = Field(None, description="Seconds the plan (steps, epochs or time_budget) would take.")
 
 
 class PlanBrief(Open):
@@ -146,6 +149,8 @@ class DerivedView(Open):
     train_windows: int | None = None
     plan: PlanBrief | None = None
     memory_mb: float | None = Field(None, description="Rough training memory per micro-batch (MiB).")
+    s_per_update: float | None = None
+    eta_s: float | None = None
     notes: list[str] | None = None
 
 
@@ -156,19 +161,20 @@ def derived_view(facts: DerivedFacts | None, detail: bool = False) -> DerivedVie
         return DerivedView.model_validate(facts.model_dump(mode="json"))
     return DerivedView(params=facts.params, seq_len=facts.seq_len, train_windows=facts.train_windows,
                        plan=plan_brief(facts.plan), memory_mb=facts.memory.total_mb if facts.memory else None,
-                       notes=facts.notes or None)
+                       s_per_update=facts.s_per_update, eta_s=facts.eta_s, notes=facts.notes or None)
 
 
 class ConfigView(Open):
     config: dict[str, Any] = Field(description="The RunConfig: sections model, train, data (also bt://config).")
     derived: DerivedView | None = None
+    choices: dict[str, str] | None = Field(None, description="Allowed values of the enum fields, e.g. data.source.")
     path: str = Field(description="Where the config is stored, relative to the workspace.")
 
 
 class ChangedField(BaseModel):
     path: str = Field(description="Dotted field path, e.g. model.d_model.")
-    old: Any = None
-    new: Any = None
+    old: Any
+    new: Any  # required, so a field reset to null shows "new": null rather than no "new" at all
 
 
 MAX_CHANGES = 12  # patch_config lists at most this many changed fields (changed_count has them all)
@@ -303,3 +309,28 @@ class DataPrepResult(CorpusInfo):
 class PlaybookView(Open):
     available: bool
     error: str | None = None
+
+
+class RunProgress(BaseModel):
+    done: int = Field(0, description="Recipes finished.")
+    total: int = 0
+    passed: int = 0
+    current: str | None = Field(None, description="The task running now.")
+
+
+class PlaybookRunView(BaseModel):
+    """A playbook run (playbook_run, or get_job on its id): where it runs, progress, then the PASS/FAIL table."""
+
+    job_id: str
+    status: Literal["running", "completed", "cancelled", "failed"]
+    active: bool
+    where: str = Field(description="The scratch workspace it runs on; the user's work is untouched.")
+    runs: str = Field(description="What runs: phase or task, scale, recipe count.")
+    progress: RunProgress
+    reason: str | None = None
+    summary: str | None = Field(None, description="'13/13 recipes passed' (and how many checks are not shown).")
+    table: list[str] | None = Field(None, description="A row per recipe (id, PASS/FAIL, checks passed, seconds), "
+                                    "then its checks: 'step: path op expected (got measured)'; '!!' = failed.")
+    report: str = Field(description="The full JSON report, relative to the workspace.")
+    elapsed_s: float | None = None
+    next: str = ""

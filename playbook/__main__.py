@@ -98,7 +98,8 @@ async def run_async(args: argparse.Namespace) -> tuple[object, Path | None, Path
     try:
         async with Client(target) as client:
             runner = Runner(client, scale=args.scale, overrides=set(args.override), poll_s=args.poll_s,
-                            job_timeout_s=timeout, server=server, workspace=workspace)
+                            job_timeout_s=timeout, server=server, workspace=workspace,
+                            on_report=lambda r: r.write(args.report))  # progress: the recipes so far
             runner.say(f"playbook: {len(recipes)} recipes at scale {args.scale} via {server}")
             return await runner.run(recipes), tmp, log_path
     finally:

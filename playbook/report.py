@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,6 +74,9 @@ class RunReport(BaseModel):
     server: str = Field(description="How the server was reached (command or URL).")
     workspace: str | None = None
     started_at: float
+    planned: list[str] = Field(default_factory=list, description="Task ids to run, in order.")
+    current: str | None = Field(None, description="The task running now (a report written during the run).")
+    complete: bool = Field(False, description="False while the run goes on: the report holds the recipes so far.")
     elapsed_s: float = 0.0
     ok: bool = False
     counts: dict[str, int] = Field(default_factory=dict)
@@ -95,12 +99,16 @@ class RunReport(BaseModel):
         self.counts = {s: sum(r.status == s for r in self.recipes) for s in ("passed", "failed", "refused", "error",
                                                                           "skipped")}
         self.ok = bool(self.recipes) and all(r.status == "passed" for r in self.recipes)
+        self.current, self.complete = None, True
         return self
 
     def write(self, path: str | Path) -> Path:
+        """Atomically (write, then rename): the server's playbook_run reads it while the run goes on."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(self.model_dump(mode="json"), indent=2, default=str) + "\n", encoding="utf-8")
+        tmp = p.with_name(f".{p.name}.tmp")
+        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, p)
         return p
 
 
@@ -172,3 +180,60 @@ def table(report: RunReport, *, verbose: bool = False) -> str:
 
 def _kb(n: int) -> str:
     return f"{n / 1024:.1f}"
+
+
+RESULT_NAMES = {"passed": "PASS", "failed": "FAIL", "refused": "REFUSED", "error": "ERROR", "skipped": "SKIP"}
+
+
+def _check_line(c: CheckResult) -> str:
+    """'job: last_step.lr ~= 1.2e-08 (got 1.21e-08)', '(ok)' when they read the same; a failed check starts
+    with '!!' (a precondition '??')."""
+    mark = "" if c.ok else ("?? " if c.precondition else "!! ")
+    expected, got = _expected(c), short(c.measured, 30)
+    line = f"{mark}{_label(c)} {expected}"
+    if c.ok and (got == expected or c.op in ("exists", "not null")):
+        return line + " (ok)"  # the measured value is the expected one
+    return line + f" (got {got})" + (f" FIX: {c.fix}" if c.fix and not c.ok else "")
+
+
+def brief(report: RunReport | dict[str, Any], *, budget: int | None = None, detail: bool = False) -> dict[str, Any]:
+    """The report as an agent reads it: a PASS/FAIL row per recipe, then its checks with expected and measured
+    values. ``detail``: every check, titles and reasons. Otherwise failed checks and key checks, as many as fit
+    ``budget`` bytes of compact JSON (failed ones first); ``omitted`` says how many were left out."""
+    rep = report if isinstance(report, RunReport) else RunReport.model_validate(report)
+    rows: list[tuple[str, list[tuple[int, str]]]] = []  # (recipe row, [(priority, check line)])
+    for r in rep.recipes:
+        checks = r.checks
+        head = f"{r.id} {RESULT_NAMES[r.status]}{'*' if r.override else ''} {sum(c.ok for c in checks)}/{len(checks)}"
+        head += f" {r.elapsed_s:.0f}s" + (f" {r.title}" if detail else "")
+        if r.reason and r.status != "passed":
+            head += f" -> {r.reason[:300 if detail else 160]}"
+        shown = [(0 if not c.ok else 1, "  " + _check_line(c)) for c in checks if detail or c.key or not c.ok]
+        rows.append((head, shown))
+    n_pass = sum(r.status == "passed" for r in rep.recipes)
+    out: dict[str, Any] = {"summary": f"{n_pass}/{len(rep.planned) or len(rep.recipes)} recipes passed"
+                                      + ("" if rep.complete else f" so far ({len(rep.recipes)} run)")}
+    out["table"] = [line for head, shown in rows for line in (head, *(text for _, text in shown))]
+    if detail or budget is None:
+        return out
+    # Over budget: drop passing key checks (from the last recipe back), then failed ones' tails, keeping every row.
+    dropped = 0
+    for priority in (1, 0):
+        for i in range(len(rows) - 1, -1, -1):
+            head, shown = rows[i]
+            while shown and _size(out, rows, dropped) > budget:
+                j = max((k for k, (p, _) in enumerate(shown) if p == priority), default=None)
+                if j is None:
+                    break
+                shown.pop(j)
+                dropped += 1
+    out["table"] = [line for head, shown in rows for line in (head, *(text for _, text in shown))]
+    if dropped:
+        out["omitted"] = f"{dropped} checks not shown (include=['result'] lists all)"
+    return out
+
+
+def _size(out: dict[str, Any], rows: list, dropped: int) -> int:
+    table = [line for head, shown in rows for line in (head, *(text for _, text in shown))]
+    extra = 56 if dropped else 0
+    return len(json.dumps({**out, "table": table}, separators=(",", ":"), ensure_ascii=False).encode()) + extra

@@ -36,7 +36,8 @@ class ToolFailure(RuntimeError):
 class Runner:
     def __init__(self, client: Any, *, scale: str = "smoke", overrides: set[str] | None = None,
                  poll_s: float = POLL_S, job_timeout_s: float | None = None, call_timeout_s: float = 600.0,
-                 log: TextIO | None = None, server: str = "", workspace: str | None = None):
+                 log: TextIO | None = None, server: str = "", workspace: str | None = None,
+                 on_report: Callable[[RunReport], None] | None = None):
         self.client = client
         self.scale = scale
         self.overrides = {o.upper() for o in (overrides or set())}
@@ -46,6 +47,7 @@ class Runner:
         self.out = log if log is not None else sys.stderr
         self.server = server
         self.workspace = workspace
+        self.on_report = on_report  # called with the report before each recipe (current set) and after it
         self.tools: set[str] = set()
         self._last_progress = 0.0
         self._last_update: Any = None
@@ -219,15 +221,25 @@ class Runner:
 
     async def run(self, recipes: list[ResolvedRecipe]) -> RunReport:
         t0 = time.monotonic()
-        report = RunReport(scale=self.scale, server=self.server, workspace=self.workspace, started_at=time.time())
+        report = RunReport(scale=self.scale, server=self.server, workspace=self.workspace, started_at=time.time(),
+                           planned=[r.id for r in recipes])
         listed = await self.client.list_tools()
         self.tools = {t.name for t in listed.tools}
         self.tools_bytes = tools_bytes(list(listed.tools))
         report.tools_count = len(listed.tools)
         report.tools_list_bytes, report.tools_list_bytes_model = self.tools_bytes
         for i, recipe in enumerate(recipes, 1):
+            report.current = recipe.id
+            self._report(report)
             report.recipes.append(await self.run_recipe(recipe, i, len(recipes)))
         return report.finish(time.monotonic() - t0)
+
+    def _report(self, report: RunReport) -> None:
+        if self.on_report is not None:
+            try:
+                self.on_report(report)
+            except OSError as err:  # a progress file is a courtesy: never stop the run on it
+                self.say(f"could not write the progress report: {err}")
 
 
 # ------------------------------------------------------------------------------------------------ transports

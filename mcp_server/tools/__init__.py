@@ -6,7 +6,7 @@ from mcp.server.mcpserver import MCPServer
 
 
 def register_all(server: MCPServer, app) -> None:
-    from . import config, inspect, model, playbook, training
+    from . import config, inspect, model, playbook, playbook_run, training
 
-    for module in (config, training, model, inspect, playbook):
+    for module in (config, training, model, inspect, playbook, playbook_run):
         module.register(server, app)

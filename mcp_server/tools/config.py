@@ -8,7 +8,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult
 from pydantic import Field
 
-from ..config_ops import PatchError, apply_patch
+from ..config_ops import PatchError, apply_patch, choices
 from ..views import MAX_CHANGES, ChangedField, ConfigView, DataPrepResult, DerivedFacts, PatchResult, derived_view
 from ..workspace import WorkspaceError
 from .common import guarded, read_only, writes
@@ -25,35 +25,32 @@ def register(server: MCPServer, app) -> None:
     @server.tool(annotations=read_only("Get the run configuration"))
     @guarded
     def get_config(
-        derived: Annotated[bool, Field(description="Also compute parameter count, train windows, the plan's update "
-                                       "counts and a memory estimate (the first call loads the data).")] = True,
-        detail: Annotated[bool, Field(description="Full derived facts: the whole plan, memory breakdown, data "
-                                      "facts.")] = False,
+        derived: Annotated[bool, Field(description="Add derived facts incl. s_per_update/eta_s (the first call loads "
+                                       "the data; each new model/batch shape is timed once, ~1-2 s).")] = True,
+        detail: Annotated[bool, Field(description="Full derived facts: whole plan, memory, data.")] = False,
     ) -> Annotated[CallToolResult, ConfigView]:
-        """The current run configuration (sections model, train, data) and facts derived from it (params,
-        train_windows, plan.total_updates, memory_mb, notes). Call it first: patch_config takes the same shape.
-        Read derived.notes: they warn about settings that make training slow or impossible."""
+        """The run configuration (sections model, train, data), allowed values of its enum fields (choices) and
+        derived facts (params, train_windows, plan.total_updates, memory_mb, s_per_update, eta_s; notes warn of
+        slow or impossible settings). Call it first: patch_config takes the same shape."""
         cfg = app.config()
-        facts = derived_or_note(cfg) if derived else None
+        facts = app.engine.with_speed(cfg, derived_or_note(cfg)) if derived else None
         return reply(ConfigView(config=cfg.model_dump(mode="json"), derived=derived_view(facts, detail),
-                                path=app.ws.rel(app.ws.config_path)))
+                                choices=choices(), path=app.ws.rel(app.ws.config_path)))
 
     @server.tool(annotations=writes("Patch the run configuration", destructive=True, idempotent=True))
     @guarded
     def patch_config(
         patch: Annotated[dict[str, Any], Field(
-            description="JSON merge patch over the config, e.g. {\"model\": {\"layers\": 2, \"d_model\": 32}, "
-            "\"train\": {\"batch_size\": 8}}. null resets a field to its default. Dotted keys (\"model.d_model\"), "
-            "bare field names ({\"layers\": 8, \"lr\": 1e-3}) and common aliases (learning_rate, max_steps, "
-            "n_layer, n_head, n_embd, block_size) are routed to their field.")],
+            description="JSON merge patch, e.g. {\"model\": {\"layers\": 2}, \"train\": {\"batch_size\": 8}}; null "
+            "resets a field to its default. Dotted keys, bare field names and common aliases (learning_rate, "
+            "n_layer, block_size...) are routed to their field.")],
         dry_run: Annotated[bool, Field(description="Validate and report, but do not save.")] = False,
         include_config: Annotated[bool, Field(description="Also return the whole new config.")] = False,
     ) -> Annotated[CallToolResult, PatchResult]:
-        """Change the run configuration; returns every changed field (old -> new), notes on how the patch was read
-        and the derived facts of the new config (params, plan.total_updates, memory_mb). An invalid patch
-        changes nothing and the error names every bad field with a fix. A running job keeps its own config.
-        Common mistake: a field in the wrong section or another trainer's name; the error or the notes say
-        where it went. Sending get_config's result back (edited) also works."""
+        """Change the run configuration: returns each changed field (old -> new), notes on how the patch was read
+        (a field in the wrong section or another trainer's name is routed, and said) and the new derived facts.
+        An invalid patch changes nothing; the error names each bad field and the fix. A running job keeps its
+        own config. get_config's result, edited, is accepted too."""
         with app.config_lock:
             notes: list[str] = []
             new, changes = apply_patch(app.config(), patch, notes)
@@ -73,12 +70,10 @@ def register(server: MCPServer, app) -> None:
                                        open_world=True))
     @guarded
     def prepare_data(
-        reload: Annotated[bool, Field(description="Read the source again and re-check the bit cache (a second "
-                                      "load of unchanged text is a cache hit).")] = True,
+        reload: Annotated[bool, Field(description="Read the source again and re-check the cache.")] = True,
     ) -> Annotated[CallToolResult, DataPrepResult]:
-        """Load the configured text, encode it to bits once into the workspace's memory-mapped cache and report
-        bytes, windows and whether the cache was hit. Use before a long run to check the data (data.source
-        'hf' downloads here, not in get_config)."""
+        """Load the configured text, encode it once into the workspace's bit cache, and report bytes, windows and
+        cache_hit. Use before a long run to check the data (data.source 'hf' downloads here)."""
         cfg = app.config()
         corpus = app.engine.corpus(cfg.data, force=reload)
         view = app.engine.data_view(corpus)

@@ -2,6 +2,7 @@
 
 Apps are an extension that ``MCPServer`` takes at construction, so ``build_apps(app)`` returns the
 ``Apps`` instance for ``MCPServer(..., extensions=[...])`` rather than registering on a built server.
+``hide_app_only`` keeps ``dashboard_data`` out of tools/list for clients without Apps.
 Both tools return a one-line text result: the app's data travels as ``structuredContent`` of the
 app-only tool, which hosts hand to the app and keep out of the model's context.
 """
@@ -16,6 +17,7 @@ from mcp.server.mcpserver import Context
 from mcp.types import CallToolResult, TextContent
 from pydantic import Field
 
+from ..budget import app_only
 from ..dashboard import URI, html
 from ..dashboard.data import find_job, snapshot, to_bpb
 from .common import guarded, read_only
@@ -73,3 +75,12 @@ def build_apps(app) -> Apps:
         return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=snap)
 
     return apps
+
+
+async def hide_app_only(ctx, call_next):
+    """Server middleware: a client that does not render MCP Apps is not sent app-only tools in tools/list (it
+    would put them in the model's context: hosts with Apps hide them themselves). They stay callable."""
+    result = await call_next(ctx)
+    if ctx.method == "tools/list" and isinstance(result, dict) and not client_supports_apps(ctx):
+        result = {**result, "tools": [t for t in result.get("tools") or [] if not app_only(t)]}
+    return result

@@ -26,14 +26,13 @@ def register(server: MCPServer, app) -> None:
     @server.tool(annotations=read_only("Latest telemetry and safety gate state", open_world=True))
     @guarded
     def telemetry(
-        compute: Annotated[bool, Field(description="Also measure K/C/S now on validation text with the current "
-                                       "model (slower; needs a checkpoint).")] = False,
-        job_id: Annotated[str | None, Field(max_length=80, description="Job to read; default: the newest job "
-                                            "that reported telemetry.")] = None,
+        compute: Annotated[bool, Field(description="Also measure K/C/S of the current model now (slower).")]
+        = False,
+        job_id: Annotated[str | None, Field(max_length=80, description="Default: the newest job with "
+                                            "telemetry.")] = None,
     ) -> Annotated[CallToolResult, TelemetryView]:
-        """Latest K (negentropy), C (LZ complexity), S (symbiosis) and attention entropy, the safety gate's EMAs
-        and state (burn-in, triggered) from training, and the verdict of the last generate(). Use to see why the
-        gate stopped a job, or compute=true to measure the current model now."""
+        """Latest K (negentropy), C (LZ complexity), S (symbiosis), attention entropy and the safety gate's EMAs
+        and state from training, plus the last generate()'s verdict. Use to see why the gate stopped a job."""
         jobs = app.jobs.all()
         if job_id is not None:
             job = app.jobs.get(job_id)
@@ -81,21 +80,20 @@ def register(server: MCPServer, app) -> None:
     @server.tool(annotations=read_only("Inspect attention"))
     @guarded
     def inspect_attention(
-        text: Annotated[str, Field(min_length=1, max_length=100_000, description="Input (cut to max_seq_len bits; "
-                                   "longer than chunk_size bits to see chunking).")] = DEFAULT_TEXT,
+        text: Annotated[str, Field(min_length=1, max_length=100_000, description="Input (cut to max_seq_len "
+                                   "bits).")] = DEFAULT_TEXT,
         layer: Annotated[int | None, Field(ge=0, le=255, description="One layer; default all.")] = None,
         chunk_size: Annotated[int | None, Field(ge=0, le=1 << 20, description="Override chunk_size (0 = full "
-                                                "attention); default: the config's.")] = None,
+                                                "attention).")] = None,
         overlap: Annotated[int | None, Field(ge=0, le=1 << 20, description="Override overlap.")] = None,
         causal: Annotated[bool | None, Field(description="Override causal.")] = None,
         full_attn_logging: Annotated[bool | None, Field(description="Override full_attn_logging.")] = None,
         include_maps: Annotated[bool, Field(description="Return head-averaged T x T maps (large).")] = False,
         checkpoint: Checkpoint = None,
     ) -> Annotated[CallToolResult, AttentionReport]:
-        """How attention runs for a short input: SDPA backend facts (is_causal, dense mask or not, chunked) per
-        layer, per-head entropy, mask-cache hits/misses over two passes, the resolved full_attn_logging and whether
-        stitched chunk maps match a dense reference (at the chunk edges too). Uses the config's attention settings
-        on the current model's weights (a fresh model if none matches)."""
+        """How attention runs on a short input, per layer: SDPA facts (is_causal, dense mask, chunked), head
+        entropy, mask-cache hits/misses over two passes, resolved full_attn_logging, and whether stitched chunk
+        maps match a dense reference. The config's attention settings on the current model (else a fresh one)."""
         cfg = app.config()
         updates = {k: v for k, v in (("causal", causal), ("full_attn_logging", full_attn_logging)) if v is not None}
         if chunk_size is not None:
@@ -113,9 +111,9 @@ def register(server: MCPServer, app) -> None:
 
             new_cfg = ModelConfig.model_validate(wanted)
             if new_cfg != model.cfg:
-                from bit_transformer.model import BitTransformerLM
+                from bit_transformer.factory import build_model
 
-                clone = BitTransformerLM(new_cfg)
+                clone = build_model(new_cfg)
                 # Attention settings change no parameter shapes; only a bidirectional clone has a MASK vector
                 # (unused here: the probe reads clean bits), which a causal source lacks and the reverse.
                 result = clone.load_state_dict(model.state_dict(), strict=False)

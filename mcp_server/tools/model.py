@@ -40,7 +40,7 @@ from .compact import reply
 GENERATE_LIMIT_S = 40.0
 
 Checkpoint = Annotated[str | None, Field(
-    max_length=200, description="Checkpoint '<run>/<name>' from list_checkpoints(); default: the current model.")]
+    max_length=200, description="'<run>/<name>' (list_checkpoints); default: the current model.")]
 
 
 def register(server: MCPServer, app) -> None:
@@ -55,11 +55,11 @@ def register(server: MCPServer, app) -> None:
         = 16384,
         checkpoint: Checkpoint = None,
         compressors: Annotated[bool, Field(description="Also report gzip/bzip2/xz bits per byte.")] = True,
+        detail: Annotated[bool, Field(description="Add by_phase: loss and accuracy per bit position.")] = False,
     ) -> Annotated[CallToolResult, EvalResult]:
-        """Bits per byte of the current model (or checkpoint=...) on the validation split (default), the training
-        split or given text: bits_per_byte over all 9 bit positions, data_bits_per_byte (the 8 data bits),
-        bit_accuracy, and gzip/bzip2/xz baselines. Good result: bits_per_byte below the compressors'. Use after
-        a job completed. Common mistake: no model yet (train first, or load_checkpoint)."""
+        """Bits per byte of the current model (or checkpoint=...) on val (default), train or given text:
+        bits_per_byte (all 9 bit positions; compare it with the gzip/bzip2/xz figures, which get the training
+        text as context on val), data_bits_per_byte (8 data bits), bit_accuracy. Good: below the compressors'."""
         from bit_transformer.baselines import training_context
         from bit_transformer.evaluate import evaluate_bits, evaluate_text
 
@@ -79,6 +79,15 @@ def register(server: MCPServer, app) -> None:
                 source = split
         data = report.model_dump(mode="json")
         data.pop("telemetry", None)  # per-layer, per-head numbers grow with depth: telemetry(compute=true) has them
+        loss, accuracy = data.pop("loss_by_phase"), data.pop("accuracy_by_phase")
+        if detail:
+            data["by_phase"] = {"phases": "0-7: data bits, most significant first; 8: parity", "loss_nats": loss,
+                                "accuracy": accuracy}
+        if data.get("compressors"):
+            ctx = data.get("compressor_context_bytes") or 0
+            data["compare"] = ("bits_per_byte is the figure to compare with compressors (each one's bits per byte "
+                               "of the same bytes" + (f", given {ctx} bytes of the training text as context first)"
+                                                      if ctx else ", with no context)"))
         return reply(EvalResult(source=source, checkpoint=name, **data))
 
     @server.tool(annotations=writes("Generate text (records its telemetry)", destructive=False))
@@ -93,10 +102,11 @@ def register(server: MCPServer, app) -> None:
         mode: Annotated[Literal["auto", "causal", "diffusion"], Field(
             description="auto: the model's own; diffusion needs a denoising model.")] = "auto",
         steps: Annotated[int, Field(ge=1, le=1024, description="diffusion: unmasking rounds.")] = 32,
+        telemetry: Annotated[bool, Field(description="Add K/C/S telemetry of the generated bits.")] = False,
     ) -> Annotated[CallToolResult, GenerateResult]:
-        """Continue a prompt with parity-constrained sampling (every byte decodes): returns text, parity_ok, K/C/S
-        telemetry and the safety gate's verdict. Use seed=N for reproducible output, temperature=0 for greedy.
-        Common mistake: a large max_bytes on CPU is slow; start with 64 (sampling stops after 40 s, see stopped)."""
+        """Continue a prompt with parity-constrained sampling (every byte decodes): text, parity_ok and the safety
+        gate's verdict. seed=N reproduces, temperature=0 is greedy. A large max_bytes is slow on CPU: start with
+        64 (sampling stops after 40 s, see stopped)."""
         from bit_transformer.generate import generate as gen
 
         with engine.lock:
@@ -107,22 +117,24 @@ def register(server: MCPServer, app) -> None:
         app.ws.update_state(last_generation={"checkpoint": name, "time": time.time(), "C": data.get("C"),
                                              "S": data.get("S"), "telemetry": data.get("telemetry"),
                                              "verdict": data.get("verdict")})
+        data.pop("full_text", None)  # = prompt + text
+        if not telemetry:
+            for key in ("telemetry", "C", "S"):
+                data.pop(key, None)
         return reply(GenerateResult(checkpoint=name, **data))
 
     @server.tool(annotations=writes("Export an INT8 model", destructive=True, idempotent=True, open_world=True))
     @guarded
     def export_int8(
-        name: Annotated[str | None, Field(max_length=80, description="Export name (letters, digits, . _ -); "
-                                          "default derived from the checkpoint. An existing export of that name is "
-                                          "replaced.")] = None,
+        name: Annotated[str | None, Field(max_length=80, description="Export name (letters, digits, . _ -; "
+                                          "default from the checkpoint); replaces one of that name.")] = None,
         checkpoint: Checkpoint = None,
         eval_bytes: Annotated[int, Field(ge=0, le=1_000_000, description="Validation bytes used to measure the "
-                                         "quality change (0 = skip).")] = DEFAULT_EVAL_BYTES,
+                                         "change (0 = skip).")] = DEFAULT_EVAL_BYTES,
     ) -> Annotated[CallToolResult, ExportResult]:
-        """Quantize the current model (or checkpoint=...) to INT8 (dynamic quantization of linear layers;
-        QAT-trained weights when train.qat) and save it under exports/<name>/. Good result: size_ratio > 3 and
-        a small bpb_delta (int8 minus fp32 bits per byte on validation text). list_exports() lists exports,
-        delete(export=name) removes one."""
+        """Quantize the current model (or checkpoint=...) to INT8 (dynamic quantization of linear layers; QAT
+        weights when train.qat) into exports/<name>/. Good result: size_ratio > 3 and a small bpb_delta (int8
+        minus fp32 bits per byte on validation text)."""
         from bit_transformer.export import Int8Info, export_int8_checked
 
         with engine.lock:
@@ -150,9 +162,8 @@ def register(server: MCPServer, app) -> None:
         seed: Annotated[int, Field(ge=0, le=2**31 - 1, description="Seed for the new weights.")] = 0,
         checkpoint: Checkpoint = None,
     ) -> Annotated[CallToolResult, ScaleResult]:
-        """Grow the current model in depth and/or width (function-preserving where the engine can), save it as a
-        checkpoint, make it the model of the next train() and set config.model to it. Returns the rebuilt plan
-        (schedule horizon for the upcoming run)."""
+        """Grow the current model in depth and/or width (function-preserving where it can), save it as a
+        checkpoint, the next train()'s model and config.model. Returns the rebuilt plan for the next run."""
         if all(v is None for v in (layers, d_model, dim_feedforward, nhead)):
             raise ToolError("nothing to grow: give layers, d_model, dim_feedforward and/or nhead")
         busy = app.jobs.active()
@@ -190,9 +201,9 @@ def register(server: MCPServer, app) -> None:
         limit: Annotated[int, Field(ge=1, le=1000, description="Newest checkpoints to list.")] = 12,
         run: Annotated[str | None, Field(max_length=80, description="Only this run's checkpoints.")] = None,
     ) -> Annotated[CallToolResult, CheckpointList]:
-        """Saved checkpoints ('<run>/<name>', newest last) with update, val_bpb and kind; current marks the model
-        evaluate/generate/export_int8 use, starts_next_run the next train()'s start. Use to pick a name for
-        load_checkpoint, evaluate(checkpoint=...) or delete(checkpoint=...). total counts all."""
+        """Saved checkpoints ('<run>/<name>', newest last): update, val_bpb, kind; current = the model
+        evaluate/generate/export_int8 use, starts_next_run = the next train()'s start. Names for load_checkpoint,
+        evaluate(checkpoint=...) and delete."""
         state = app.ws.load_state()
         rows = [(name, info) for name, info in engine.checkpoints() if run is None or name.split("/", 1)[0] == run]
         out = [CheckpointView(name=name, update=info.update, val_bpb=_r(info.val_bpb), kind=info.kind,
@@ -208,9 +219,9 @@ def register(server: MCPServer, app) -> None:
         name: Annotated[str, Field(min_length=1, max_length=200, description="'<run>/<name>' from "
                                    "list_checkpoints(), a unique bare name, or 'latest'.")],
     ) -> Annotated[CallToolResult, LoadResult]:
-        """Make a checkpoint the current model (evaluate/generate/export_int8 use it) and the start of the next
-        train() (fresh optimizer and schedule); sets config.model to its architecture (changed lists it). To
-        continue a run with its optimizer and schedule use train(resume=<run>) instead."""
+        """Make a checkpoint the current model (evaluate/generate/export_int8) and the next train()'s start (fresh
+        optimizer and schedule); config.model becomes its architecture (changed lists it). To continue a run
+        with its optimizer and schedule, use train(resume=<run>)."""
         with engine.lock:
             name, model, _ = engine.model(name)
             meta = engine.checkpoint_meta(app.ws.checkpoint_path(name))
@@ -232,8 +243,7 @@ def register(server: MCPServer, app) -> None:
     def list_exports(
         limit: Annotated[int, Field(ge=1, le=1000, description="Newest exports to list.")] = 12,
     ) -> Annotated[CallToolResult, ExportList]:
-        """INT8 exports under exports/ (newest last): name, workspace-relative path, size and the checkpoint it
-        was made from. Use to find an export to ship or to delete(export=name)."""
+        """INT8 exports (newest last): name, workspace-relative path, size and source checkpoint."""
         sources = _sources(app.ws)
         rows = []
         for d in app.ws.exports_dir.iterdir() if app.ws.exports_dir.is_dir() else []:
@@ -247,18 +257,16 @@ def register(server: MCPServer, app) -> None:
     @server.tool(annotations=writes("Delete a run, checkpoint or export", destructive=True, idempotent=True))
     @guarded
     def delete(
-        run: Annotated[str | None, Field(max_length=80, description="A run (runs/<run>/, e.g. 'job-0001') with "
-                                         "all its checkpoints.")] = None,
+        run: Annotated[str | None, Field(max_length=80, description="A run (e.g. 'job-0001'), all its "
+                                         "checkpoints.")] = None,
         checkpoint: Annotated[str | None, Field(max_length=200, description="One checkpoint '<run>/<name>'.")]
         = None,
         export: Annotated[str | None, Field(max_length=80, description="One INT8 export name.")] = None,
-        dry_run: Annotated[bool, Field(description="Report what would be removed and the bytes freed; remove "
-                                       "nothing.")] = False,
+        dry_run: Annotated[bool, Field(description="Only report what would go.")] = False,
     ) -> Annotated[CallToolResult, DeleteResult]:
-        """Permanently remove one run, checkpoint or export to free disk space (give exactly one). Refuses the
-        current checkpoint, the next run's start and anything of a run an active job trains; the error says what
-        to do instead (load_checkpoint another one, or cancel_job first). Job records stay (list_jobs). Use
-        dry_run=true first to see the bytes freed."""
+        """Permanently remove one run, checkpoint or export (give exactly one) to free disk. Refuses the current
+        checkpoint, the next run's start and an active job's run (the error says what to do). Job records stay.
+        dry_run=true shows the bytes freed."""
         given = [(k, v) for k, v in (("run", run), ("checkpoint", checkpoint), ("export", export)) if v]
         if len(given) != 1:
             raise ToolError("give exactly one of run, checkpoint or export (list_checkpoints() / list_exports() "

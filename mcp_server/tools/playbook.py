@@ -16,8 +16,8 @@ from ..views import PlaybookView
 from .common import guarded, read_only
 from .compact import dump, reply
 
-Scale = Annotated[Literal["smoke", "full"], Field(description="smoke: CPU-sized in minutes; full: the real run.")]
-Detail = Annotated[bool, Field(description="Everything: why/notes per step and expectation, and the prompt text.")]
+Scale = Annotated[Literal["smoke", "full"], Field(description="full: the real run (hours).")]
+Detail = Annotated[bool, Field(description="Add why/notes and the prompt text.")]
 NO_VALUE = ("exists", "is null", "not null", "finite", "nondecreasing", "nonincreasing")
 
 
@@ -75,9 +75,9 @@ def register(server: MCPServer, app) -> None:
     @server.tool(annotations=read_only("List playbook recipes"))
     @guarded
     def playbook_list(scale: Scale = "smoke", detail: Detail = False) -> Annotated[CallToolResult, PlaybookView]:
-        """The playbook's recipes in order (Phase 1 checks 1-12, Phase 2 training tasks A-C): id, phase, title
-        (detail=true adds why, preconditions and tools). Run each with playbook_step(task_id) top to bottom, or
-        use the prompts run_playbook / playbook_phase_1 / playbook_task_<id>."""
+        """The playbook's recipes in order (Phase 1 checks 1-12 and sanity, Phase 2 tasks A-C): id, phase, title
+        (detail=true: why, preconditions, tools). playbook_run(task_id or phase) runs and checks them for you;
+        playbook_step(task_id) gives one recipe's calls to make yourself."""
         try:
             recipes = hook.list_recipes(scale)
         except hook.PlaybookUnavailable as err:
@@ -92,14 +92,12 @@ def register(server: MCPServer, app) -> None:
         task_id: Annotated[str, Field(min_length=1, max_length=40, description="Recipe id, e.g. '1', '12', 'A'.")],
         scale: Scale = "smoke",
         detail: Detail = False,
-        from_step: Annotated[int, Field(ge=0, le=100, description="First step to return (a long recipe comes in "
-                                        "parts: pass the result's next_step).")] = 0,
+        from_step: Annotated[int, Field(ge=0, le=100, description="First step (a result's next_step).")] = 0,
     ) -> Annotated[CallToolResult, PlaybookView]:
-        """One recipe: its preconditions and ordered steps (tool, exact args) with the checks each result must
-        pass ('path op value'; $steps.<id>.x is an earlier step's result, $.x this one). For a step with wait,
-        poll get_job(job_id, wait_s=50) until active is false, then call get_job(job_id, **fetch) once and check
-        that result. A failed precondition check refuses the recipe: report its FIX. A long recipe comes in parts:
-        when next_step is set, call again with from_step=next_step."""
+        """One recipe's preconditions and ordered steps (tool, exact args) with the checks each result must pass
+        ('path op value'; $steps.<id>.x = an earlier step's result, $.x this one). A wait step: poll
+        get_job(job_id, wait_s=50) until active is false, then check get_job(job_id, **fetch). A failed
+        precondition refuses the recipe: report its FIX. When next_step is set, call again with from_step."""
         try:
             recipe = hook.get_recipe(task_id, scale)
             prompt = hook.prompt_text(task_id, scale) if detail else None

@@ -20,6 +20,7 @@ from ..dashboard import URI as DASHBOARD_URI
 from ..events import downsample
 from ..job import TrainRequest
 from ..jobs import TERMINAL, Job, JobBusyError
+from ..playbook_job import owns as is_playbook_run
 from ..views import EvalBrief, GateBrief, JobList, JobSummary, JobView, PlanDetail, ProgressView, StepBrief
 from .common import guarded, read_only, writes
 from .compact import reply
@@ -35,8 +36,8 @@ REQUEST_KEYS = ("steps", "epochs", "resume", "run", "resumes", "init_name", "pro
 
 JobId = Annotated[str | None, Field(description="Job id such as 'job-0001'; default: the newest job.",
                                     max_length=80)]
-WaitS = Annotated[float, Field(ge=0, le=300, description="Wait up to this many seconds for the job to end; keep "
-                               "<= 50 (client timeouts) and poll again.")]
+WaitS = Annotated[float, Field(ge=0, le=300, description="Seconds to wait for the job to end; <= 50 (client "
+                               "timeouts), then poll again.")]
 History = Annotated[int, Field(ge=0, le=HISTORY_CAP, description="Also return up to N step points (downsampled).")]
 Include = Annotated[list[Section], Field(description="Detail sections to add.")]
 
@@ -77,7 +78,8 @@ def job_view(job: Job, *, history: int = 0, include: list[str] | tuple[str, ...]
                               fraction=round(update / total, 4) if total else None,
                               eta_s=round(eta, 1) if eta is not None else None),
         step=StepBrief(update=update, loss=_round(step.loss),
-                       bpb=_bpb(step.raw_loss if step.raw_loss is not None else step.loss), lr=step.lr)
+                       bpb=_bpb(step.raw_loss if step.raw_loss is not None else step.loss), lr=step.lr,
+                       bits_per_s=round(step.bits_per_s) if math.isfinite(step.bits_per_s) else None)
         if step else None,
         eval=EvalBrief(update=ev.update, val_bpb=_round(ev.val_bpb, 4), val_loss=_round(ev.val_loss)) if ev else None,
         gate=_gate(ev), checkpoint=rec.checkpoint, run=job.run,
@@ -88,8 +90,9 @@ def job_view(job: Job, *, history: int = 0, include: list[str] | tuple[str, ...]
         "last_step": lambda: step,
         "evals": lambda: evals,
         "data": lambda: rec.data,
-        "result": lambda: rec.result and rec.result.model_copy(update={
-            "plan": _plan(job, rec.result.plan), "checkpoint": _named(job, rec.result.checkpoint)}),
+        # The outcome only: plan, last_step and last_eval are their own sections (not repeated here).
+        "result": lambda: rec.result and {**rec.result.model_dump(exclude={"plan", "last_step", "last_eval"}),
+                                          "checkpoint": _named(job, rec.result.checkpoint)},
         "request": lambda: rec.request.model_dump(include=set(REQUEST_KEYS), exclude_none=True),
         "runtime": lambda: rec.runtime,
         "checkpoints": lambda: checkpoints,
@@ -178,6 +181,8 @@ def register(server: MCPServer, app) -> None:
         steps: Annotated[int | None, Field(ge=1, le=10_000_000, description="Optimizer updates to run (total for "
                                            "the run; with resume, counted from the run's start).")] = None,
         epochs: Annotated[int | None, Field(ge=1, le=100_000, description="Epochs instead of steps.")] = None,
+        minutes: Annotated[float | None, Field(gt=0, le=10_080, description="Train for this long instead "
+                                               "(train.time_budget; the LR schedule ends on time).")] = None,
         resume: Annotated[bool | Annotated[str, Field(max_length=80)], Field(
             description="Continue a run from its last checkpoint (config, optimizer, schedule, data position): "
             "true = the newest run, or a job id ('job-0003') or run name ('job-0001').")] = False,
@@ -189,18 +194,19 @@ def register(server: MCPServer, app) -> None:
         wait_s: WaitS = 0.0,
     ) -> Annotated[CallToolResult, JobView]:
         """Start training in a background worker (one job at a time; it keeps running if this client goes away)
-        and return its job_id at once. Without steps/epochs the config's train.steps/epochs apply. Then poll
+        and return its job_id at once. Without steps/epochs/minutes the config's train.steps/epochs/time_budget
+        apply. Then poll
         get_job(job_id, wait_s=50) until active is false. Common mistakes: train while a job runs (the error
         names it); a new train() to continue a stopped run: use resume=<run or job id>."""
-        if steps is not None and epochs is not None:
-            raise ToolError("give steps or epochs, not both")
+        if sum(x is not None for x in (steps, epochs, minutes)) > 1:
+            raise ToolError("give one of steps, epochs or minutes")
         _check_processes(processes, app.config())
         busy = jobs.active()
         if busy is not None:
             raise ToolError(f"job {busy.id} is {busy.status} (update {busy.update()}/{busy.total_updates() or '?'}); "
                             f"one training job at a time: wait with get_job('{busy.id}', wait_s=50) or "
                             f"cancel_job('{busy.id}') first")
-        request = _request(app, steps, epochs, resume, fresh, processes)
+        request = _request(app, steps, epochs, resume, fresh, processes, minutes)
         try:
             job = jobs.start(request)
         except JobBusyError as err:
@@ -214,10 +220,14 @@ def register(server: MCPServer, app) -> None:
     @guarded
     async def get_job(ctx: Context, job_id: JobId = None, wait_s: WaitS = 0.0, history: History = 0,
                       include: Include = []) -> Annotated[CallToolResult, JobView]:  # noqa: B006 - never mutated
-        """Poll a job: get_job(job_id, wait_s=50) until active is false. Returns progress (update/total, eta_s),
-        the latest step (loss, bpb = bits per byte) and eval (val_bpb), gate state, checkpoint and next (under
-        1 KB). Detail once, at the end: include=[plan, evals, result, ...] and history=N; every event is in
-        resource bt://jobs/{job_id}/metrics. Mistake: polling with history or include (costs context each time)."""
+        """Poll a job: get_job(job_id, wait_s=50) until active is false. Compact: progress (update/total, eta_s),
+        latest step (loss, bpb = bits per byte, bits_per_s), eval (val_bpb), gate, checkpoint, next. Detail
+        once, at the end: include=[...], history=N (not while polling: it costs context each time); every event:
+        resource bt://jobs/{job_id}/metrics. A playbook_run id gives its PASS/FAIL table."""
+        if is_playbook_run(job_id):  # a playbook_run job: include=['result'] gives every check
+            from .playbook_run import poll
+
+            return await poll(app, job_id, wait_s=wait_s, detail=bool(include), ctx=ctx)
         job = find(job_id)
         await wait(job, wait_s, ctx)
         return reply(job_view(job, history=history, include=_includes(include)))
@@ -226,11 +236,17 @@ def register(server: MCPServer, app) -> None:
     @guarded
     def list_jobs(limit: Annotated[int, Field(ge=1, le=1000, description="Newest jobs to list.")] = 10
                   ) -> Annotated[CallToolResult, JobList]:
-        """The newest jobs of this workspace (newest last): status, update/total, last val_bpb, checkpoint and the
-        reason a job ended. Use to find a job id or run to resume, or after a restart. total counts all jobs."""
-        every = jobs.all()
+        """The newest jobs (newest last; playbook_run runs too): status, update/total, last val_bpb, checkpoint,
+        why it ended. Use to find a job id or run to resume, e.g. after a restart."""
+        every = [(job.record.created_at, job) for job in jobs.all()]
+        every += [(run.created_at, run) for run in app.playbook_runs.all()]
         out = []
-        for job in every[-limit:]:
+        for _, job in sorted(every, key=lambda pair: pair[0])[-limit:]:
+            if not isinstance(job, Job):  # a playbook run: its scope instead of training numbers
+                out.append(JobSummary(job_id=job.job_id, status=job.status,
+                                      reason=_short(f"playbook {job.target} ({job.scale})"
+                                                    + (f": {job.reason}" if job.reason else ""))))
+                continue
             rec = job.record
             out.append(JobSummary(job_id=job.id, status=rec.status, update=job.update(),
                                   total_updates=job.total_updates(),
@@ -244,14 +260,17 @@ def register(server: MCPServer, app) -> None:
     async def cancel_job(
         ctx: Context,
         job_id: JobId = None,
-        wait_s: Annotated[float, Field(ge=0, le=300, description="Seconds to wait for the worker to stop and save "
-                                       "its checkpoint.")] = 15.0,
+        wait_s: Annotated[float, Field(ge=0, le=300, description="Seconds to wait for it to stop.")] = 15.0,
         force: Annotated[bool, Field(description="Kill the worker at once (no checkpoint; last saved one stays).")]
         = False,
     ) -> Annotated[CallToolResult, JobView]:
-        """Stop a running job at the next step boundary; it saves a consistent, resumable checkpoint. Default job:
-        the active one. Good result: status 'cancelled' with a checkpoint; train(resume=<run>) continues it.
-        Works on jobs started by an earlier server too. Use force=true only for a worker that does not stop."""
+        """Stop a job at the next step boundary with a resumable checkpoint (default: the active job; one an
+        earlier server started too). Good result: status 'cancelled'; train(resume=<run>) continues it.
+        force=true only for a worker that does not stop."""
+        if is_playbook_run(job_id):
+            from .playbook_run import cancel
+
+            return await cancel(app, job_id, wait_s=wait_s, ctx=ctx)
         job = jobs.get(job_id) if job_id else (jobs.active() or jobs.latest())
         if job is None:
             raise ToolError(f"unknown job_id {job_id!r}" if job_id else "no jobs yet: nothing to cancel")
@@ -303,8 +322,15 @@ def resume_source(app, resume: bool | str) -> Job:
     return same_run[-1]  # the run's newest job carries its latest config and request
 
 
+def _with_budget(config: dict[str, Any], steps: int | None, epochs: int | None, minutes: float | None) -> dict:
+    """minutes= sets train.time_budget; explicit steps/epochs clear it (the budget would override them)."""
+    if minutes is None and steps is None and epochs is None:
+        return config
+    return {**config, "train": {**config["train"], "time_budget": None if minutes is None else minutes * 60.0}}
+
+
 def _request(app, steps: int | None, epochs: int | None, resume: bool | str, fresh: bool,
-             processes: int = 1) -> TrainRequest:
+             processes: int = 1, minutes: float | None = None) -> TrainRequest:
     """The job's TrainRequest (the job manager adds where it runs: run, out_dir, cache_dir)."""
     cfg = app.config()
     if isinstance(resume, str) and resume.strip().lower() in ("true", "false", ""):
@@ -312,9 +338,10 @@ def _request(app, steps: int | None, epochs: int | None, resume: bool | str, fre
     if resume:
         prev = resume_source(app, resume)
         req = prev.record.request
+        config = _with_budget(req.config, steps, epochs, minutes)
         if steps is None and epochs is None:
             steps, epochs = req.steps, req.epochs
-        return TrainRequest(config=req.config, steps=steps, epochs=epochs, resume=True, run=prev.run,
+        return TrainRequest(config=config, steps=steps, epochs=epochs, resume=True, run=prev.run,
                             resumes=prev.id, processes=processes)
     init_name = None if fresh else app.ws.load_state().init_checkpoint
     init_path = None
@@ -327,5 +354,6 @@ def _request(app, steps: int | None, epochs: int | None, resume: bool | str, fre
                             "train a new model of the current config")
         init_name, init_path = name, str(path)
     cfg = app.ws.confine_config(cfg, check_files=True)  # the worker gets absolute paths inside the workspace
-    return TrainRequest(config=cfg.model_dump(mode="json"), steps=steps, epochs=epochs, init_checkpoint=init_path,
+    return TrainRequest(config=_with_budget(cfg.model_dump(mode="json"), steps, epochs, minutes), steps=steps,
+                        epochs=epochs, init_checkpoint=init_path,
                         init_name=init_name, processes=processes)

@@ -1,16 +1,14 @@
-"""The throughput reference, the FLOP counter and the byte baseline: tiny shapes, real numbers."""
+"""The throughput reference and the FLOP counter: tiny shapes, real numbers."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.byte_baseline import ByteTransformer, byte_params, evaluate_bytes, match_width, matched_byte_model
 from benchmarks.flops import attention_pairs, forward_flops, matmul_params, train_step_flops
 from benchmarks.reference_model import ReferenceTransformer
 from bit_transformer.attention import dense_chunk_mask
 from bit_transformer.config import ModelConfig
-from bit_transformer.model import BitTransformerLM
+from bit_transformer.factory import build_model
 
 
 def _cfg(**kw) -> ModelConfig:
@@ -42,12 +40,12 @@ def test_reference_mask_is_dense_and_additive():
                                 {"dim_feedforward": 24}])
 def test_reference_parameter_count_equals_ours(kw):
     cfg = _cfg(**kw)
-    assert ReferenceTransformer.like(cfg).num_parameters() == BitTransformerLM(cfg).num_parameters()
+    assert ReferenceTransformer.like(cfg).num_parameters() == build_model(cfg).num_parameters()
 
 
 def test_act_adds_only_the_halting_units():
     cfg = _cfg(act=True)
-    extra = BitTransformerLM(cfg).num_parameters() - ReferenceTransformer.like(cfg).num_parameters()
+    extra = build_model(cfg).num_parameters() - ReferenceTransformer.like(cfg).num_parameters()
     assert extra == cfg.layers * (cfg.d_model + 1)
 
 
@@ -86,32 +84,3 @@ def test_attention_pairs_chunked_and_overlap():
         assert attention_pairs(T, True, c, ov) == int(dense_chunk_mask(T, c, ov, True).sum())
     cfg = _cfg(max_seq_len=36, chunk_size=9)
     assert forward_flops(cfg, 1, 36) < forward_flops(cfg, 1, 36, chunked=False)
-
-
-def test_byte_param_formula_and_matching():
-    for layers, d, ctx in [(1, 8, 4), (4, 60, 16), (2, 32, 8)]:
-        assert byte_params(layers, d, ctx) == ByteTransformer(layers, d, 2, ctx).num_parameters()
-    bit_cfg = ModelConfig(layers=4, d_model=64, nhead=2, max_seq_len=144, dropout=0.0)
-    target = BitTransformerLM(bit_cfg).num_parameters()
-    model, diff = matched_byte_model(bit_cfg, target)
-    assert model.context == 16 and model.cfg.layers == 4 and model.cfg.nhead == 2
-    ratio = model.num_parameters() / target - 1
-    assert abs(ratio) < 0.05 and diff == pytest.approx(ratio)
-    d, _ = match_width(target, 4, 2, 16)
-    # No other width is closer: the neighbours miss by more.
-    for other in (d - 2, d + 2):
-        assert abs(byte_params(4, other, 16) - target) > abs(byte_params(4, d, 16) - target)
-
-
-def test_byte_model_is_causal_and_scored_once():
-    torch.manual_seed(0)
-    model = ByteTransformer(1, 16, 2, context=8).eval()
-    x = torch.randint(0, 256, (1, 8))
-    y = x.clone()
-    y[0, 5:] = (y[0, 5:] + 1) % 256
-    with torch.no_grad():
-        torch.testing.assert_close(model(x)[:, :5], model(y)[:, :5])
-    data = np.random.default_rng(0).integers(0, 256, 101, dtype=np.uint8)
-    report = evaluate_bytes(model, data, min_context=4)
-    assert report["n_predictions"] == 100  # every byte but the first, exactly once
-    assert 7.0 < report["bits_per_byte"] < 9.5  # an untrained model on random bytes: about log2(256) = 8

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from bit_transformer import BitTransformerLM, ModelConfig
+from bit_transformer.factory import build_model
 
 
 def tiny_cfg(**kw) -> ModelConfig:
@@ -20,7 +21,7 @@ def tiny_cfg(**kw) -> ModelConfig:
 
 def make_model(cfg: ModelConfig, seed: int = 0) -> BitTransformerLM:
     torch.manual_seed(seed)
-    return BitTransformerLM(cfg)
+    return build_model(cfg)
 
 
 def random_bits(batch: int = 2, length: int = 45, seed: int = 123) -> torch.Tensor:

@@ -40,7 +40,7 @@ def graves_reference(model: BitTransformerLM, bits: torch.Tensor) -> tuple[torch
                     out[b, t] += pbt * new[b, t]
                     mass[b][t] += pbt
         h = new
-    return model.head(model.ln_f(out)), torch.tensor(ponder / (B * T))
+    return model.head(model.stack.norm(out)), torch.tensor(ponder / (B * T))
 
 
 def test_standard_act_matches_graves_reference():
@@ -119,7 +119,7 @@ def test_every_parameter_gets_a_gradient(reversible, bias):
     got = grads(model, bits)
     names = [n for n, _ in model.named_parameters()]
     assert sorted(got) == sorted(names)
-    assert got["blocks.2.halt.proj.weight"].abs().max() == 0  # the last halting unit is never used
+    assert got["stack.blocks.2.halt.proj.weight"].abs().max() == 0  # the last halting unit is never used
 
 
 def test_standard_act_gradcheck_float64():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from bit_transformer import attention
 from bit_transformer.attention import MASK_CACHE, SelfAttention, dense_chunk_mask
 from bit_transformer.config import ModelConfig
-from bit_transformer.model import BitTransformerLM
+from bit_transformer.factory import build_model
 
 
 def _layer(seed: int = 0, **kw) -> SelfAttention:
@@ -53,7 +53,7 @@ def sdpa_spy(monkeypatch) -> _Spy:
 
 def test_unchunked_causal_calls_sdpa_with_is_causal_and_no_mask(sdpa_spy):
     torch.manual_seed(0)
-    model = BitTransformerLM(ModelConfig(layers=2, d_model=16, nhead=2, dropout=0.0, max_seq_len=36)).eval()
+    model = build_model(ModelConfig(layers=2, d_model=16, nhead=2, dropout=0.0, max_seq_len=36)).eval()
     bits = torch.randint(0, 2, (2, 36))
     model(bits)
     assert len(sdpa_spy.calls) == 2  # one per layer
@@ -107,7 +107,7 @@ def test_mask_cache_misses_once_then_hits(monkeypatch):
     real_build = attention._window_mask
     monkeypatch.setattr(attention, "_window_mask", lambda *a: built.append(a) or real_build(*a))
     torch.manual_seed(0)
-    model = BitTransformerLM(
+    model = build_model(
         ModelConfig(layers=2, d_model=16, nhead=2, dropout=0.0, chunk_size=9, overlap=2, max_seq_len=64)
     ).eval()
     bits = torch.randint(0, 2, (2, 45))
@@ -211,14 +211,14 @@ def test_chunked_runs_log_no_full_maps_by_default():
     torch.manual_seed(0)
     bits = torch.randint(0, 2, (2, 27))
     common = {"layers": 2, "d_model": 16, "nhead": 2, "dropout": 0.0, "max_seq_len": 36}
-    chunked = BitTransformerLM(ModelConfig(chunk_size=9, overlap=3, **common)).eval()
+    chunked = build_model(ModelConfig(chunk_size=9, overlap=3, **common)).eval()
     record = chunked(bits, return_telemetry=True).telemetry
     assert len(record.attention) == 2
     assert all(s.maps is None for s in record.attention)
     assert all(s.entropy.shape == (2,) for s in record.attention)  # entropy is still measured
-    dense = BitTransformerLM(ModelConfig(**common)).eval()
+    dense = build_model(ModelConfig(**common)).eval()
     record = dense(bits, return_telemetry=True).telemetry
     assert all(s.maps is not None and s.maps.shape == (2, 2, 27, 27) for s in record.attention)
-    opted_in = BitTransformerLM(ModelConfig(chunk_size=9, overlap=3, full_attn_logging=True, **common)).eval()
+    opted_in = build_model(ModelConfig(chunk_size=9, overlap=3, full_attn_logging=True, **common)).eval()
     record = opted_in(bits, return_telemetry=True).telemetry
     assert all(s.maps is not None and s.maps.shape == (2, 2, 27, 27) for s in record.attention)

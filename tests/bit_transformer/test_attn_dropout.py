@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from bit_transformer import attention
 from bit_transformer.attention import kernel_notes
 from bit_transformer.config import ModelConfig
+from bit_transformer.factory import build_model
 from bit_transformer.model import BitTransformerLM
 
 
@@ -27,7 +28,7 @@ def dropout_ps(monkeypatch) -> list[float]:
 
 def _model(**kw) -> BitTransformerLM:
     torch.manual_seed(0)
-    return BitTransformerLM(ModelConfig(layers=2, d_model=16, nhead=2, max_seq_len=36, **kw)).train()
+    return build_model(ModelConfig(layers=2, d_model=16, nhead=2, max_seq_len=36, **kw)).train()
 
 
 def test_default_training_keeps_attention_dropout_off_but_residual_dropout_on(dropout_ps):

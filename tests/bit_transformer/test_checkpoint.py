@@ -11,7 +11,7 @@ import torch
 
 import bit_transformer.checkpoint as ck
 from bit_transformer.config import RunConfig
-from bit_transformer.model import BitTransformerLM
+from bit_transformer.factory import build_model
 from bit_transformer.schedule import ProgressivePlateau
 
 
@@ -22,7 +22,7 @@ def cfg() -> RunConfig:
 
 def trained(seed: int = 0):
     torch.manual_seed(seed)
-    model = BitTransformerLM(cfg().model)
+    model = build_model(cfg().model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(0, 2, (2, 36))
     for _ in range(2):

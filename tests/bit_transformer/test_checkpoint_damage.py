@@ -13,12 +13,12 @@ import torch
 
 import bit_transformer.checkpoint as ck
 from bit_transformer.config import RunConfig
-from bit_transformer.model import BitTransformerLM
+from bit_transformer.factory import build_model
 
 
 def _save(root, name: str, kind: str = "periodic"):
     cfg = RunConfig.model_validate({"model": {"layers": 1, "d_model": 16, "nhead": 2, "max_seq_len": 36}})
-    model = BitTransformerLM(cfg.model)
+    model = build_model(cfg.model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.randint(0, 2, (2, 36))).logits.float().mean().backward()
     opt.step()

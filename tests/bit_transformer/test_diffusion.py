@@ -16,6 +16,7 @@ from bit_transformer.data import Corpus
 from bit_transformer.diffusion import MASK, corrupt, mask_rate, nelbo, parity_masked, sample_times
 from bit_transformer.diffusion_generate import generate_diffusion
 from bit_transformer.evaluate import evaluate_bits
+from bit_transformer.factory import build_model
 from bit_transformer.model import BitTransformerLM, ModelOutput
 from bit_transformer.train_loss import denoise_batch_loss
 from bit_transformer.training import Trainer
@@ -61,7 +62,7 @@ def test_the_model_input_never_carries_a_masked_bits_clean_value():
     flipped[masked] ^= 1  # change every masked data bit's clean value
     noisy2, masked2 = corrupt(flipped, t, generator=torch.Generator().manual_seed(3))
     assert masked.any() and torch.equal(masked, masked2) and torch.equal(noisy, noisy2)
-    model = BitTransformerLM(denoise_config().model).eval()
+    model = build_model(denoise_config().model).eval()
     torch.testing.assert_close(model(noisy).logits, model(noisy2).logits, rtol=0, atol=0)
     # a parity bit is hidden whenever a data bit of its frame is: it would give away their xor
     assert torch.equal(noisy[:, 8::9] == MASK, masked.reshape(4, -1, 9)[..., :8].any(-1))
@@ -98,7 +99,7 @@ def test_evaluate_reports_the_bound_and_says_so():
 def _train_on(text: str, updates: int, seed: int = 0) -> BitTransformerLM:
     torch.manual_seed(seed)
     cfg = denoise_config()
-    model = BitTransformerLM(cfg.model)
+    model = build_model(cfg.model)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     bits = torch.from_numpy(text_to_bits(text).astype("int64"))
     windows = bits[: bits.numel() // SEQ * SEQ].reshape(-1, SEQ)
@@ -118,7 +119,7 @@ def test_a_constant_stream_is_learned_to_near_zero_bits():
 
 
 def test_the_sampler_keeps_fixed_bits_and_parity_and_repeats_with_a_seed():
-    model = BitTransformerLM(denoise_config().model).eval()
+    model = build_model(denoise_config().model).eval()
     a = generate_diffusion(model, "hi", max_bytes=5, steps=6, seed=11)
     b = generate_diffusion(model, "hi", max_bytes=5, steps=6, seed=11)
     assert a.text == b.text and a.parity_ok and a.new_bytes == 5 and a.full_text.startswith("hi")
@@ -129,11 +130,11 @@ def test_the_sampler_keeps_fixed_bits_and_parity_and_repeats_with_a_seed():
     with pytest.raises(ValueError, match="one window"):
         generate_diffusion(model, "", max_bytes=9, steps=2)
     with pytest.raises(ValueError, match="causal"):
-        generate_diffusion(BitTransformerLM(RunConfig().model), "", max_bytes=1)
+        generate_diffusion(build_model(RunConfig().model), "", max_bytes=1)
 
 
 def test_fixed_parity_decides_the_last_data_bit():
-    model = BitTransformerLM(denoise_config().model).eval()
+    model = build_model(denoise_config().model).eval()
     # fix the first 7 data bits of byte 0 and its parity to odd: the 8th bit must make the frame even
     fixed = {j: 0 for j in range(7)} | {8: 1}
     out = generate_diffusion(model, "", max_bytes=2, steps=3, seed=0, fixed_bits=fixed)
@@ -170,7 +171,7 @@ def test_parity_mask_shape():
 ], ids=["reversible-act", "checkpointing-chunked", "act"])
 def test_denoising_works_with_the_memory_and_attention_options(options):
     cfg = denoise_config(layers=2, **options)
-    model = BitTransformerLM(cfg.model).train()
+    model = build_model(cfg.model).train()
     clean = torch.randint(0, 2, (4, SEQ), generator=torch.Generator().manual_seed(0))
     parts = denoise_batch_loss(model, clean, cfg=cfg.train, ponder_weight=0.01, precision="fp32",
                                generator=torch.Generator().manual_seed(1))

@@ -42,12 +42,20 @@ def text(tmp_path_factory) -> Path:
     return path
 
 
-def _train(out: Path, text: Path, model: str, *, processes: int, batch: int, extra: tuple[str, ...] = (),
-           steps: int = STEPS, resume: bool = False) -> dict:
-    args = ["train", "--data", str(text), *MODELS[model], "--max_seq_len", "72", "--dropout", "0",
+def _train_args(out: Path, text: Path, model: str, *, batch: int, steps: int) -> list[str]:
+    return ["train", "--data", str(text), *MODELS[model], "--max_seq_len", "72", "--dropout", "0",
             "--steps", str(steps), "--accum_steps", "2", "--batch_size", str(batch), "--amp", "none",
             "--eval_every", "2", "--save_every", "2", "--device", "cpu", "--lr", "1e-2", "--quiet", "--json",
-            "--out", str(out), *extra, *(["--resume"] if resume else [])]
+            "--out", str(out)]
+
+
+def _train(out: Path, text: Path, model: str, *, processes: int, batch: int, extra: tuple[str, ...] = (),
+           steps: int = STEPS, resume: bool = False) -> dict:
+    args = [*_train_args(out, text, model, batch=batch, steps=steps), *extra, *(["--resume"] if resume else [])]
+    return _launch(args, processes=processes)
+
+
+def _launch(args: list[str], *, processes: int) -> dict:
     launch = [sys.executable, "-m", "bit_transformer"]
     if processes > 1:
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
@@ -138,6 +146,18 @@ def test_a_denoising_model_trains_data_parallel(tmp_path, text):
     assert len(losses) == STEPS and all(0 < v < 2 for v in losses)
 
 
+def test_a_time_budget_with_muon_and_ema_trains_data_parallel(tmp_path, text):
+    # Every rank probes, re-plans and stops on the mean of the ranks' clocks, so they agree on the horizon (a
+    # disagreement would hang a collective); Muon + AdamW and the EMA run under DDP.
+    args = _train_args(tmp_path / "budget", text, "plain", batch=PER_RANK_BATCH, steps=STEPS)  # the budget wins
+    result = _launch([*args, "--time_budget", "3s", "--budget_clock", "cpu", "--optimizer", "muon",
+                      "--ema_decay", "0.9", "--lr_schedule", "wsd", "--save_every", "1000"], processes=2)
+    assert result["status"] == "completed" and result["plan"]["world_size"] == 2
+    assert result["plan"]["time_budget_s"] == 3.0 and result["updates_done"] == result["plan"]["total_updates"] > STEPS
+    last = _steps(tmp_path / "budget")[-1]
+    assert last["update"] == result["updates_done"] and last["lr"] == pytest.approx(1e-2 * 0.01)
+
+
 def test_optimizer_state_layouts_round_trip():
     names = ["emb.weight", "blocks.0.w", "head.bias"]
     plain = {"state": {0: {"step": 1}, 2: {"step": 2}},
@@ -150,12 +170,12 @@ def test_optimizer_state_layouts_round_trip():
 
 def test_fsdp_units_follow_how_the_stack_calls_blocks():
     from bit_transformer.config import ModelConfig
-    from bit_transformer.model import BitTransformerLM
+    from bit_transformer.factory import build_model
 
-    plain = BitTransformerLM(ModelConfig(layers=2, d_model=16, nhead=2, max_seq_len=36))
+    plain = build_model(ModelConfig(layers=2, d_model=16, nhead=2, max_seq_len=36))
     assert fsdp_units(plain) == list(plain.blocks)
     for flag in ("reversible", "act"):
-        m = BitTransformerLM(ModelConfig(layers=2, d_model=16, nhead=2, max_seq_len=36, **{flag: True}))
+        m = build_model(ModelConfig(layers=2, d_model=16, nhead=2, max_seq_len=36, **{flag: True}))
         assert fsdp_units(m) == []  # branches are called directly: the whole model is one unit
 
 

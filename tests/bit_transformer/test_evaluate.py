@@ -14,6 +14,7 @@ from bit_transformer.baselines import compressor_bpb
 from bit_transformer.bits import text_to_bits
 from bit_transformer.config import FRAME_BITS, ModelConfig
 from bit_transformer.evaluate import evaluate_bits, evaluate_text, window_starts
+from bit_transformer.factory import build_model
 from bit_transformer.model import BitTransformerLM
 
 from .rule_model import RuleModel, copy_previous_frame
@@ -33,7 +34,7 @@ def uniform(x):
 
 def tiny_model(seed: int = 0) -> BitTransformerLM:
     torch.manual_seed(seed)
-    return BitTransformerLM(ModelConfig(layers=2, d_model=32, nhead=4, max_seq_len=72, dropout=0.0))
+    return build_model(ModelConfig(layers=2, d_model=32, nhead=4, max_seq_len=72, dropout=0.0))
 
 
 def test_uniform_predictor_costs_exactly_nine_bits_per_byte():
@@ -170,7 +171,7 @@ def test_act_reversible_chunked_model_evaluates_and_reports_act_telemetry():
     torch.manual_seed(0)
     cfg = ModelConfig(layers=2, d_model=32, nhead=4, max_seq_len=72, dropout=0.0, act=True, reversible=True,
                       chunk_size=36, overlap=9)
-    model = BitTransformerLM(cfg)
+    model = build_model(cfg)
     report = evaluate_text(model, TEXT, compressors=False)
     assert 8.0 < report.bits_per_byte < 10.0
     assert report.telemetry is not None and report.telemetry.mean_layers_used is not None

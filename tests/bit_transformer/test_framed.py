@@ -11,6 +11,7 @@ from torch import nn
 
 from bit_transformer.bits import text_to_bits
 from bit_transformer.config import FRAME_BITS, ModelConfig, RunConfig
+from bit_transformer.factory import build_model
 from bit_transformer.framed import PARITY_LOGIT, FramedBitTransformerLM, frame_bit_logits
 from bit_transformer.generate import generate
 from bit_transformer.model import BitTransformerLM
@@ -21,7 +22,7 @@ TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mi
 def framed(seed: int = 0, **kw) -> BitTransformerLM:
     torch.manual_seed(seed)
     cfg = {"arch": "framed", "layers": 2, "d_model": 32, "nhead": 4, "max_seq_len": 90, "dropout": 0.0, **kw}
-    return BitTransformerLM(ModelConfig(**cfg))
+    return build_model(ModelConfig(**cfg))
 
 
 def text_bits(n_bits: int, text: str = TEXT) -> torch.Tensor:
@@ -39,7 +40,11 @@ def _spread_halting(model: BitTransformerLM) -> None:
 
 def test_config_selects_the_framed_model_and_names_the_length_fix():
     assert type(framed()) is FramedBitTransformerLM and isinstance(framed(), BitTransformerLM)
-    assert type(BitTransformerLM(ModelConfig(layers=1, d_model=16, nhead=2))) is BitTransformerLM
+    assert type(build_model(ModelConfig(layers=1, d_model=16, nhead=2))) is BitTransformerLM
+    with pytest.raises(ValueError, match="build_model"):  # a class that does not match the config refuses
+        BitTransformerLM(ModelConfig(arch="framed", layers=1, d_model=16, nhead=2))
+    with pytest.raises(ValueError, match="build_model"):
+        FramedBitTransformerLM(ModelConfig(layers=1, d_model=16, nhead=2))
     for field, value, fix in (("max_seq_len", 100, "max_seq_len=99"), ("chunk_size", 40, "chunk_size=36"),
                               ("overlap", 4, "overlap=9")):
         kw = {"chunk_size": 72} if field == "overlap" else {}
@@ -156,7 +161,7 @@ def test_gradients_with_reversible_act_and_checkpointing_match_plain_autograd(kw
 ])
 def test_cached_and_uncached_generation_give_the_same_text(arch, kw):
     torch.manual_seed(0)
-    model = BitTransformerLM(ModelConfig(arch=arch, layers=2, d_model=32, nhead=4, max_seq_len=72, dropout=0.0,
+    model = build_model(ModelConfig(arch=arch, layers=2, d_model=32, nhead=4, max_seq_len=72, dropout=0.0,
                                          **kw))
     if kw.get("act"):
         _spread_halting(model)

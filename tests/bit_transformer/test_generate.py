@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from bit_transformer.bits import bits_to_text, parity_errors, text_to_bits
 from bit_transformer.config import ModelConfig, SafetyConfig
+from bit_transformer.factory import build_model
 from bit_transformer.generate import generate, sample_bit, window_start
 from bit_transformer.model import BitTransformerLM
 
@@ -38,7 +39,7 @@ def always_one(x):
 
 def tiny_model() -> BitTransformerLM:
     torch.manual_seed(0)
-    return BitTransformerLM(ModelConfig(layers=2, d_model=32, nhead=4, max_seq_len=72, dropout=0.0))
+    return build_model(ModelConfig(layers=2, d_model=32, nhead=4, max_seq_len=72, dropout=0.0))
 
 
 def test_parity_is_set_not_sampled_even_when_the_model_wants_it_wrong():
@@ -141,7 +142,7 @@ def test_empty_prompt_and_zero_bytes():
 
 
 def test_a_time_limit_stops_at_a_byte_boundary_and_says_how_to_continue():
-    model = BitTransformerLM(ModelConfig(layers=1, d_model=16, nhead=2, max_seq_len=72)).eval()
+    model = build_model(ModelConfig(layers=1, d_model=16, nhead=2, max_seq_len=72)).eval()
     ticks = iter(range(10**6))  # a stand-in clock: one "second" per reading, whatever the machine's speed
     out = generate(model, "ab", max_bytes=20, seed=3, time_limit_s=4.5, clock=lambda: float(next(ticks)))
     assert 0 < out.new_bytes < 20 and out.parity_ok and "prompt=full_text" in out.stopped

@@ -8,13 +8,14 @@ import torch
 from bit_transformer.bits import batch_text_to_bits
 from bit_transformer.compression import compress_batch, compress_bits
 from bit_transformer.config import ModelConfig
+from bit_transformer.factory import build_model
 from bit_transformer.model import BitTransformerLM, ModelOutput
 
 
 def _model(seed: int = 0, **kw) -> BitTransformerLM:
     torch.manual_seed(seed)
     base = {"layers": 2, "d_model": 16, "nhead": 2, "dropout": 0.0, "max_seq_len": 72}
-    return BitTransformerLM(ModelConfig(**{**base, **kw})).eval()
+    return build_model(ModelConfig(**{**base, **kw})).eval()
 
 
 def test_forward_shapes_and_output_type():

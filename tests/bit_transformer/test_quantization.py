@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from bit_transformer import BitTransformerLM, ModelConfig, RunConfig
+from bit_transformer.factory import build_model
 from bit_transformer.quantization import (
     CONFIG,
     WEIGHTS,
@@ -41,7 +42,7 @@ def tiny(**kw) -> ModelConfig:
 def model_of(cfg: ModelConfig, seed: int = 0) -> BitTransformerLM:
     """Weights with O(1) outputs per layer, so quantization error is visible in the logits."""
     torch.manual_seed(seed)
-    model = BitTransformerLM(cfg)
+    model = build_model(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 2 and "emb" not in name:
@@ -79,7 +80,7 @@ def test_in_memory_int8_uses_real_int8_modules_and_stays_close():
     model, x = model_of(tiny()), bits()
     q = quantize_int8(model)
     assert q.int8_backend == "dynamic"
-    assert isinstance(q.blocks[0].attn.qkv, nnqd.Linear) and isinstance(q.blocks[1].ff[2], nnqd.Linear)
+    assert isinstance(q.blocks[0].attn.qkv, nnqd.Linear) and isinstance(q.blocks[1].mlp.down, nnqd.Linear)
     assert isinstance(q.head, torch.nn.Linear) and not isinstance(q.head, nnqd.Linear)  # 2-way head stays fp32
     ref, out = logits(model, x), logits(q, x)
     rel = ((out - ref).abs().max() / ref.abs().max()).item()
@@ -148,8 +149,8 @@ def test_artifact_contents_and_atomic_replace(tmp_path):
     target = tmp_path / "art"
     export_int8(model, target)
     tensors = safetensors.torch.load_file(str(target / WEIGHTS))
-    assert tensors["blocks.0.attn.qkv.weight.int8"].dtype == torch.int8
-    assert tensors["blocks.0.attn.qkv.weight.scale"].shape == (96,)
+    assert tensors["stack.blocks.0.attn.qkv.weight.int8"].dtype == torch.int8
+    assert tensors["stack.blocks.0.attn.qkv.weight.scale"].shape == (96,)
     assert tensors["pos_emb.weight.int8"].dtype == torch.int8
     assert tensors["head.weight"].dtype == torch.float32
     assert not any(k.endswith("attn.qkv.weight") for k in tensors)  # no float copy of quantized weights
@@ -162,7 +163,7 @@ def test_artifact_contents_and_atomic_replace(tmp_path):
     other = model_of(tiny(), seed=1)
     export_int8(other, target)
     again = safetensors.torch.load_file(str(target / WEIGHTS))
-    assert not torch.equal(again["blocks.0.attn.qkv.weight.int8"], tensors["blocks.0.attn.qkv.weight.int8"])
+    assert not torch.equal(again["stack.blocks.0.attn.qkv.weight.int8"], tensors["stack.blocks.0.attn.qkv.weight.int8"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
@@ -172,15 +173,15 @@ def test_artifact_contents_and_atomic_replace(tmp_path):
 
 
 def test_prepare_qat_keeps_parameters_and_state_dict_keys():
-    model = BitTransformerLM(tiny())
+    model = build_model(tiny())
     params = {n: p for n, p in model.named_parameters()}
     keys = list(model.state_dict())
     prepare_qat(model)
     assert isinstance(model.blocks[0].attn.qkv, QATLinear) and isinstance(model.pos_emb, QATEmbedding)
-    assert type(model.head) is torch.nn.Linear and type(model.blocks[0].ff[2]) is QATLinear
+    assert type(model.head) is torch.nn.Linear and type(model.blocks[0].mlp.down) is QATLinear
     assert all(p is params[n] for n, p in model.named_parameters())  # an existing optimizer keeps working
     assert list(model.state_dict()) == keys and model.qat_prepared
-    plain = BitTransformerLM(tiny())
+    plain = build_model(tiny())
     plain.load_state_dict(model.state_dict())  # QAT checkpoints load into plain models
 
 
@@ -198,7 +199,7 @@ def test_qat_trains_and_converts_to_the_same_int8_model(tmp_path, reversible):
     # the playbook's task B switches (reversible, checkpointing) on a tiny model
     cfg = tiny(reversible=reversible, checkpointing=True, chunk_size=36, dropout=0.1)
     torch.manual_seed(0)
-    model = prepare_qat(BitTransformerLM(cfg))
+    model = prepare_qat(build_model(cfg))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     x = bits(batch=8, seed=11)
     x[:, 1::2] = x[:, ::2]  # every odd bit repeats the one before it: learnable

@@ -51,7 +51,7 @@ def test_reversible_act_grads_match_plain_autograd(mode):
     got = grads(model, bits)
     assert max_rel_err(got, ref) < 1e-5
     # the halting units and the ponder cost carry gradient
-    assert got["blocks.0.halt.proj.weight"].abs().max() > 0
+    assert got["stack.blocks.0.halt.proj.weight"].abs().max() > 0
 
 
 def _double_stack(act: bool):
@@ -121,7 +121,7 @@ def test_zeroed_residual_projections_make_reversible_blocks_identity():
             for proj in block.residual_projections:
                 proj.weight.zero_()
                 proj.bias.zero_()
-        expected = model.head(model.ln_f(model.embed(bits)))
+        expected = model.head(model.stack.norm(model.embed(bits)))
         assert torch.allclose(model(bits).logits, expected, atol=1e-6)
 
 

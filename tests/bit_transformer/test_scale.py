@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from bit_transformer import BitTransformerLM, ModelConfig
+from bit_transformer.factory import build_model
 from bit_transformer.scale import ScaleReport, scale_up
 
 
@@ -20,7 +21,7 @@ def trained_like(cfg: ModelConfig, seed: int = 0) -> BitTransformerLM:
     """A model whose every parameter is off its init (LayerNorm gains/biases, biases, halting spread), and
     whose residual stream has a trained-like scale, so a mapping that drops or misplaces anything shows."""
     torch.manual_seed(seed)
-    model = BitTransformerLM(cfg)
+    model = build_model(cfg)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -73,7 +74,7 @@ def test_width_doubling_is_exact_and_keeps_old_slices():
     assert (new_cfg.d_model, new_cfg.nhead, new_cfg.head_dim, new_cfg.ff_dim) == (32, 4, 8, 64)
     assert report.stream_growth == "repeat"
     assert (logits(new, x) - logits(model, x)).abs().max() < 1e-5
-    old_w, new_w = model.blocks[0].ff[0].weight, new.blocks[0].ff[0].weight
+    old_w, new_w = model.blocks[0].mlp.up.weight, new.blocks[0].mlp.up.weight
     assert torch.equal(new_w[:32, :16], old_w)  # old weights sit in the overlapping slice
     assert new_w[:32, 16:].abs().max() == 0  # ... and read nothing from the new dims
 
@@ -123,7 +124,7 @@ def test_grown_model_trains_and_new_blocks_wake_up():
         losses.append(loss.item())
     assert losses[-1] < losses[0]
     assert new.blocks[2].attn.out.weight.abs().max() > 0  # the identity block received gradient
-    assert new.blocks[0].ff[0].weight[:, 16:].abs().max() > 0  # the new stream dims are being read
+    assert new.blocks[0].mlp.up.weight[:, 16:].abs().max() > 0  # the new stream dims are being read
 
 
 def test_rejects_shrinking_and_leaves_global_rng_alone():
@@ -162,7 +163,7 @@ def test_qat_model_grows_into_a_qat_model_and_depth_stays_exact():
     cfg = tiny()
     model, x = prepare_qat(trained_like(cfg)), bits()
     new, _, report = scale_up(model, cfg, layers=4, batch=x)
-    assert new.qat_prepared and isinstance(new.blocks[3].ff[0], QATLinear)
+    assert new.qat_prepared and isinstance(new.blocks[3].mlp.up, QATLinear)
     assert report.max_logit_change < 1e-5
     with pytest.raises(ValueError, match="float model"):
         scale_up(quantize_int8(trained_like(cfg)), cfg, layers=3)

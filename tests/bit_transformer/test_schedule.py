@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -66,10 +67,31 @@ def test_progressive_plateau_semantics_and_state():
         OneCycle(1e-3, 10).load_state_dict(state)
 
 
-@pytest.mark.parametrize("name", ["onecycle", "cosine", "constant", "progressive_plateau"])
+@pytest.mark.parametrize("name", ["onecycle", "cosine", "constant", "progressive_plateau", "wsd"])
 def test_build_schedule_uses_the_horizon(name):
     s = build_schedule(TrainConfig(lr_schedule=name, lr=1e-3), 17)
     assert s.name == name and s.horizon == 17
     assert s.lr(16) > 0
     with pytest.raises(IndexError):
         s.lr(17)
+
+
+def test_wsd_warms_holds_then_decays_by_one_minus_sqrt():
+    s = build_schedule(TrainConfig(lr=1.0, lr_schedule="wsd", warmup_frac=0.1, decay_frac=0.2), 100)
+    lrs = [s.lr(i) for i in range(100)]
+    assert lrs[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])  # linear warm-up
+    assert lrs[10:80] == [1.0] * 70  # stable
+    decay = lrs[80:]  # the last 20%: floor + (1 - floor)(1 - sqrt(k / 20)), k = 1..20
+    assert decay == pytest.approx([0.01 + 0.99 * (1 - math.sqrt(k / 20)) for k in range(1, 21)])
+    assert all(a > b for a, b in itertools.pairwise(decay)) and s.final_lr == pytest.approx(0.01)
+
+
+def test_replan_moves_the_end_and_keeps_the_warmup():
+    for kind in ("wsd", "cosine", "onecycle"):
+        s = build_schedule(TrainConfig(lr=1.0, lr_schedule=kind, warmup_frac=0.1), 100)
+        early = [s.lr(i) for i in range(10)]
+        s.replan(60)
+        assert [s.lr(i) for i in range(10)] == pytest.approx(early)
+        assert s.lr(59) == pytest.approx(s.final_lr) and s.final_lr < 0.02
+        with pytest.raises(IndexError):
+            s.lr(60)

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from bit_transformer.attention import AttentionStats
 from bit_transformer.config import ModelConfig
-from bit_transformer.model import BitTransformerLM, ForwardTelemetry
+from bit_transformer.factory import build_model
+from bit_transformer.model import ForwardTelemetry
 from bit_transformer.telemetry import (
     TelemetrySummary,
     binary_entropy,
@@ -166,7 +167,7 @@ def test_summarize_with_a_perfect_alternating_predictor():
 
 def test_summarize_reads_the_forward_record():
     torch.manual_seed(0)
-    model = BitTransformerLM(ModelConfig(layers=3, d_model=16, nhead=4, dropout=0.0, max_seq_len=36)).eval()
+    model = build_model(ModelConfig(layers=3, d_model=16, nhead=4, dropout=0.0, max_seq_len=36)).eval()
     bits = torch.randint(0, 2, (2, 36))
     out = model(bits, return_telemetry=True)
     summary = summarize(bits, out.logits, out.telemetry)

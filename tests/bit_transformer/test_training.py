@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from bit_transformer.bits import text_to_bits
 from bit_transformer.config import RunConfig
-from bit_transformer.data import BitWindowDataset, Corpus, builtin_text
+from bit_transformer.data import BitWindowDataset, Corpus
 from bit_transformer.parallel import dist_env
 from bit_transformer.sampler import EpochBatchSampler
 from bit_transformer.schedule import OneCycle
@@ -22,20 +22,7 @@ from bit_transformer.selective_compile import compile_blocks
 from bit_transformer.training import Trainer, plan_training
 
 SEQ = 36  # bits per window = 4 bytes
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models run faster single-threaded, and the CPU is shared with other test workers.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def text() -> str:
-    return builtin_text(max_bytes=4000)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def corpus(text: str, train_windows: int, val_windows: int = 4) -> Corpus:
@@ -129,13 +116,13 @@ def test_partial_group_loss_is_not_scaled_down(tmp_path, text):
 def test_accumulated_half_batches_equal_one_full_batch(tmp_path, text):
     # Same windows in the same order: one batch of 8 vs two accumulated batches of 4 (dropout 0, fp32).
     torch.manual_seed(0)
-    from bit_transformer.model import BitTransformerLM
+    from bit_transformer.factory import build_model
 
-    base = BitTransformerLM(config().model)
+    base = build_model(config().model)
     state = {k: v.clone() for k, v in base.state_dict().items()}
     grads = {}
     for batch, accum in ((8, 1), (4, 2)):
-        m = BitTransformerLM(config().model)
+        m = build_model(config().model)
         m.load_state_dict(state)
         tr, res = run(tmp_path, text, windows=8, model=m, name=f"b{batch}", batch_size=batch, accum_steps=accum,
                       lr_schedule="constant", warmup_frac=0.0, fit={"steps": 1})
@@ -147,11 +134,11 @@ def test_accumulated_half_batches_equal_one_full_batch(tmp_path, text):
 
 
 def test_accumulated_gradients_equal_full_batch_gradients(text):
-    from bit_transformer.model import BitTransformerLM
+    from bit_transformer.factory import build_model
     from bit_transformer.train_loss import micro_batch_loss
 
     torch.manual_seed(1)
-    m = BitTransformerLM(config().model)
+    m = build_model(config().model)
     x = torch.from_numpy(text_to_bits(text[:8 * 4]).astype(np.int64)).view(8, SEQ)
     y = torch.roll(x, -1, 1)
     cfg = config().train
@@ -178,10 +165,10 @@ def test_bf16_autocast_runs_and_is_reported(tmp_path, text, monkeypatch):
         return real_clip(params, max_norm, *a, **k)
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
-    from bit_transformer.model import BitTransformerLM
+    from bit_transformer.factory import build_model
 
     torch.manual_seed(0)
-    m = BitTransformerLM(config().model)
+    m = build_model(config().model)
     m.head.register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
     events: list = []
     _, res = run(tmp_path, text, model=m, events=events, amp="bf16", grad_clip=0.5, fit={"steps": 2})
@@ -280,11 +267,11 @@ def test_resume_is_exact(tmp_path, text, mid_group):
     # 7 micro-batches / epoch, accum 2 -> 4 updates / epoch; 10 updates cross two epoch boundaries.
     kw = {"windows": 28, "accum_steps": 2, "save_every": 3, "eval_every": 2}
     dropout_cfg = config().model.model_copy(update={"dropout": 0.1})
-    from bit_transformer.model import BitTransformerLM
+    from bit_transformer.factory import build_model
 
     def model():
         torch.manual_seed(0)
-        return BitTransformerLM(dropout_cfg)
+        return build_model(dropout_cfg)
 
     full_events: list = []
     full, res = run(tmp_path, text, name="full", model=model(), events=full_events, fit={"steps": 10}, **kw)
@@ -345,9 +332,9 @@ def test_compile_skips_with_a_reason(tmp_path, text, monkeypatch):
     assert res.plan.compile_requested and not res.plan.compile_ran
     assert "skipped" in res.plan.compile_reason and "2.0" in res.plan.compile_reason
 
-    from bit_transformer.model import BitTransformerLM
+    from bit_transformer.factory import build_model
 
-    m = BitTransformerLM(config().model)
+    m = build_model(config().model)
 
     def boom():
         raise RuntimeError("inductor exploded")
@@ -355,7 +342,7 @@ def test_compile_skips_with_a_reason(tmp_path, text, monkeypatch):
     monkeypatch.setattr(rt, "compile_support", lambda: (True, "ok"))
     ran, why = compile_blocks(m, True, boom)
     assert not ran and "inductor exploded" in why
-    assert all(b.attn._compiled_call_impl is None and b.ff._compiled_call_impl is None for b in m.blocks)
+    assert all(b.attn._compiled_call_impl is None and b.mlp._compiled_call_impl is None for b in m.blocks)
     assert compile_blocks(m, False) == (False, "not requested (compile=false)")
 
 
@@ -390,12 +377,12 @@ def test_qat_hook_is_called_once(tmp_path, text, monkeypatch):
 
 
 def test_loss_adds_ponder_and_telemetry_terms(text):
-    from bit_transformer.model import BitTransformerLM
+    from bit_transformer.factory import build_model
     from bit_transformer.telemetry import telemetry_loss
     from bit_transformer.train_loss import micro_batch_loss
 
     torch.manual_seed(0)
-    m = BitTransformerLM(config().model.model_copy(update={"act": True, "layers": 2}))
+    m = build_model(config().model.model_copy(update={"act": True, "layers": 2}))
     x = torch.from_numpy(text_to_bits(text[: 4 * 4]).astype(np.int64)).view(4, SEQ)
     y = torch.roll(x, -1, 1)
     base = config().train
@@ -415,7 +402,7 @@ def test_qat_run_checkpoints_and_resumes_with_the_real_module(tmp_path, text):
     tr, res = run(tmp_path, text, quantization="int8", qat=True, fit={"steps": 2})
     assert res.status == "completed", res.reason
     m, _ = load_model(res.checkpoint)
-    assert m.qat_prepared and type(m.blocks[0].ff[0]) is type(tr.model.blocks[0].ff[0])
+    assert m.qat_prepared and type(m.blocks[0].mlp.up) is type(tr.model.blocks[0].mlp.up)
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), tr.model.state_dict().values(), strict=True))
     res2 = Trainer(config(quantization="int8", qat=True), tmp_path / "run", corpus=corpus(text, 28)).fit(
         steps=3, resume=True)

@@ -14,6 +14,7 @@ from bit_transformer.checkpoint import list_checkpoints
 from bit_transformer.checkpointer import Checkpointer
 from bit_transformer.config import RunConfig, TrainConfig
 from bit_transformer.data import Corpus, builtin_text
+from bit_transformer.factory import build_model
 from bit_transformer.model import BitTransformerLM
 from bit_transformer.parallel import DistInfo, Parallel
 from bit_transformer.records import EvalMetrics, GateDecision
@@ -43,7 +44,7 @@ def _save_args(model: BitTransformerLM) -> dict:
 
 
 def test_checkpointer_cadence_skips_repeats_refuses_diverged_states_and_prunes(tmp_path):
-    model = BitTransformerLM(RunConfig().model.model_copy(update={"layers": 1, "d_model": 16, "nhead": 2}))
+    model = build_model(RunConfig().model.model_copy(update={"layers": 1, "d_model": 16, "nhead": 2}))
     ck = Checkpointer(tmp_path / "checkpoints", TrainConfig(save_every=4, keep_checkpoints=2), is_main=True)
     assert [u for u in range(1, 13) if ck.due(u, final=False)] == [4, 8, 12]
     assert ck.due(7, final=True)

@@ -18,6 +18,7 @@ from mcp.client import Client
 from mcp_server.budget import RESULT_BUDGET, TOOLS_BUDGET, app_only, compact, result_bytes, tools_bytes
 
 from .conftest import call, new_server
+from .test_dashboard import AppsClient
 
 pytestmark = pytest.mark.anyio
 CONTRACT = Path(__file__).with_name("tool_contract.json")
@@ -34,6 +35,7 @@ ARGS = {
     "generate": {"max_bytes": 16, "seed": 0},
     "scale_up": {"layers": 3},
     "train": {"steps": 2},
+    "playbook_run": {"task_id": "12", "wait_s": 120},  # runs to its end: the PASS/FAIL table is measured
 }
 FIRST, LAST = ["export_int8"], ["train", "cancel_job"]  # export before delete reads it; cancel the job train starts
 
@@ -71,7 +73,7 @@ async def test_tools_list_fits_the_budget(tmp_path):
 
 async def test_every_default_result_fits_the_budget(trained_ws):
     sizes: dict[str, int] = {}
-    async with Client(new_server(trained_ws)) as c:
+    async with Client(new_server(trained_ws), extensions=[AppsClient()]) as c:  # every tool, app-only too
         tools = (await c.list_tools()).tools
         names = sorted((t.name for t in tools), key=lambda n: (n not in FIRST, n in LAST, LAST.index(n) if n in LAST
                                                                   else 0, n))
@@ -80,6 +82,8 @@ async def test_every_default_result_fits_the_budget(trained_ws):
             # cancel_job may find the 2-step job already ended
             assert not res.is_error or name == "cancel_job", (name, res.content[0].text)
             sizes[name] = result_bytes(res)
+            if name == "playbook_run":  # its final table, within the budget
+                assert res.structured_content["summary"] == "1/1 recipes passed", res.structured_content
             if res.structured_content is not None and not name.startswith("dashboard"):  # text = the same JSON
                 assert res.content[0].text == compact(res.structured_content), name
         job = await call(c, "get_job", {"job_id": "job-0001"})
@@ -90,7 +94,11 @@ async def test_every_default_result_fits_the_budget(trained_ws):
     # The default get_job carries what an agent decides on, and detail only when asked for.
     assert {"status", "progress", "step", "eval", "gate", "checkpoint", "next"} <= set(job)
     assert job["step"]["bpb"] > 0 and job["eval"]["val_bpb"] > 0 and job["gate"]["state"] in ("ok", "burn-in")
+    assert job["step"]["bits_per_s"] > 0  # throughput, in the compact view
     assert "history" not in job and "plan" not in job
+    # The result section is the outcome: plan, last step and last eval are their own sections, not repeated.
+    assert asked["result"]["updates_done"] == job["progress"]["total_updates"]
+    assert not {"plan", "last_step", "last_eval"} & set(asked["result"])
     assert len(asked["history"]) > 1 and asked["plan"]["total_updates"] == job["progress"]["total_updates"]
     assert result_bytes_of(asked) > RESULT_BUDGET or len(asked["history"]) < 20
 
@@ -100,7 +108,7 @@ def result_bytes_of(data: dict) -> int:
 
 
 async def test_tool_contract_matches_the_snapshot(tmp_path):
-    async with Client(new_server(tmp_path / "ws")) as c:
+    async with Client(new_server(tmp_path / "ws"), extensions=[AppsClient()]) as c:  # every tool, app-only too
         now = contract((await c.list_tools()).tools)
     if os.environ.get("BT_UPDATE_CONTRACT"):
         CONTRACT.write_text(json.dumps(now, indent=1, sort_keys=True) + "\n", encoding="utf-8")

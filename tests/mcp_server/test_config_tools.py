@@ -35,7 +35,7 @@ async def test_tool_listing_has_fixed_names_schemas_and_annotations(tmp_path):
 async def test_patch_config_returns_changes_and_derived_facts(tmp_path):
     from bit_transformer.config import RunConfig
     from bit_transformer.data import BitWindowDataset, load_corpus
-    from bit_transformer.model import BitTransformerLM
+    from bit_transformer.factory import build_model
 
     ws = tmp_path / "ws"
     async with Client(new_server(ws)) as c:
@@ -45,7 +45,7 @@ async def test_patch_config_returns_changes_and_derived_facts(tmp_path):
         assert out["applied"] is True
         cfg = RunConfig.model_validate(out["config"])
         # Derived facts are true numbers: compare with the engine directly.
-        assert out["derived"]["params"] == BitTransformerLM(cfg.model).num_parameters()
+        assert out["derived"]["params"] == build_model(cfg.model).num_parameters()
         windows = len(BitWindowDataset(load_corpus(cfg.data, tmp_path / "c").train, cfg.model.max_seq_len))
         plan = out["derived"]["plan"]
         assert out["derived"]["train_windows"] == windows
@@ -105,3 +105,17 @@ async def test_files_source_inside_workspace(tmp_path):
         assert out["config"]["data"]["paths"] == ["data/*.txt"]  # stored as given (portable)
         prep = await call(c, "prepare_data")
         assert prep["n_bytes"] == len("hello bits " * 200)
+
+
+async def test_a_reset_shows_new_null_and_get_config_lists_enum_choices(tiny_ws):
+    async with Client(new_server(tiny_ws)) as c:
+        reset = await call(c, "patch_config", {"patch": {"data": {"max_bytes": None}}})
+        got = await call(c, "get_config", {"derived": False})
+        bad = error_text(await c.call_tool("patch_config", {"patch": {"data": {"source": "web"}}}))
+    assert reset["changed"] == [{"path": "data.max_bytes", "old": 8000, "new": None}]  # said, not left out
+    assert got["choices"]["data.source"] == "builtin|files|hf" and got["choices"]["train.amp"] == "bf16|none"
+    assert "source" in bad  # the values get_config lists are the ones validation accepts
+    for value in got["choices"]["data.source"].split("|"):
+        from bit_transformer.config import DataConfig
+
+        DataConfig.model_validate({"source": value, "paths": ["x"]})

@@ -30,8 +30,13 @@ class AppsClient(ClientExtension):
 
 
 async def test_tools_are_bound_to_the_app_and_small(tiny_ws):
-    async with Client(new_server(tiny_ws)) as c:
+    server = new_server(tiny_ws)
+    async with Client(server, extensions=[AppsClient()]) as c:
         tools = {t.name: t for t in (await c.list_tools()).tools}
+    async with Client(server) as c:  # no Apps: the app-only tool is not listed (so not in the model's context)
+        plain = {t.name for t in (await c.list_tools()).tools}
+        assert not (await c.call_tool("dashboard_data", {})).is_error  # ...but still answers
+    assert plain == set(tools) - {"dashboard_data"}
     board, data = tools["dashboard"], tools["dashboard_data"]
     assert board.meta["ui"] == {"resourceUri": URI, "visibility": ["model", "app"]}
     assert data.meta["ui"] == {"resourceUri": URI, "visibility": ["app"]}  # never in the model's view

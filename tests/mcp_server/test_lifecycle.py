@@ -151,7 +151,7 @@ async def test_worker_error_event_becomes_the_reason(tiny_ws, tmp_path):
 
 async def test_bad_train_arguments(tiny_ws):
     async with Client(new_server(tiny_ws)) as c:
-        assert "steps or epochs, not both" in error_text(await c.call_tool("train", {"steps": 2, "epochs": 1}))
+        assert "one of steps, epochs or minutes" in error_text(await c.call_tool("train", {"steps": 2, "epochs": 1}))
         assert "steps" in error_text(await c.call_tool("train", {"steps": 0}))
         assert "nothing to resume" in error_text(await c.call_tool("train", {"resume": True}))
         assert "no jobs yet" in error_text(await c.call_tool("cancel_job", {}))

@@ -21,6 +21,14 @@ async def test_evaluate_val_and_text(trained_ws):
         assert math.isclose(val["bits_per_byte"], val["data_bits_per_byte"] + val["parity_bits_per_byte"],
                             rel_tol=1e-3)
         assert set(val["compressors"]) == {"gzip", "bzip2", "xz"}
+        # Which figure compares with the compressors, and that they had the training text as context.
+        ctx = val["compressor_context_bytes"]
+        assert ctx > 0 and val["compare"].startswith("bits_per_byte is the figure to compare with compressors")
+        assert f"given {ctx} bytes of the training text as context" in val["compare"]
+        assert "loss_by_phase" not in val and "by_phase" not in val  # unlabelled arrays: on request, labelled
+        rich = await call(c, "evaluate", {"max_bytes": 300, "detail": True})
+        assert len(rich["by_phase"]["loss_nats"]) == len(rich["by_phase"]["accuracy"]) == 9
+        assert "8: parity" in rich["by_phase"]["phases"] and rich["bits_per_byte"] == val["bits_per_byte"]
         text = await call(c, "evaluate", {"text": "hello world, hello bits", "compressors": False})
         assert text["source"] == "text" and text["n_bytes"] == len("hello world, hello bits")
         train = await call(c, "evaluate", {"split": "train", "max_bytes": 200, "compressors": False})
@@ -39,7 +47,9 @@ async def test_generate_is_reproducible_and_parity_safe(trained_ws):
         b = await call(c, "generate", {"prompt": "def ", "max_bytes": 12, "seed": 7})
         assert a["text"] == b["text"] and a["new_bytes"] == 12 and a["parity_ok"] is True
         assert a["checkpoint"] == FINAL
-        assert "triggered" in a["verdict"] and "S" in a["telemetry"]
+        assert "triggered" in a["verdict"] and "telemetry" not in a and "full_text" not in a  # on request only
+        rich = await call(c, "generate", {"prompt": "def ", "max_bytes": 12, "seed": 7, "telemetry": True})
+        assert rich["text"] == a["text"] and "S" in rich["telemetry"]
         t = await call(c, "telemetry")
         assert t["last_generation"]["checkpoint"] == FINAL
         assert "top_p" in error_text(await c.call_tool("generate", {"prompt": "x", "top_p": 0}))

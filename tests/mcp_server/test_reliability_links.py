@@ -15,7 +15,7 @@ from mcp.client import Client
 
 from bit_transformer.checkpoint import save_checkpoint
 from bit_transformer.config import RunConfig
-from bit_transformer.model import BitTransformerLM
+from bit_transformer.factory import build_model
 from mcp_server.engine import Engine
 from mcp_server.jobs import JobManager
 from mcp_server.workspace import Workspace, WorkspaceError
@@ -68,7 +68,7 @@ async def test_tools_do_not_serve_a_symlinked_job(tmp_path):
 
 def _checkpoint(root: Path, name: str) -> Path:
     cfg = RunConfig.model_validate({"model": {"layers": 1, "d_model": 16, "nhead": 2, "max_seq_len": 18}})
-    return save_checkpoint(root / name, model=BitTransformerLM(cfg.model), config=cfg, state={"update": 1})
+    return save_checkpoint(root / name, model=build_model(cfg.model), config=cfg, state={"update": 1})
 
 
 def test_checkpoints_reached_through_symlinks_are_not_listed(tmp_path, caplog):

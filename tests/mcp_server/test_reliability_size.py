@@ -15,8 +15,8 @@ from mcp.client import Client
 
 import bit_transformer.checkpoint as ck
 from bit_transformer.config import RunConfig
+from bit_transformer.factory import build_model
 from bit_transformer.memory_limits import ModelTooLarge, check_fits, memory_limit
-from bit_transformer.model import BitTransformerLM
 
 from .conftest import TINY, call, error_text, new_server
 
@@ -47,7 +47,7 @@ def test_the_issue_config_is_refused_with_estimate_limit_and_fix(monkeypatch):
 
 def test_loading_a_checkpoint_too_large_for_the_limit_is_refused_before_building(tmp_path, monkeypatch):
     cfg = RunConfig.model_validate(MEDIUM)
-    path = ck.save_checkpoint(tmp_path / "checkpoints" / "big", model=BitTransformerLM(cfg.model), config=cfg,
+    path = ck.save_checkpoint(tmp_path / "checkpoints" / "big", model=build_model(cfg.model), config=cfg,
                               state={"update": 0})
     monkeypatch.setenv("BT_MEMORY_LIMIT_MB", "8")
     with pytest.raises(ModelTooLarge, match=r"for building .* but BT_MEMORY_LIMIT_MB is 8\.0 MiB"):
