@@ -123,6 +123,7 @@ def run_variant(v: Variant, seed: int, budget: str | None, a: argparse.Namespace
         return {**row, "error": f"train exit {done.returncode}: " + " | ".join(tail)[-400:]}
     result = TrainResult.model_validate_json(done.stdout)
     row.update(status=result.status, updates=result.updates_done, params=result.plan.params,
+               budget_used_s=result.plan.budget_used_s,
                epochs=round(result.updates_done / max(result.plan.updates_per_epoch, 1), 2))
     ev = subprocess.run(evaluate, cwd=ROOT, env=env, capture_output=True, text=True)
     if ev.returncode != 0:
@@ -158,17 +159,21 @@ def _num(x: float | None, fmt: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
+COLUMNS = ("variant", "change", "seed", "updates", "CPU s used", "epochs", "bits/byte", "delta vs best",
+           "mean over seeds")
+
+
 def markdown(rows: list[dict], summary: list[dict], headline: list[dict], budget: str | None) -> str:
     lines = [f"Ablation ({budget or 'updates'} budget per run): each row turns one change of the best recipe off.", "",
-             "| variant | change | seed | updates | epochs | bits/byte | delta vs best | mean over seeds |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| " + " | ".join(COLUMNS) + " |", "| --- | --- |" + " ---: |" * (len(COLUMNS) - 2)]
     for s in summary:
         runs = sorted((r for r in rows if r["label"] == s["variant"]), key=lambda r: r["seed"])
         for i, r in enumerate(runs):
             mean = (f"{_num(s['mean_bpb'], '.3f')} ({_num(s['mean_delta'], '+.3f')})" if i == 0 else "")
             bpb = _num(r.get("bpb"), ".3f") if "error" not in r else "FAILED"
             lines.append(f"| {s['variant'] if i == 0 else ''} | {s['change'] if i == 0 else ''} | {r['seed']} | "
-                         f"{r.get('updates', '-')} | {_num(r.get('epochs'), '.2f')} | {bpb} | "
+                         f"{r.get('updates', '-')} | {_num(r.get('budget_used_s'), '.0f')} | "
+                         f"{_num(r.get('epochs'), '.2f')} | {bpb} | "
                          f"{_num(r.get('delta'), '+.3f')} | {mean} |")
     for h in headline:
         comp = ", ".join(f"{k} {x:.2f}" for k, x in h.get("compressors", {}).items())

@@ -27,7 +27,7 @@ def test_two_variants_train_and_score_through_the_cli(tmp_path):
     assert adamw["delta"] == round(adamw["bpb"] - best["bpb"], 4) != 0
     assert out["variants"][1]["mean_delta"] == adamw["delta"]
     table = (tmp_path / "bench_recipe.md").read_text()
-    assert "| best | the recipe | 0 | 3 |" in table and "| adamw |" in table
+    assert "| best | the recipe | 0 | 3 | - |" in table and "| adamw |" in table  # no time budget: no CPU s
     assert (tmp_path / "bench_recipe.json").is_file() and out["summary"].startswith("Tiny Shakespeare val")
 
 
@@ -36,7 +36,7 @@ def test_a_time_budget_reaches_the_trainer(tmp_path):
     (row,) = out["runs"]
     assert "error" not in row, row.get("error")
     assert "--time_budget 3s --budget_clock cpu" in row["train_command"]
-    assert row["status"] == "completed" and row["updates"] >= 1 and row["bpb"] > 0
+    assert row["status"] == "completed" and row["updates"] >= 1 and row["bpb"] > 0 and row["budget_used_s"] > 0
 
 
 def test_each_ablation_changes_the_recipe():
@@ -53,7 +53,7 @@ def test_paired_deltas_and_means():
             {"label": "flat", "seed": 0, "bpb": 2.5}, {"label": "flat", "seed": 1, "bpb": 2.6},
             {"label": "bf16", "seed": 0, "error": "train exit 1"}, {"label": "bf16", "seed": 1, "bpb": 2.3}]
     for r in rows:
-        r.update(updates=10, epochs=0.5)
+        r.update(updates=10, epochs=0.5, budget_used_s=296.2)
     variants = [Variant("best", "the recipe", {}), Variant("flat", "flat", {"arch": "flat"}),
                 Variant("bf16", "bf16", {"amp": "bf16"})]
     best, flat, bf16 = summarise(rows, variants)
@@ -61,5 +61,5 @@ def test_paired_deltas_and_means():
     assert flat["mean_bpb"] == 2.55 and flat["mean_delta"] == pytest.approx(0.45)
     assert bf16["mean_bpb"] == 2.3 and bf16["mean_delta"] == pytest.approx(0.1) and bf16["failed"] == [0]
     table = markdown(rows, [best, flat, bf16], [], "5m")
-    assert "| flat | flat | 0 | 10 | 0.50 | 2.500 | +0.500 | 2.550 (+0.450) |" in table
+    assert "| flat | flat | 0 | 10 | 296 | 0.50 | 2.500 | +0.500 | 2.550 (+0.450) |" in table
     assert "FAILED" in table
