@@ -22,6 +22,7 @@ run with the same seed. Writes ``<out>/bench_recipe.{json,md}`` and the run dire
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shlex
@@ -35,6 +36,7 @@ from pathlib import Path
 
 from benchmarks.common import ROOT, load_avg, machine_info
 from benchmarks.report import RESULTS, write_report
+from bit_transformer.checkpoint import resolve_checkpoint
 from bit_transformer.config import FRAME_BITS
 from bit_transformer.evaluate import EvalReport
 from bit_transformer.records import TrainResult
@@ -94,6 +96,13 @@ def context_bits(seq_len: int) -> int:
     return (seq_len * 3 // 4) // FRAME_BITS * FRAME_BITS
 
 
+def budget_spent(run_dir: Path) -> float | None:
+    """Training seconds the run's final checkpoint counted against its time budget (None without a budget)."""
+    meta = json.loads((resolve_checkpoint(run_dir) / "meta.json").read_text())
+    spent = meta.get("state", {}).get("budget_s")
+    return round(spent, 1) if spent else None
+
+
 def run_variant(v: Variant, seed: int, budget: str | None, a: argparse.Namespace, label: str) -> dict:
     """Train one variant through the CLI and score it; returns the run's row."""
     run_dir = a.out / "recipe_runs" / f"{label}_s{seed}"
@@ -123,7 +132,7 @@ def run_variant(v: Variant, seed: int, budget: str | None, a: argparse.Namespace
         return {**row, "error": f"train exit {done.returncode}: " + " | ".join(tail)[-400:]}
     result = TrainResult.model_validate_json(done.stdout)
     row.update(status=result.status, updates=result.updates_done, params=result.plan.params,
-               budget_used_s=result.plan.budget_used_s,
+               budget_used_s=budget_spent(run_dir),
                epochs=round(result.updates_done / max(result.plan.updates_per_epoch, 1), 2))
     ev = subprocess.run(evaluate, cwd=ROOT, env=env, capture_output=True, text=True)
     if ev.returncode != 0:
