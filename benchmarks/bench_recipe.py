@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.bench_quality import DEFAULT_DATA  # the shared data folder next to the repository
 from benchmarks.common import ROOT, load_avg, machine_info
 from benchmarks.report import RESULTS, write_report
 from bit_transformer.checkpoint import resolve_checkpoint
@@ -41,7 +42,6 @@ from bit_transformer.config import FRAME_BITS
 from bit_transformer.evaluate import EvalReport
 from bit_transformer.records import TrainResult
 
-DEFAULT_DATA = Path("/work/shared/data/tinyshakespeare/input.txt")
 TARGETS = {"5m": 2.30, "15m": 2.12}  # issue 22: Tiny Shakespeare validation, whole split, one thread
 
 # The best measured recipe (docs/benchmarks.md, "Best recipe through the CLI"); flags as the CLI spells them.
