@@ -101,6 +101,8 @@ REGISTRY: dict[str, Bench] = {b.name: b for b in [
           ("--quick",), (), 60, 300),
     Bench("diffusion", "denoising (diffusion) bound vs causal bits per byte at equal updates; sampler speed",
           "benchmarks.bench_diffusion", ("--quick",), (), 60, 600),
+    Bench("recipe", "best CPU recipe through the CLI on Tiny Shakespeare: 15-min headline, 5-min ablation "
+          "(each change off, 2 seeds)", "benchmarks.bench_recipe", ("--quick",), (), 45, 3600),
 ]}
 
 
