@@ -23,6 +23,13 @@ pytestmark = pytest.mark.anyio
 POLLS = 1200  # job.json polls of 0.25 s: a bound on iterations, never a timing assertion
 
 
+async def _tiny_workspace(tmp_path: Path) -> Path:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    await one_shot(ws, "patch_config", {"patch": TINY})
+    return ws
+
+
 async def _two_servers(ws: Path, stack: AsyncExitStack) -> tuple[Client, Client]:
     errlog = stack.enter_context(open(ws.parent / "servers.log", "a"))  # noqa: SIM115 - closed by the stack
     a = await stack.enter_async_context(Client(stdio_client(_params(ws), errlog=errlog)))
@@ -65,9 +72,7 @@ async def _until_update(client: Client, job_id: str, at_least: int) -> dict:
 
 
 async def test_two_servers_share_config_queue_and_jobs(tmp_path):
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    await one_shot(ws, "patch_config", {"patch": TINY})
+    ws = await _tiny_workspace(tmp_path)
     async with AsyncExitStack() as stack:
         a, b = await _two_servers(ws, stack)
         for i in range(4):  # each round: both servers read-modify-write config.json at the same moment
@@ -101,9 +106,7 @@ async def test_two_servers_share_config_queue_and_jobs(tmp_path):
 
 
 async def test_cancel_a_queued_job_from_the_other_server(tmp_path):
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    await one_shot(ws, "patch_config", {"patch": TINY})
+    ws = await _tiny_workspace(tmp_path)
     async with AsyncExitStack() as stack:
         a, b = await _two_servers(ws, stack)
         running = await call(a, "train", {"steps": 5000})
@@ -125,9 +128,7 @@ async def test_cancel_a_queued_job_from_the_other_server(tmp_path):
 
 
 async def test_a_killed_worker_does_not_wedge_the_queue(tmp_path):
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    await one_shot(ws, "patch_config", {"patch": TINY})
+    ws = await _tiny_workspace(tmp_path)
     running = await one_shot(ws, "train", {"steps": 5000})
     queued = await one_shot(ws, "train", {"steps": 3})
     assert queued["status"] == "queued"
