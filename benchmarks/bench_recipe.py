@@ -76,13 +76,6 @@ VARIANTS: list[Variant] = [  # in order of interest: a run stopped early has the
 ]
 
 
-def parse_budget(text: str) -> float:
-    """'5m' / '90s' / '1h' / '300' -> seconds."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    t = text.strip().lower()
-    return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
-
-
 def bit_transformer(*args: str) -> list[str]:
     """The CLI, run with this interpreter (``bit-transformer`` is ``python -m bit_transformer``)."""
     return [sys.executable, "-m", "bit_transformer", *args]
