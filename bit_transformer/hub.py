@@ -251,13 +251,20 @@ def hub_errors(repo_id: str, action: str) -> Iterator[None]:
         raise HubError(f"{offline} ({type(err).__name__})") from err
 
 
-def upload(folder: str | Path, repo_id: str, *, private: bool = False,
-           message: str = "Upload BitTransformerLM") -> tuple[str, str | None]:
-    """Create ``repo_id`` if needed and upload ``folder``; (repo url, commit id). Needs a token with write access."""
-    from huggingface_hub import HfApi, get_token
+def require_token(repo_id: str) -> None:
+    """Fail at once, naming HF_TOKEN, when no token is set (before any evaluation or upload)."""
+    from huggingface_hub import get_token
 
     if not get_token():
         raise HubError(f"no Hugging Face token to push {repo_id!r}: {TOKEN_HELP.format(access='write')}")
+
+
+def upload(folder: str | Path, repo_id: str, *, private: bool = False,
+           message: str = "Upload BitTransformerLM") -> tuple[str, str | None]:
+    """Create ``repo_id`` if needed and upload ``folder``; (repo url, commit id). Needs a token with write access."""
+    from huggingface_hub import HfApi
+
+    require_token(repo_id)
     api = HfApi(endpoint=_endpoint())
     with hub_errors(repo_id, "push to"):
         url = api.create_repo(repo_id, private=private, exist_ok=True)
@@ -267,15 +274,15 @@ def upload(folder: str | Path, repo_id: str, *, private: bool = False,
 
 
 def push_to_hub(checkpoint: str | Path, repo_id: str, *, private: bool = False, load_data: DataLoader | None = None,
-                eval_bytes: int = DEFAULT_EVAL_BYTES) -> PushResult:
-    """``save_pretrained`` into a temporary folder, then ``upload`` it to ``repo_id``."""
-    from huggingface_hub import get_token
-
-    if not get_token():  # before the evaluation: fail in a second, not after it
-        raise HubError(f"no Hugging Face token to push {repo_id!r}: {TOKEN_HELP.format(access='write')}")
+                eval_bytes: int = DEFAULT_EVAL_BYTES,
+                lock: contextlib.AbstractContextManager | None = None) -> PushResult:
+    """``save_pretrained`` into a temporary folder, then ``upload`` it to ``repo_id``. ``lock`` is held around the
+    model work only, not the upload (the server's engine lock)."""
+    require_token(repo_id)  # before the evaluation: fail in a second, not after it
     with tempfile.TemporaryDirectory(prefix="bt-push-") as tmp:
-        info = save_pretrained(checkpoint, Path(tmp) / "model", name=repo_id, load_data=load_data,
-                               eval_bytes=eval_bytes)
+        with lock or contextlib.nullcontext():
+            info = save_pretrained(checkpoint, Path(tmp) / "model", name=repo_id, load_data=load_data,
+                                   eval_bytes=eval_bytes)
         url, commit = upload(Path(tmp) / "model", repo_id, private=private)
     return PushResult(**{**info.model_dump(), "path": None}, repo_id=repo_id, url=url, commit=commit,
                       private=private)

@@ -26,7 +26,7 @@ class FakeHub:
         self.repos: dict[str, dict[str, bytes]] = {}  # repo id -> path -> content
         self.commits: dict[str, str] = {}  # repo id -> head commit sha
         self.private: dict[str, bool] = {}
-        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []  # method, path, headers, body
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []  # method, path, headers (lower case), body
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -68,7 +68,7 @@ class FakeHub:
             def _handle(self, method: str) -> None:
                 path = unquote(urlparse(self.path).path)
                 body = self._body() if method in ("POST", "PUT") else b""
-                hub.requests.append((method, self.path, dict(self.headers), body))
+                hub.requests.append((method, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 if not self._authorized():
                     self._send(401, {"error": "Invalid credentials in Authorization header"},
                                headers={"X-Error-Message": "Invalid credentials in Authorization header"})
