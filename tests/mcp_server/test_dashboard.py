@@ -124,8 +124,8 @@ async def test_compressor_lines_are_the_validation_text_given_training(trained_w
 
 
 async def test_loss_png_plots_bits_per_byte_with_validation_and_compressors(trained_ws):
-    from mcp_server.events import EventReader
     from bit_transformer.loss_curve import loss_curve_figure
+    from mcp_server.events import EventReader
     from mcp_server.resources import curve_points
 
     events = EventReader(trained_ws / "jobs" / "job-0001" / "metrics.jsonl").read_events()
