@@ -8,7 +8,6 @@ would be uploaded and stops there. Exit codes: 0 done, 1 the Hub refused or coul
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -42,11 +41,6 @@ def add_hub_commands(sub) -> None:
     pull.add_argument(*spell("--out"), metavar="DIR", help="folder to write (default: pretrained/<owner>--<name>)")
     pull.add_argument(*spell("--revision"), help="branch, tag or commit (default: main)")
     pull.add_argument(*spell("--json"), action="store_true")
-
-
-def folder_name(repo_id: str) -> str:
-    """``owner/name`` -> ``owner--name``: one path component, as the Hub's own cache spells it."""
-    return re.sub(r"[^A-Za-z0-9._-]", "-", repo_id.strip("/").replace("/", "--"))[:80]
 
 
 def _corpus_loader(args: argparse.Namespace):
@@ -90,7 +84,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from .hub import HubError, pull
+    from .hub import HubError, folder_name, pull
 
     out = Path(args.out or Path("pretrained") / folder_name(args.repo_id))
     try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -198,6 +199,11 @@ def save_pretrained(checkpoint: str | Path, out: str | Path, *, name: str | None
 
 
 # --------------------------------------------------------------------------------------------- the Hub
+
+
+def folder_name(repo_id: str) -> str:
+    """``owner/name`` -> ``owner--name``: one path component, as the Hub's own cache spells it."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", repo_id.strip("/").replace("/", "--"))[:80]
 
 
 def _endpoint() -> str | None:

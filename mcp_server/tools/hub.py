@@ -15,8 +15,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult
 from pydantic import BaseModel, Field
 
-from bit_transformer.cli_hub import folder_name
-from bit_transformer.hub import DEFAULT_EVAL_BYTES
+from bit_transformer.hub import DEFAULT_EVAL_BYTES, folder_name
 
 from .common import guarded, writes
 from .compact import reply
