@@ -104,6 +104,13 @@ def _source(d: DataConfig) -> str:
     return ", ".join(Path(p).name for p in d.paths) if d.source == "files" else d.source
 
 
+def _replaceable(target: Path) -> None:
+    """Refuse to replace anything but a model folder or an empty one (``--local ~`` must not empty a home)."""
+    if target.is_file() or (target.is_dir() and any(target.iterdir()) and not (target / "meta.json").is_file()):
+        raise ValueError(f"{target} exists and is not a model folder; give a new or empty folder (an earlier "
+                         "pretrained folder or pull is replaced)")
+
+
 def _measure(model: BitTransformerLM, cfg: RunConfig, load_data: DataLoader | None,
              eval_bytes: int) -> tuple[Measured | None, DataFacts, str | None]:
     """Bits per byte on the start of the validation split, with the compressors given the training split."""
@@ -165,6 +172,7 @@ def save_pretrained(checkpoint: str | Path, out: str | Path, *, name: str | None
     src, target = resolve_checkpoint(checkpoint), Path(out).absolute()
     if target == src.absolute() or src.absolute().is_relative_to(target):
         raise ValueError(f"out {target} would overwrite the checkpoint it is made from; pick another folder")
+    _replaceable(target)
     loaded = load_checkpoint(src)
     ema = bool(ema_state(loaded.tensors))
     model, cfg = averaged_model(loaded), loaded.config
@@ -302,6 +310,7 @@ def pull(repo_id: str, out: str | Path, *, revision: str | None = None) -> PullR
     from .checkpoint import load_model, replace_dir
 
     target = Path(out).absolute()
+    _replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     stage = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     try:

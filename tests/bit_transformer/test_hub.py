@@ -115,6 +115,11 @@ def test_round_trip_is_bit_identical_and_publishes_the_ema_weights(tmp_path, mod
     same_weights(hub.from_pretrained(tmp_path / "again")[0], averaged)
     with pytest.raises(ValueError, match="would overwrite"):
         hub.save_pretrained(tmp_path / "out", tmp_path / "out")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a model folder"):  # never empties a folder of other files
+        hub.save_pretrained(tmp_path / "out", tmp_path / "docs")
+    assert (tmp_path / "docs" / "notes.txt").read_text() == "mine"
 
 
 def test_card_shows_measured_bits_per_byte_the_loss_curve_and_the_command(trained, tmp_path):
