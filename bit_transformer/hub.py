@@ -85,7 +85,7 @@ class PullResult(BaseModel):
     path: str
     files: list[str]
     params: int
-    revision: str | None = None
+    commit: str = Field(description="The commit downloaded.")
 
 
 DataLoader = Callable[[DataConfig], Any]  # DataConfig -> data.Corpus (the CLI's cache or the server's)
@@ -303,10 +303,24 @@ def push_to_hub(checkpoint: str | Path, repo_id: str, *, private: bool = False, 
                       private=private)
 
 
+def download(repo_id: str, *, revision: str | None = None, local_dir: Path | None = None) -> tuple[str, str]:
+    """(folder, commit) of ``repo_id`` at ``revision``, in ``local_dir`` or else the Hub's cache. Its file list is
+    checked first, so a repo that is not a BitTransformerLM model is refused before anything is downloaded."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    with hub_errors(repo_id, "download"):
+        info = HfApi(endpoint=_endpoint()).model_info(repo_id, revision=revision)
+        files = {s.rfilename for s in info.siblings or []}
+        if not {"meta.json", "model.safetensors"} <= files:
+            raise HubError(f"{repo_id!r} is not a BitTransformerLM model (no meta.json and model.safetensors); "
+                           "push one with `bit-transformer push` or push_to_hub")
+        path = snapshot_download(repo_id, revision=info.sha, local_dir=local_dir, allow_patterns=list(HUB_FILES),
+                                 endpoint=_endpoint())  # the commit just listed, even if the branch moves on
+    return path, str(info.sha)
+
+
 def pull(repo_id: str, out: str | Path, *, revision: str | None = None) -> PullResult:
     """Download ``repo_id`` into the folder ``out`` (replaced whole once complete and loadable)."""
-    from huggingface_hub import snapshot_download
-
     from .checkpoint import load_model, replace_dir
 
     target = Path(out).absolute()
@@ -314,19 +328,14 @@ def pull(repo_id: str, out: str | Path, *, revision: str | None = None) -> PullR
     target.parent.mkdir(parents=True, exist_ok=True)
     stage = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     try:
-        with hub_errors(repo_id, "download"):
-            snapshot_download(repo_id, revision=revision, local_dir=stage, allow_patterns=list(HUB_FILES),
-                              endpoint=_endpoint())
+        _, commit = download(repo_id, revision=revision, local_dir=stage)
         shutil.rmtree(stage / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
-        if not (stage / "meta.json").is_file():
-            raise HubError(f"{repo_id!r} is not a BitTransformerLM model: it has no meta.json (push one with "
-                           "`bit-transformer push`)")
         model, _ = load_model(stage)  # a damaged or foreign folder fails here, before it replaces anything
         replace_dir(stage, target)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return PullResult(repo_id=repo_id, path=str(target), revision=revision, params=model.num_parameters(),
+    return PullResult(repo_id=repo_id, path=str(target), commit=commit, params=model.num_parameters(),
                       files=sorted(f for f in HUB_FILES if (target / f).is_file()))
 
 
@@ -338,8 +347,4 @@ def from_pretrained(source: str | Path, *, revision: str | None = None,
 
     if Path(source).exists():
         return load_model(source, device=device)
-    from huggingface_hub import snapshot_download
-
-    with hub_errors(str(source), "download"):
-        path = snapshot_download(str(source), revision=revision, allow_patterns=list(HUB_FILES), endpoint=_endpoint())
-    return load_model(path, device=device)
+    return load_model(download(str(source), revision=revision)[0], device=device)

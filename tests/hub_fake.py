@@ -1,8 +1,9 @@
 """A local stand-in for the Hugging Face Hub: the few endpoints huggingface_hub calls to push and pull a model.
 
 ``create_repo`` (POST /api/repos/create), ``upload_folder`` (POST /api/validate-yaml, .../preupload/{rev} answering
-"regular" for every file so no LFS or xet transfer happens, .../commit/{rev} with the files inline as base64) and
-``snapshot_download`` (GET /api/models/{repo}/revision/{rev}, .../tree/{rev}, HEAD/GET /{repo}/resolve/{rev}/{file}).
+"regular" for every file so no LFS or xet transfer happens, .../commit/{rev} with the files inline as base64),
+``model_info`` (GET /api/models/{repo}[/revision/{rev}]) and ``snapshot_download`` (.../tree/{rev}, HEAD/GET
+/{repo}/resolve/{rev}/{file}).
 Repos live in memory. Requests without ``Authorization: Bearer <token>`` for the server's token get 401, as the
 Hub answers a missing or bad token; every request's headers and body are kept so a test can check what was sent.
 """
@@ -99,7 +100,7 @@ class FakeHub:
             (r"/api/validate-yaml", ("POST", lambda h, m, b, head: h._send(200, {"errors": [], "warnings": []}))),
             (rf"/api/models/{REPO}/preupload/(?P<rev>[^/]+)", ("POST", self._preupload)),
             (rf"/api/models/{REPO}/commit/(?P<rev>[^/]+)", ("POST", self._commit)),
-            (rf"/api/models/{REPO}/revision/(?P<rev>[^/]+)", ("GET", self._info)),
+            (rf"/api/models/{REPO}(?:/revision/(?P<rev>[^/]+))?", ("GET", self._info)),
             (rf"/api/models/{REPO}/tree/(?P<rev>[^/]+)(?:/.*)?", ("GET", self._tree)),
             (rf"/{REPO}/resolve/(?P<rev>[^/]+)/(?P<file>.+)", ("GET", self._resolve)),
         ]

@@ -4,6 +4,7 @@ and the upload/download path against a local stand-in for the Hub (tests/hub_fak
 from __future__ import annotations
 
 import io
+import json
 import re
 import shlex
 import socket
@@ -200,9 +201,18 @@ def test_push_and_pull_through_a_local_hub(trained, tmp_path, monkeypatch):
         writes = [h for _, path, h, _ in fake.requests if path.startswith("/api/repos/create") or "/commit/" in path]
         assert len(writes) == 2 and all(h["authorization"] == f"Bearer {TOKEN}" for h in writes)  # from HF_TOKEN
 
-        pulled = run_cli(["pull", "me/tiny", "--out", str(tmp_path / "pulled")])
+        pulled = run_cli(["pull", "me/tiny", "--out", str(tmp_path / "pulled"), "--json"])
         assert pulled.rc == 0, pulled.err
+        assert json.loads(pulled.out)["commit"] == fake.commits["me/tiny"]
         cached, _ = hub.from_pretrained("me/tiny")  # straight from the repo id, through the Hub's cache
+
+        # Another library's repo is refused from its file list, before any of its files is downloaded.
+        fake.repos["other/gpt"], fake.commits["other/gpt"], fake.private["other/gpt"] = (
+            {"model.safetensors": b"\0" * 64, "config.json": b"{}"}, "a" * 40, False)
+        foreign = run_cli(["pull", "other/gpt", "--out", str(tmp_path / "foreign")])
+        assert foreign.rc == 1 and "not a BitTransformerLM model" in foreign.err, foreign.err
+        assert not any("/other/gpt/resolve/" in path for _, path, _, _ in fake.requests)
+        assert not (tmp_path / "foreign").exists()
 
     original, cfg = hub.from_pretrained(trained.run)  # load_model: the EMA weights
     back, back_cfg = hub.from_pretrained(tmp_path / "pulled")
