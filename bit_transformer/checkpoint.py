@@ -245,20 +245,26 @@ def save_checkpoint(dir: str | Path, *, model: torch.nn.Module, config: RunConfi
         for f in tmp.iterdir():
             _fsync_file(f)
         _fsync_dir(tmp)
-        old = None
-        if target.exists():
-            old = root / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        _fsync_dir(root)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if update_latest:
         write_text_atomic(root / LATEST, target.name + "\n")
     return target
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move the complete directory ``tmp`` to ``target`` (a sibling); an existing ``target`` is swapped out, then
+    removed, so a crash leaves the old or the new directory, never half of one."""
+    old = None
+    if target.exists():
+        old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -340,14 +346,19 @@ def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu") -> Load
 
 def load_model(dir: str | Path, device: str | torch.device = "cpu") -> tuple[BitTransformerLM, RunConfig]:
     """Just the model (in eval mode) and its run config; the EMA weights when the run kept them."""
+    loaded = load_checkpoint(dir, device)
+    return averaged_model(loaded), loaded.config
+
+
+def averaged_model(loaded: LoadedCheckpoint) -> BitTransformerLM:
+    """The loaded model in eval mode, holding the EMA weights when the run kept them (train.ema_decay): the
+    averaged weights are the ones to evaluate, export and publish."""
     from .ema import ema_state
 
-    loaded = load_checkpoint(dir, device)
     averaged = ema_state(loaded.tensors)
-    if averaged:  # train.ema_decay: the averaged weights are the ones to evaluate and export
+    if averaged:
         loaded.model.load_state_dict(averaged)
-    loaded.model.eval()
-    return loaded.model, loaded.config
+    return loaded.model.eval()
 
 
 def list_checkpoints(root: str | Path) -> list[CheckpointInfo]:

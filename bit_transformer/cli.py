@@ -1,4 +1,4 @@
-"""``bit-transformer``: train, evaluate, generate, scale-up and export-int8 from the command line.
+"""``bit-transformer``: train, evaluate, generate, scale-up, export-int8, push and pull from the command line.
 
 ``train`` takes the playbook's flags verbatim (``--layers 8 --d_model 256 --causal true ...``); they are
 derived from the pydantic config (see ``cli_flags.py``), and every flag also takes its kebab-case spelling.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -32,6 +33,7 @@ from .cli_flags import (
     parse_bool,
     spell,
 )
+from .cli_hub import add_hub_commands, cmd_pull, cmd_push
 from .config import GROWABLE as GROW
 from .config import DataConfig, RunConfig, stored_run_config
 from .export import DEFAULT_EVAL_BYTES
@@ -113,6 +115,10 @@ def cmd_train(args: argparse.Namespace, flags: dict[str, str]) -> int:
         raise UsageError(f"--init fixes the architecture; drop {', '.join('--' + k for k in changed)} "
                          "(use scale-up to grow a model)")
     out.mkdir(parents=True, exist_ok=True)
+    if info.is_main:  # the model card's "how it was made" (provenance.py)
+        from .provenance import Invocation, record
+
+        record(out, Invocation(via="cli", command=shlex.join(["bit-transformer", *args.argv]), metrics="metrics.jsonl"))
     cancel = threading.Event()
     bar = None if args.quiet or not info.is_main else ProgressBar()
     previous = None
@@ -362,18 +368,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
                     help="bit cache for the checkpoint's corpus (default: the run's cache, else "
                          "~/.cache/bit_transformer)")
     ex.add_argument(*spell("--json"), action="store_true")
+    add_hub_commands(sub)
     return parser, flags
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, flags = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # train records it (provenance.py)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     commands = {"evaluate": cmd_evaluate, "generate": cmd_generate, "scale-up": cmd_scale_up,
-                "export-int8": cmd_export_int8}
+                "export-int8": cmd_export_int8, "push": cmd_push, "pull": cmd_pull}
     try:
         if args.command == "train":
             return cmd_train(args, flags)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bit_transformer.provenance import ToolCall
 from bit_transformer.records import (
     CheckpointInfo,
     CorpusInfo,
@@ -84,6 +85,37 @@ class TrainRequest(BaseModel):
     processes: int = Field(1, ge=1)
     out_dir: str | None = None
     cache_dir: str | None = None
+
+    def tool_calls(self, root: Path) -> list[ToolCall]:
+        """The tool calls that make this job again on a fresh workspace at ``root``: load_checkpoint (a model to
+        start from), one patch_config (the config's differences from the defaults), train. A resumed job's own
+        config came from the job it resumes, so it is just train(resume=<run>)."""
+        from bit_transformer.config import RunConfig
+
+        from .config_ops import diff
+
+        budget = self.config.get("train", {}).get("time_budget")
+        args: dict[str, Any] = {k: v for k, v in (("steps", self.steps), ("epochs", self.epochs)) if v is not None}
+        if self.processes != 1:
+            args["processes"] = self.processes
+        if self.resume:
+            if budget is not None and not args:
+                args["minutes"] = round(budget / 60, 4)
+            return [ToolCall(tool="train", arguments={"resume": self.run, **args})]
+        patch = {path: _relative(new, root) for path, _, new in diff(RunConfig().model_dump(mode="json"), self.config)}
+        calls = [ToolCall(tool="load_checkpoint", arguments={"name": self.init_name})] if self.init_name else []
+        if patch:
+            calls.append(ToolCall(tool="patch_config", arguments={"patch": patch}))
+        return [*calls, ToolCall(tool="train", arguments=args)]
+
+
+def _relative(value: Any, root: Path) -> Any:
+    """Workspace paths as the agent gave them (the request holds them absolute)."""
+    if isinstance(value, list):
+        return [_relative(v, root) for v in value]
+    if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_relative_to(root):
+        return str(Path(value).relative_to(root))
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 
+from bit_transformer.loss_curve import CurvePoints, loss_curve_png
+
 from . import playbook_hook as hook
-from .dashboard.data import compressor_baselines, to_bpb
+from .dashboard.data import compressor_baselines
 from .events import Evaluated, Event, EventReader, Step
 from .workspace import WorkspaceError
 
@@ -54,7 +55,7 @@ def register(server: MCPServer, app) -> None:
         events = EventReader(job_dir(job_id) / "metrics.jsonl").read_events()
         job = app.jobs.get(job_id)
         baselines = compressor_baselines(app, job.record, block=True) if job is not None else None
-        return loss_curve_png(events, title=job_id, baselines=baselines)
+        return loss_curve_png(curve_points(events), title=job_id, baselines=baselines)
 
     @server.resource("bt://checkpoints", name="checkpoints", mime_type="application/json",
                      description="Saved checkpoints ('<run>/<name>') with update and validation metrics.")
@@ -87,40 +88,7 @@ def register(server: MCPServer, app) -> None:
             raise ResourceNotFoundError(str(err)) from err
 
 
-def loss_curve_figure(events: list[Event], title: str = "", baselines: dict[str, float] | None = None):
-    """Training loss and validation (dots) in bits per byte against the update, with compressor lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; safe in a server thread
-    from matplotlib.figure import Figure
-
-    def points(rows: list[tuple[int, float]]) -> list[tuple[int, float]]:
-        return [(u, v) for u, v in ((u, to_bpb(loss)) for u, loss in rows) if v is not None]
-
-    steps = points([(e.data.update, e.data.loss) for e in events if isinstance(e, Step)])
-    evals = points([(e.data.update, e.data.val_loss) for e in events if isinstance(e, Evaluated)])
-    fig = Figure(figsize=(6.4, 3.6), dpi=100)
-    ax = fig.add_subplot()
-    if steps:
-        ax.plot([u for u, _ in steps], [v for _, v in steps], label="train loss", lw=1)
-    if evals:
-        ax.plot([u for u, _ in evals], [v for _, v in evals], "o-", label="validation", ms=3.5, lw=0.8)
-    colors = {"gzip": "#8a8f99", "bzip2": "#a37b4c", "xz": "#4c8aa3"}  # as in the dashboard app
-    for name, v in sorted((baselines or {}).items()):
-        ax.axhline(v, ls="--", lw=1, color=colors.get(name, "0.45"), label=f"{name} {v:.2f}")
-    if not steps and not evals:
-        ax.text(0.5, 0.5, "no steps yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("optimizer update")
-    ax.set_ylabel("bits per byte")
-    ax.set_title(f"{title} bits per byte".strip())
-    ax.grid(alpha=0.3)
-    if steps or evals:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def loss_curve_png(events: list[Event], title: str = "", baselines: dict[str, float] | None = None) -> bytes:
-    buf = io.BytesIO()
-    loss_curve_figure(events, title, baselines).savefig(buf, format="png")
-    return buf.getvalue()
+def curve_points(events: list[Event]) -> CurvePoints:
+    """A job's step and eval losses, for the engine's loss-curve figure."""
+    return CurvePoints(steps=[(e.data.update, e.data.loss) for e in events if isinstance(e, Step)],
+                       evals=[(e.data.update, e.data.val_loss) for e in events if isinstance(e, Evaluated)])

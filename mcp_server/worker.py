@@ -125,6 +125,8 @@ def run(job_dir: Path) -> int:
         from bit_transformer.memory_limits import check_fits
 
         check_fits(cfg, purpose="training")  # fail fast with the estimate and the limit, rather than thrash
+        if rank == 0:
+            _record_provenance(job_dir, req)
         t0 = time.perf_counter()
         corpus = None
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # multi-process: the Trainer loads it, local rank 0 first
@@ -175,6 +177,18 @@ def run(job_dir: Path) -> int:
     finally:
         with _quiet():  # closing flushes; on a full disk that raises again
             events.close()
+
+
+def _record_provenance(job_dir: Path, req: Any) -> None:
+    """The tool calls behind this job, in the run's provenance.json (the model card's "how it was made")."""
+    from bit_transformer.provenance import Invocation, record
+
+    out = Path(req.out_dir)
+    try:
+        record(out, Invocation(via="mcp", job=job_dir.name, tool_calls=req.tool_calls(job_dir.parent.parent),
+                               metrics=os.path.relpath(job_dir / METRICS_FILE, out)))
+    except OSError as err:  # a missing record costs the card a section, not the job
+        print(f"worker: provenance not recorded: {err}", file=sys.stderr)
 
 
 def _quiet():

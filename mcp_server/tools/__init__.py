@@ -6,7 +6,7 @@ from mcp.server.mcpserver import MCPServer
 
 
 def register_all(server: MCPServer, app) -> None:
-    from . import config, inspect, model, playbook, playbook_run, training
+    from . import config, hub, inspect, model, playbook, playbook_run, training
 
-    for module in (config, training, model, inspect, playbook, playbook_run):
+    for module in (config, training, model, hub, inspect, playbook, playbook_run):
         module.register(server, app)

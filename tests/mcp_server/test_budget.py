@@ -16,6 +16,7 @@ import pytest
 from mcp.client import Client
 
 from mcp_server.budget import RESULT_BUDGET, TOOLS_BUDGET, app_only, compact, result_bytes, tools_bytes
+from tests.hub_fake import FakeHub
 
 from .conftest import call, new_server
 from .test_dashboard import AppsClient
@@ -36,8 +37,11 @@ ARGS = {
     "scale_up": {"layers": 3},
     "train": {"steps": 2},
     "playbook_run": {"task_id": "12", "wait_s": 120},  # runs to its end: the PASS/FAIL table is measured
+    "push_to_hub": {"repo_id": "me/tiny", "eval_bytes": 256},  # to a local stand-in for the Hub (hub_fake.py)
+    "pull_from_hub": {"repo_id": "me/tiny"},
 }
-FIRST, LAST = ["export_int8"], ["train", "cancel_job"]  # export before delete reads it; cancel the job train starts
+# export before delete reads it, push before pull downloads it; cancel the job train starts
+FIRST, LAST = ["export_int8", "push_to_hub"], ["train", "cancel_job"]
 # Headroom under the budgets, pinned: a new tool, argument or result field pays for itself (trim something else)
 # rather than eating the margin, so the next one does not break CI at the edge.
 TOOLS_PIN = 23_200  # of TOOLS_BUDGET (24,576)
@@ -77,7 +81,17 @@ async def test_tools_list_fits_the_budget(tmp_path):
             assert "$defs" not in schema and '"description"' not in schema, f"{t.name}: output schema not compact"
 
 
-async def test_every_default_result_fits_the_budget(trained_ws):
+async def test_every_default_result_fits_the_budget(trained_ws, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    with FakeHub("hf_BudgetTestToken") as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        monkeypatch.setenv("HF_TOKEN", fake.token)
+        await _every_default_result(trained_ws)
+
+
+async def _every_default_result(trained_ws):
     sizes: dict[str, int] = {}
     async with Client(new_server(trained_ws), extensions=[AppsClient()]) as c:  # every tool, app-only too
         tools = (await c.list_tools()).tools

@@ -124,13 +124,14 @@ async def test_compressor_lines_are_the_validation_text_given_training(trained_w
 
 
 async def test_loss_png_plots_bits_per_byte_with_validation_and_compressors(trained_ws):
+    from bit_transformer.loss_curve import loss_curve_figure
     from mcp_server.events import EventReader
-    from mcp_server.resources import loss_curve_figure
+    from mcp_server.resources import curve_points
 
     events = EventReader(trained_ws / "jobs" / "job-0001" / "metrics.jsonl").read_events()
     steps = [e.data.model_dump() for e in events if e.event == "step"]
     evals = [e.data.model_dump() for e in events if e.event == "eval"]
-    fig = loss_curve_figure(events, "job-0001", {"gzip": 3.1, "bzip2": 2.4, "xz": 2.5})
+    fig = loss_curve_figure(curve_points(events), "job-0001", {"gzip": 3.1, "bzip2": 2.4, "xz": 2.5})
     ax = fig.axes[0]
     assert ax.get_ylabel() == "bits per byte"
     lines = {line.get_label(): line for line in ax.get_lines()}
