@@ -95,6 +95,7 @@ def _run_config(cfg) -> RunConfig:
 
 def cmd_train(args: argparse.Namespace, flags: dict[str, str]) -> int:
     from .parallel import dist_env
+    from .provenance import Invocation
     from .training import Trainer
 
     info = dist_env()
@@ -115,10 +116,6 @@ def cmd_train(args: argparse.Namespace, flags: dict[str, str]) -> int:
         raise UsageError(f"--init fixes the architecture; drop {', '.join('--' + k for k in changed)} "
                          "(use scale-up to grow a model)")
     out.mkdir(parents=True, exist_ok=True)
-    if info.is_main:  # the model card's "how it was made" (provenance.py)
-        from .provenance import Invocation, record
-
-        record(out, Invocation(via="cli", command=shlex.join(["bit-transformer", *args.argv]), metrics="metrics.jsonl"))
     cancel = threading.Event()
     bar = None if args.quiet or not info.is_main else ProgressBar()
     previous = None
@@ -132,7 +129,9 @@ def cmd_train(args: argparse.Namespace, flags: dict[str, str]) -> int:
 
         previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        trainer = Trainer(cfg, out, model=model, callback=bar, cancel=cancel)
+        invocation = Invocation(via="cli", command=shlex.join(["bit-transformer", *args.argv]),
+                                metrics="metrics.jsonl")  # the model card's "how it was made"
+        trainer = Trainer(cfg, out, model=model, callback=bar, cancel=cancel, invocation=invocation)
         result = trainer.fit(resume=args.resume)
     finally:
         if previous is not None:

@@ -1,9 +1,10 @@
 """How a run was made: the command line or the tool calls that started each training of it (``provenance.json``).
 
-Written when training starts (``record``): the CLI stores its argv (``shlex.join``), the MCP worker the tool calls
-that reproduce its job (a ``patch_config`` of the config's differences from the defaults, then ``train``). A run
-resumed three times holds four invocations, oldest first. The model card (``model_card.py``) reads it back, and
-takes the loss curve from each invocation's event log (``metrics``: a path relative to the run directory).
+Written by the Trainer once training really starts (``record``; a start that fails first leaves no record): the
+CLI stores its argv (``shlex.join``), the MCP worker the tool calls that reproduce its job (a ``patch_config`` of the
+config's differences from the defaults, then ``train``). A run resumed three times holds four invocations, oldest
+first. The model card (``model_card.py``) reads it back, and takes the loss curve from each invocation's event log
+(``metrics``: a path relative to the run directory).
 """
 
 from __future__ import annotations

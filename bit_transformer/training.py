@@ -46,6 +46,8 @@ from .parallel import (
 )
 from .plan import plan_training
 from .probe import measure_update_seconds
+from .provenance import Invocation
+from .provenance import record as record_invocation
 from .quantization import apply_qat
 from .records import EvalMetrics, GateDecision, GrowthEvent, StepMetrics, TrainPlan, TrainResult
 from .sampler import UpdateBatches, UpdateGroup
@@ -77,10 +79,12 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, *, corpus=None, model: BitTransformerLM | None = None,
                  callback: Callback | None = None, cancel: threading.Event | None = None,
-                 cache_dir: str | Path | None = None, metrics_log: bool = True, clock: Clock | None = None):
+                 cache_dir: str | Path | None = None, metrics_log: bool = True, clock: Clock | None = None,
+                 invocation: Invocation | None = None):
         from .data import load_corpus  # lazy: data.py pulls in the text sources
 
         self.out_dir = Path(out_dir)
+        self.invocation = invocation  # what started this training, for the model card (provenance.py)
         self.metrics_log = metrics_log
         self.clock = clock or budget_clock(cfg.train.budget_clock)
         self.callback = callback
@@ -169,6 +173,11 @@ class Trainer:
 
     def _fit(self, steps: int | None, epochs: int | None, resume: bool) -> TrainResult:
         self._setup(steps, epochs, resume)
+        if self.invocation is not None and self.dist.is_main:  # recorded once training really starts
+            try:
+                record_invocation(self.out_dir, self.invocation)
+            except OSError as err:  # a missing record costs the model card a section, not the run
+                log.warning("provenance not recorded: %s", err)
         t, plan, state = self.cfg.train, self.plan, self.state
         self._emit("plan", plan.model_copy())  # a copy: a re-plan changes self.plan, not what was reported
         batches = UpdateBatches(self.train_set, t, rank=self.dist.rank, world_size=self.dist.world_size,

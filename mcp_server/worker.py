@@ -125,8 +125,6 @@ def run(job_dir: Path) -> int:
         from bit_transformer.memory_limits import check_fits
 
         check_fits(cfg, purpose="training")  # fail fast with the estimate and the limit, rather than thrash
-        if rank == 0:
-            _record_provenance(job_dir, req)
         t0 = time.perf_counter()
         corpus = None
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # multi-process: the Trainer loads it, local rank 0 first
@@ -151,7 +149,8 @@ def run(job_dir: Path) -> int:
         # metrics_log=False: one event log per job (jobs/<id>/metrics.jsonl, written here), not a second copy in
         # another format under runs/<run>/.
         trainer = Trainer(cfg, Path(request["out_dir"]), corpus=corpus, cache_dir=request["cache_dir"], model=model,
-                          callback=callback, cancel=cancel, metrics_log=False)
+                          callback=callback, cancel=cancel, metrics_log=False,
+                          invocation=_invocation(job_dir, req))
         holder.append(trainer)
         events.emit("data", corpus_info(trainer.corpus, time.perf_counter() - t0))
         events.emit("loader", _loader_facts(trainer, cfg))
@@ -179,16 +178,12 @@ def run(job_dir: Path) -> int:
             events.close()
 
 
-def _record_provenance(job_dir: Path, req: Any) -> None:
-    """The tool calls behind this job, in the run's provenance.json (the model card's "how it was made")."""
-    from bit_transformer.provenance import Invocation, record
+def _invocation(job_dir: Path, req: Any):
+    """The tool calls behind this job, for the run's provenance.json (the model card's "how it was made")."""
+    from bit_transformer.provenance import Invocation
 
-    out = Path(req.out_dir)
-    try:
-        record(out, Invocation(via="mcp", job=job_dir.name, tool_calls=req.tool_calls(job_dir.parent.parent),
-                               metrics=os.path.relpath(job_dir / METRICS_FILE, out)))
-    except OSError as err:  # a missing record costs the card a section, not the job
-        print(f"worker: provenance not recorded: {err}", file=sys.stderr)
+    return Invocation(via="mcp", job=job_dir.name, tool_calls=req.tool_calls(job_dir.parent.parent),
+                      metrics=os.path.relpath(job_dir / METRICS_FILE, req.out_dir))
 
 
 def _quiet():

@@ -176,6 +176,22 @@ def test_resumed_run_lists_every_command_in_order(trained, tmp_path):
     assert first < second
 
 
+def test_a_start_that_fails_before_training_leaves_no_record(trained, tmp_path):
+    """Provenance is written when training starts, so a typo'd data path is not listed as a session."""
+    import shutil
+
+    from bit_transformer import provenance
+
+    run = tmp_path / "run"
+    shutil.copytree(trained.run, run)
+    before = provenance.read(run).invocations
+    res = run_cli(["train", "--out", str(run), "--resume", "--steps", "6", "--quiet", "--data",
+                   str(tmp_path / "no-such-file.txt")])
+    assert res.rc != 0 and "no-such-file" in res.err
+    assert provenance.read(run).invocations == before
+    assert len(before) == 1 and before[0].command.endswith(shlex.join(trained.argv))
+
+
 def test_card_without_data_says_why_there_is_no_figure(trained, tmp_path):
     def no_data(_):
         raise OSError("corpus gone")
