@@ -125,7 +125,8 @@ def _measure(model: BitTransformerLM, cfg: RunConfig, load_data: DataLoader | No
     except Exception as exc:  # the folder needs no data: the card says why there is no figure
         log.warning("model card: the corpus did not load", exc_info=True)
         return None, facts, f"the training corpus did not load ({type(exc).__name__}: {str(exc)[:200]})"
-    facts = DataFacts(source=corpus.source_id, n_bytes=corpus.n_bytes, train_bytes=corpus.n_train_bytes,
+    # The config's spelling (file names, not the machine's absolute paths): the card is published.
+    facts = DataFacts(source=facts.source, n_bytes=corpus.n_bytes, train_bytes=corpus.n_train_bytes,
                       val_bytes=corpus.n_val_bytes)
     if eval_bytes <= 0:
         return None, facts, "eval_bytes=0"

@@ -22,7 +22,7 @@ COMPRESSOR_FLAGS = {"gzip": "gzip -9", "bzip2": "bzip2 -9", "xz": "xz -9e"}
 class DataFacts(BaseModel):
     """The training corpus as loaded (``data.Corpus``), or only its config when it could not be loaded."""
 
-    source: str = Field(description="Where the text came from (the corpus source id, else the config's source).")
+    source: str = Field(description="Where the text came from: the data source, file names or the Hub dataset.")
     n_bytes: int | None = None
     train_bytes: int | None = None
     val_bytes: int | None = None
