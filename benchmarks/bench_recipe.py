@@ -96,9 +96,10 @@ def budget_spent(run_dir: Path) -> float | None:
     return round(spent, 1) if spent else None
 
 
-def run_variant(v: Variant, seed: int, budget: str | None, a: argparse.Namespace, label: str) -> dict:
-    """Train one variant through the CLI and score it; returns the run's row."""
-    run_dir = a.out / "recipe_runs" / f"{label}_s{seed}"
+def run_variant(v: Variant, seed: int, budget: str | None, a: argparse.Namespace, label: str,
+                runs: str = "recipe_runs") -> dict:
+    """Train one variant through the CLI (run dir ``<out>/<runs>/<label>_s<seed>``) and score it; returns its row."""
+    run_dir = a.out / runs / f"{label}_s{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     stop = ["--time_budget", budget, "--budget_clock", "cpu"] if budget else ["--steps", str(a.steps)]
