@@ -27,28 +27,28 @@ from .config import ModelConfig, TrainConfig
 
 
 class Teacher:
-    """A frozen teacher model with the distillation settings; ``mix`` turns a CE into the distillation loss."""
+    """A frozen teacher model and where it came from; ``mix`` turns a CE into the distillation loss."""
 
-    def __init__(self, model: torch.nn.Module, path: str, label: str, sha256: str, weight: float,
-                 temperature: float):
+    def __init__(self, model: torch.nn.Module, path: str, label: str, sha256: str):
         self.model, self.path, self.label, self.sha256 = model, path, label, sha256
-        self.weight, self.temperature = weight, temperature
 
-    @property
-    def brief(self) -> str:
-        """How plans and logs name it: ``<run>/<name> sha256:<12 hex>, alpha=.., T=..``."""
-        return f"{self.label} sha256:{self.sha256[:12]}, alpha={self.weight:g}, T={self.temperature:g}"
+    def brief(self, train: TrainConfig) -> str:
+        """How plans name it: ``<run>/<name> sha256:<12 hex>, alpha=.., T=..``."""
+        return (f"{self.label} sha256:{self.sha256[:12]}, alpha={train.distill_weight:g}, "
+                f"T={train.distill_temperature:g}")
 
     def record(self) -> dict[str, str]:
         """What a student checkpoint stores about its teacher."""
         return {"path": self.path, "label": self.label, "sha256": self.sha256}
 
-    def mix(self, inputs: torch.Tensor, student_logits: torch.Tensor, ce: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def mix(self, inputs: torch.Tensor, student_logits: torch.Tensor, ce: torch.Tensor,
+            train: TrainConfig) -> tuple[torch.Tensor, float]:
         """(alpha x KL + (1 - alpha) x ce, the KL as a float) for one micro-batch's student logits."""
         with torch.no_grad():
             target = self.model(inputs).logits
-        kl = distill_kl(student_logits, target, self.temperature)
-        return (1.0 - self.weight) * ce + self.weight * kl, float(kl.detach())
+        kl = distill_kl(student_logits, target, train.distill_temperature)
+        alpha = train.distill_weight
+        return (1.0 - alpha) * ce + alpha * kl, float(kl.detach())
 
     def check_resume(self, saved: dict | None) -> None:
         """Refuse to resume a distilled run with different teacher weights (the loss would change mid-run)."""
@@ -106,5 +106,4 @@ def load_teacher(train: TrainConfig, student: ModelConfig, device: torch.device)
         raise ValueError(f"train.teacher: {ckpt} cannot be loaded as a teacher: {err}") from err
     check_compatible(model.cfg, student)
     model.eval().requires_grad_(False)
-    return Teacher(model, str(ckpt.resolve()), checkpoint_label(ckpt), weights_sha256(model), train.distill_weight,
-                   train.distill_temperature)
+    return Teacher(model, str(ckpt.resolve()), checkpoint_label(ckpt), weights_sha256(model))

@@ -90,7 +90,7 @@ def micro_batch_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torc
             raw_ce = float(ce.detach())
             term = ce
             if teacher is not None:
-                term, kl = teacher.mix(x, out.logits, ce)
+                term, kl = teacher.mix(x, out.logits, ce, cfg)
             if cfg.lambda_K or cfg.lambda_C or cfg.lambda_S:
                 from .telemetry import telemetry_loss  # lazy: only when a lambda is set
 

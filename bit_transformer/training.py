@@ -232,7 +232,7 @@ class Trainer:
         self._check_supported()
         if self.teacher is not None:
             check_compatible(self.teacher.model.cfg, self.cfg.model)  # a resumed checkpoint's architecture too
-            plan.teacher = self.teacher.brief
+            plan.teacher = self.teacher.brief(self.cfg.train)
         self.budget = self._plan_budget(loaded) if t.time_budget is not None else None
         plan.compile_ran, plan.compile_reason = compile_blocks(self.model, t.compile, self._compile_warmup)
         self.parallel = Parallel(self.model, t.distributed, self.dist, self.device)
