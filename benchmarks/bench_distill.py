@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.bench_quality import DEFAULT_DATA
-from benchmarks.bench_recipe import RECIPE, Variant, run_variant
+from benchmarks.bench_recipe import RECIPE, Variant, flag_pairs, run_variant
 from benchmarks.common import load_avg, machine_info
 from benchmarks.report import RESULTS, write_report
 
@@ -122,12 +122,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0, help="--distill_temperature of the distilled student")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
     p.add_argument("--eval_max_bytes", type=int, default=None, help="score only the first bytes of val")
-    p.add_argument("--quick", action="store_true", help="smoke-sized: teacher 20 s, students 10 s, 4 KB of val")
+    p.add_argument("--set", nargs="*", default=[], metavar="FLAG=VALUE",
+                   help="extra train flags for every run, e.g. d_model=32 (smoke tests)")
+    p.add_argument("--quick", action="store_true", help="smoke-sized: teacher 10 s, students 5 s, 4 KB of val")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
     if a.quick:
-        a.teacher_budget, a.budget, a.seeds, a.eval_max_bytes = "20s", "10s", [0], 4096
-    a.set, a.steps = {}, None  # what bench_recipe.run_variant reads besides the above
+        a.teacher_budget, a.budget, a.seeds, a.eval_max_bytes = "10s", "5s", [0], 4096
+    a.set, a.steps = flag_pairs(p, a.set), None  # steps: bench_recipe.run_variant's other budget, unused here
     a.out = a.out.resolve()  # the runs execute in the repository root
     return a
 
