@@ -19,6 +19,7 @@ the very same teacher or says why not.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +27,14 @@ import torch.nn.functional as F
 from .config import ModelConfig, TrainConfig
 
 
+@dataclass
 class Teacher:
     """A frozen teacher model and where it came from; ``mix`` turns a CE into the distillation loss."""
 
-    def __init__(self, model: torch.nn.Module, path: str, label: str, sha256: str):
-        self.model, self.path, self.label, self.sha256 = model, path, label, sha256
+    model: torch.nn.Module
+    path: str  # the resolved checkpoint directory
+    label: str  # '<run>/<name>'
+    sha256: str  # of its weights (``weights_sha256``)
 
     def brief(self, train: TrainConfig) -> str:
         """How plans name it: ``<run>/<name> sha256:<12 hex>, alpha=.., T=..``."""
