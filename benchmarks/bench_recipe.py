@@ -96,9 +96,10 @@ def budget_spent(run_dir: Path) -> float | None:
     return round(spent, 1) if spent else None
 
 
-def run_variant(v: Variant, seed: int, budget: str | None, a: argparse.Namespace, label: str) -> dict:
-    """Train one variant through the CLI and score it; returns the run's row."""
-    run_dir = a.out / "recipe_runs" / f"{label}_s{seed}"
+def run_variant(v: Variant, seed: int, budget: str | None, a: argparse.Namespace, label: str,
+                runs: str = "recipe_runs") -> dict:
+    """Train one variant through the CLI (run dir ``<out>/<runs>/<label>_s<seed>``) and score it; returns its row."""
+    run_dir = a.out / runs / f"{label}_s{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     stop = ["--time_budget", budget, "--budget_clock", "cpu"] if budget else ["--steps", str(a.steps)]
@@ -207,6 +208,14 @@ def summary_line(summary: list[dict], headline: list[dict], budget: str | None) 
     return "Tiny Shakespeare val, 1 thread, through the CLI: " + "; ".join(parts)
 
 
+def flag_pairs(p: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """``--set`` FLAG=VALUE items as a dict (a parser error names the bad ones)."""
+    bad = [kv for kv in items if "=" not in kv]
+    if bad:
+        p.error(f"--set takes FLAG=VALUE pairs, got {', '.join(bad)}")
+    return dict(kv.split("=", 1) for kv in items)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", nargs="+", default=[str(DEFAULT_DATA)], help="train --data (default Tiny Shakespeare)")
@@ -227,10 +236,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if a.quick:
         a.budget, a.headline, a.seeds, a.variants, a.eval_max_bytes = "20s", [], [0], ["best", "adamw"], 4096
     a.headline = [] if a.headline in (["none"], ["0"]) else a.headline
-    bad = [kv for kv in a.set if "=" not in kv]
-    if bad:
-        p.error(f"--set takes FLAG=VALUE pairs, got {', '.join(bad)}")
-    a.set = dict(kv.split("=", 1) for kv in a.set)
+    a.set = flag_pairs(p, a.set)
     if a.steps:
         a.budget = None
     return a

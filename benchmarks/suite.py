@@ -103,6 +103,8 @@ REGISTRY: dict[str, Bench] = {b.name: b for b in [
           "benchmarks.bench_diffusion", ("--quick",), (), 60, 600),
     Bench("recipe", "best CPU recipe through the CLI on Tiny Shakespeare: 15-min headline, 5-min ablation "
           "(each change off, 2 seeds)", "benchmarks.bench_recipe", ("--quick",), (), 45, 3600),
+    Bench("distill", "distillation: a half-depth student distilled from the 15-min recipe model vs trained from "
+          "scratch, equal CPU time (2 seeds)", "benchmarks.bench_distill", ("--quick",), (), 60, 2400),
 ]}
 
 

@@ -228,6 +228,16 @@ class TrainConfig(_Strict):
         "denoise: masked bit diffusion with a bidirectional model (needs model.causal=false); its bits per byte "
         "is an upper bound (NELBO).",
     )
+    teacher: str | None = Field(
+        None, description="Distil: a teacher checkpoint (dir, or a run dir's latest; the server takes '<run>/<name>'). "
+        "Loss = distill_weight x KL(teacher || student) on the per-bit distributions + (1 - distill_weight) x "
+        "the data loss; the teacher is frozen (its EMA weights if it kept them).",
+    )
+    distill_weight: float = Field(0.5, ge=0.0, le=1.0, description="With teacher: the KL term's weight (alpha).")
+    distill_temperature: float = Field(
+        1.0, gt=0.0, le=100.0, description="With teacher: softens both per-bit distributions; the KL is scaled by "
+        "T^2.",
+    )
     diffusion_schedule: Literal["linear", "cosine", "exponential"] = Field(
         "linear", description="denoise: how the share of masked bits grows with diffusion time (training noise "
         "levels and the sampler's steps; the bound itself does not depend on it).",
@@ -302,6 +312,13 @@ class RunConfig(_Strict):
                 "sees the bit it must predict. Set model.causal=true, or train.objective='denoise' for a "
                 "bidirectional denoising model"
             )
+        if self.train.teacher is not None:
+            if objective == "denoise":
+                raise ValueError("train.teacher distils next-bit predictions: it needs train.objective='next_bit' "
+                                 "(set train.teacher=null to train a denoising model)")
+            if self.train.compress_prob:
+                raise ValueError("train.teacher reads raw bit windows, not compressed streams: set "
+                                 "train.compress_prob=0, or train.teacher=null")
         if objective == "denoise":
             problems = []
             if self.model.arch == "framed":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,11 +21,16 @@ from .config import RunConfig
 from .optim import build_optimizer
 from .train_loss import micro_batch_loss
 
+if TYPE_CHECKING:
+    from .distill import Teacher
+
 PROBE_UPDATES = 4
 
 
 def measure_update_seconds(model: torch.nn.Module, cfg: RunConfig, dataset: Dataset, *, device: torch.device,
-                           precision: str, updates: int = PROBE_UPDATES, clock: Clock = time.perf_counter) -> float:
+                           precision: str, updates: int = PROBE_UPDATES, clock: Clock = time.perf_counter,
+                           teacher: Teacher | None = None) -> float:
+    """Seconds per update; with ``teacher`` its forward is timed too (it is part of every distillation update)."""
     t = cfg.train
     net = copy.deepcopy(model).to(device).train()
     opt = build_optimizer(net, t)
@@ -36,7 +42,7 @@ def measure_update_seconds(model: torch.nn.Module, cfg: RunConfig, dataset: Data
     def update() -> None:
         for _ in range(t.accum_steps):
             parts = micro_batch_loss(net, inputs, targets, cfg=t, ponder_weight=cfg.model.ponder_weight,
-                                     compress=None, precision=precision)
+                                     compress=None, precision=precision, teacher=teacher)
             (parts.loss / t.accum_steps).backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
         opt.step()

@@ -56,6 +56,7 @@ class TrainPlan(BaseModel):
     budget_used_s: float | None = None  # budget spent when this plan was made
     replans: int = 0
     budget_note: str | None = None  # e.g. the budget ran out before the schedule ended
+    teacher: str | None = None  # train.teacher: '<run>/<name> sha256:<12 hex>, alpha=.., T=..'
 
 
 class StepMetrics(BaseModel):
@@ -73,6 +74,7 @@ class StepMetrics(BaseModel):
     elapsed_s: float
     eta_s: float | None
     precision: str
+    distill_kl: float | None = None  # train.teacher: KL(teacher || student) x T^2, nats per bit; raw_loss: the data CE
 
 
 class EvalMetrics(BaseModel):

@@ -3,6 +3,8 @@
 Loss = next-bit cross-entropy (nats per bit)
      + ``model.cfg.ponder_weight`` x ACT ponder cost (zero without ACT)
      + ``telemetry_loss(logits, bits, lambda_K, lambda_C, lambda_S)`` when any lambda > 0.
+With a teacher (``train.teacher``, see ``distill``) the cross-entropy term becomes
+``distill_weight x KL(teacher || student) + (1 - distill_weight) x CE``.
 
 Compression ramp (playbook task 6): each sample of a micro-batch is, with probability ``p``, trained on
 its run-length-compressed serialization (``compression.compress_batch``) instead of its raw bits.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +26,9 @@ from torch.utils.data import Dataset
 
 from .config import TrainConfig
 from .device import autocast
+
+if TYPE_CHECKING:
+    from .distill import Teacher
 
 LN2 = math.log(2.0)
 
@@ -35,6 +41,7 @@ class LossParts:
     ponder: float
     n_raw: int
     n_compressed: int
+    kl: float | None = None  # distillation: KL(teacher || student) of the raw rows, nats per bit
 
 
 def _ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -62,7 +69,8 @@ def compressed_rows(inputs: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, t
 
 
 def micro_batch_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, cfg: TrainConfig,
-                     ponder_weight: float, compress: np.ndarray | None, precision: str) -> LossParts:
+                     ponder_weight: float, compress: np.ndarray | None, precision: str,
+                     teacher: Teacher | None = None) -> LossParts:
     """Loss of one micro-batch; ``compress`` is a bool per row (True: train on the compressed form)."""
     if cfg.objective == "denoise":
         return denoise_batch_loss(model, inputs, cfg=cfg, ponder_weight=ponder_weight, precision=precision)
@@ -70,7 +78,7 @@ def micro_batch_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torc
     B = inputs.shape[0]
     rows = torch.as_tensor(compress, device=device) if compress is not None and compress.any() else None
     parts: list[tuple[torch.Tensor, int]] = []
-    raw_ce = comp_ce = None
+    raw_ce = comp_ce = kl = None
     ponder = torch.zeros((), device=device)
     n_comp = int(rows.sum()) if rows is not None else 0
     n_raw = B - n_comp
@@ -81,6 +89,8 @@ def micro_batch_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torc
             ce = _ce(out.logits, y)
             raw_ce = float(ce.detach())
             term = ce
+            if teacher is not None:
+                term, kl = teacher.mix(x, out.logits, ce, cfg)
             if cfg.lambda_K or cfg.lambda_C or cfg.lambda_S:
                 from .telemetry import telemetry_loss  # lazy: only when a lambda is set
 
@@ -95,7 +105,7 @@ def micro_batch_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torc
             parts.append((ce, n_comp))
             ponder = ponder + out.ponder_cost.float() * n_comp / B
     loss = sum(t * (n / B) for t, n in parts) + ponder_weight * ponder
-    return LossParts(loss, raw_ce, comp_ce, float(ponder.detach()), n_raw, n_comp)
+    return LossParts(loss, raw_ce, comp_ce, float(ponder.detach()), n_raw, n_comp, kl)
 
 
 def denoise_batch_loss(model: torch.nn.Module, inputs: torch.Tensor, *, cfg: TrainConfig, ponder_weight: float,

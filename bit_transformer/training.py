@@ -7,7 +7,8 @@ from a probe of the update rate instead, and is re-planned as the rate drifts (`
 plan is emitted as a 'plan' event. The parts live beside this file:
 ``sampler.UpdateBatches`` yields the groups, ``train_state.TrainState`` counts, ``validator.Validator`` scores
 held-out windows and applies the safety gate, ``checkpointer.Checkpointer`` saves and resumes, ``parallel.Parallel``
-owns DDP/FSDP, ``train_loss`` computes each micro-batch's loss.
+owns DDP/FSDP, ``train_loss`` computes each micro-batch's loss (with ``train.teacher``, ``distill.Teacher`` adds the
+distillation term).
 Events go to ``callback(event, payload)`` and, as JSON lines, to ``out_dir/metrics.jsonl`` (unless
 ``metrics_log=False``: the MCP worker keeps the one event log of a job); ``train.tensorboard`` adds event files.
 """
@@ -31,6 +32,7 @@ from .budget import BudgetPlanner, Clock, budget_clock
 from .checkpointer import Checkpointer
 from .config import FRAME_BITS, RunConfig
 from .device import autocast, resolve_device
+from .distill import check_compatible, load_teacher
 from .ema import WeightEMA
 from .factory import build_model
 from .metrics_log import open_sinks
@@ -93,6 +95,9 @@ class Trainer:
         self.device = resolve_device(cfg.train.device, self.dist.local_rank)
         if model is not None:  # e.g. after scale_up: the model's architecture wins
             cfg = cfg.model_copy(update={"model": model.cfg})
+        self.teacher = load_teacher(cfg.train, cfg.model, self.device) if cfg.train.teacher else None
+        if self.teacher is not None:  # pinned to the resolved checkpoint: a resume uses the same one
+            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"teacher": self.teacher.path})})
         self.cfg = cfg
         self._owns_group = False  # True while this Trainer holds a process group it created
         self._join_group()
@@ -234,6 +239,9 @@ class Trainer:
                                          world_size=self.dist.world_size, params=self.model.num_parameters())
         self.model = self.model.to(self.device).train()
         self._check_supported()
+        if self.teacher is not None:
+            check_compatible(self.teacher.model.cfg, self.cfg.model)  # a resumed checkpoint's architecture too
+            plan.teacher = self.teacher.brief(self.cfg.train)
         self.budget = self._plan_budget(loaded) if t.time_budget is not None else None
         plan.compile_ran, plan.compile_reason = compile_blocks(self.model, t.compile, self._compile_warmup)
         self.parallel = Parallel(self.model, t.distributed, self.dist, self.device)
@@ -247,6 +255,8 @@ class Trainer:
             torch.manual_seed(t.seed * 1_000_003 + 7919 * self.dist.rank + 1)
             return
         saved = loaded.state
+        if self.teacher is not None:
+            self.teacher.check_resume(saved.get("teacher"))
         plan.resumed_from, plan.start_update = loaded.path, int(saved["update"])
         if loaded.optimizer_state is not None:
             self.parallel.load_optimizer_state(self.optimizer, loaded.optimizer_state)
@@ -285,7 +295,7 @@ class Trainer:
         budget = BudgetPlanner(t.time_budget, used_s=used)
         t0 = self.clock()
         rate = measure_update_seconds(self.model, self.cfg, self.train_set, device=self.device,
-                                      precision=plan.precision, clock=self.clock)
+                                      precision=plan.precision, clock=self.clock, teacher=self.teacher)
         probe_s = self.clock() - t0
         if self.dist.enabled:  # every rank must plan the same horizon
             rate, probe_s = self._mean_before_wrap([rate, probe_s])
@@ -353,7 +363,7 @@ class Trainer:
                 parts = micro_batch_loss(self.parallel.module, inputs.to(self.device, non_blocking=True),
                                          targets.to(self.device, non_blocking=True), cfg=self.cfg.train,
                                          ponder_weight=self.model.cfg.ponder_weight, compress=rows,
-                                         precision=self.plan.precision)
+                                         precision=self.plan.precision, teacher=self.teacher)
                 (parts.loss / group.size).backward()
             sums.add(parts, group.size, bits=inputs.numel() * self.dist.world_size)
         return sums
@@ -361,7 +371,7 @@ class Trainer:
     def _step(self, group: UpdateGroup, sums: _GroupSums, compress_p: float,
               clock: _Clock) -> tuple[StepMetrics, bool]:
         """Clip, set this update's LR, step (unless non-finite), report (statistics averaged over ranks)."""
-        loss, ponder = self.parallel.mean_over_ranks([sum(sums.losses) / group.size, sums.ponder])
+        loss, ponder, kl = self.parallel.mean_over_ranks([sum(sums.losses) / group.size, sums.ponder, sums.kl])
         raw_s, raw_n, comp_s, comp_n = self.parallel.sum_over_ranks([*sums.raw, *sums.comp])
         grad_norm = self.parallel.clip_grad_norm(self.cfg.train.grad_clip)
         lr = self.schedule.apply(self.optimizer, self.state.update)
@@ -378,7 +388,7 @@ class Trainer:
             raw_loss=raw_s / raw_n if raw_n else None, compressed_loss=comp_s / comp_n if comp_n else None, lr=lr,
             compress_prob=compress_p, ponder_cost=ponder, grad_norm=grad_norm, bits_per_s=clock.bits_per_s,
             elapsed_s=clock.elapsed_s, eta_s=clock.eta_s(self.state.update, self.plan.total_updates),
-            precision=self.plan.precision,
+            precision=self.plan.precision, distill_kl=kl if self.teacher is not None else None,
         )
         self._emit("step", metrics)
         return metrics, ok
@@ -440,6 +450,8 @@ class Trainer:
         state = {**self.state.state_dict(), "total_updates": self.plan.total_updates, "seed": self.cfg.train.seed,
                  "world_size": self.dist.world_size, "val_loss": ev.val_loss if ev else None,
                  "val_bpb": ev.val_bpb if ev else None, "gate": self.validator.gate.state_dict(), "rng": rng_js}
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.record()
         if self.ema is not None:
             state["ema_updates"] = self.ema.updates
             rng_tensors = {**rng_tensors, **self.ema.tensors()}
@@ -458,6 +470,7 @@ class _GroupSums:
     raw: list[float] = field(default_factory=lambda: [0.0, 0])  # loss x tokens, tokens (uncompressed rows)
     comp: list[float] = field(default_factory=lambda: [0.0, 0])  # the same over compressed rows
     ponder: float = 0.0
+    kl: float = 0.0  # distillation KL, mean over the group's micro-batches
     bits: int = 0
     t0: float = field(default_factory=time.perf_counter)
 
@@ -468,6 +481,7 @@ class _GroupSums:
         if parts.compressed_ce is not None:
             self.comp = [self.comp[0] + parts.compressed_ce * parts.n_compressed, self.comp[1] + parts.n_compressed]
         self.ponder += parts.ponder / group_size
+        self.kl += (parts.kl or 0.0) / group_size
         self.bits += bits
 
 

@@ -226,6 +226,17 @@ class Engine:
             raise EngineError(f"checkpoint {name!r} does not exist; list_checkpoints() shows the available names")
         return name, path
 
+    def teacher(self, cfg):
+        """``cfg`` with ``train.teacher`` (a workspace checkpoint name, as ``resolve`` takes) as its path, for the
+        worker; names outside the workspace's checkpoints are refused like any other checkpoint name."""
+        if cfg.train.teacher is None:
+            return cfg
+        try:
+            _, path = self.resolve(cfg.train.teacher)
+        except EngineError as err:
+            raise EngineError(f"train.teacher: {err}") from err
+        return cfg.model_copy(update={"train": cfg.train.model_copy(update={"teacher": str(path)})})
+
     def loadable(self) -> list[tuple[str, Any]]:
         """The checkpoints that passed the cheap damage check (what 'latest' and defaults pick from)."""
         return [(n, info) for n, info in self.checkpoints() if not info.damaged]

@@ -24,6 +24,7 @@ RULES: tuple[tuple[Callable[[RunConfig], bool], tuple[str, ...]], ...] = (
     (lambda c: not c.train.plateau_scale_up, ("train.plateau_grow_layers",)),
     (lambda c: c.train.lr_schedule != "wsd", ("train.decay_frac",)),
     (lambda c: c.train.objective != "denoise", ("train.diffusion_schedule",)),
+    (lambda c: c.train.teacher is None, ("train.distill_weight", "train.distill_temperature")),
 )
 
 

@@ -9,6 +9,7 @@ from mcp.types import CallToolResult
 from pydantic import Field
 
 from ..config_ops import PatchError, apply_patch, choices
+from ..engine import EngineError
 from ..inert import inert_fields, without
 from ..views import MAX_CHANGES, ChangedField, ConfigView, DataPrepResult, DerivedFacts, PatchResult, derived_view
 from ..workspace import WorkspaceError
@@ -55,10 +56,13 @@ def register(server: MCPServer, app) -> None:
         job keeps its own config."""
         with app.config_lock:
             notes: list[str] = []
-            new, changes = apply_patch(app.config(), patch, notes)
+            current = app.config()
+            new, changes = apply_patch(current, patch, notes)
             try:
                 app.ws.confine_data(new.data)
-            except WorkspaceError as err:
+                if new.train.teacher != current.train.teacher:  # it must name a checkpoint of this workspace
+                    app.engine.teacher(new)
+            except (WorkspaceError, EngineError) as err:
                 raise PatchError(f"invalid patch, nothing was changed: {err}") from err
             if not dry_run and changes:
                 app.save_config(new)

@@ -381,7 +381,7 @@ def _request(app, steps: int | None, epochs: int | None, resume: bool | str, fre
                             "config.model has changed since; load_checkpoint(name) again, or pass fresh=true to "
                             "train a new model of the current config")
         init_name, init_path = name, str(path)
-    cfg = app.ws.confine_config(cfg, check_files=True)  # the worker gets absolute paths inside the workspace
+    cfg = app.engine.teacher(app.ws.confine_config(cfg, check_files=True))  # the worker gets absolute paths
     return TrainRequest(config=_with_budget(cfg.model_dump(mode="json"), steps, epochs, minutes), steps=steps,
                         epochs=epochs, init_checkpoint=init_path,
                         init_name=init_name, processes=processes)

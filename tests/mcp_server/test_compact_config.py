@@ -19,7 +19,7 @@ PLAIN = {"data": {"source": "builtin"}, "model": {"act": False, "chunk_size": No
 PLAIN_INERT = {"data.paths", "data.hf_name", "data.hf_config", "data.hf_split", "data.text_field",
                "data.hf_data_files", "model.act_threshold", "model.ponder_weight", "model.overlap", "train.patience",
                "train.min_delta", "train.plateau_scale_up", "train.plateau_grow_layers", "train.decay_frac",
-               "train.diffusion_schedule"}
+               "train.diffusion_schedule", "train.distill_weight", "train.distill_temperature"}
 
 
 def paths(config: dict) -> set[str]:
@@ -38,9 +38,12 @@ def test_every_rule_names_a_real_field():
     ({"data": {"source": "hf"}, "model": {"arch": "flat", "causal": False, "act": True, "max_seq_len": 576,
                                           "chunk_size": 36, "overlap": 9},
       "train": {"objective": "denoise", "lr_schedule": "progressive_plateau", "plateau_scale_up": True}},
-     {"data.paths", "train.decay_frac"}),
+     {"data.paths", "train.decay_frac", "train.distill_weight", "train.distill_temperature"}),  # no teacher: denoise
     ({"data": {"source": "files", "paths": ["a.txt"]}, "train": {"lr_schedule": "wsd"}},
      PLAIN_INERT - {"data.paths", "train.decay_frac"}),
+    # a teacher: its weight and temperature apply
+    ({**PLAIN, "train": {**PLAIN["train"], "teacher": "run/best"}},
+     PLAIN_INERT - {"train.distill_weight", "train.distill_temperature"}),
     # plateau without scale-up: its growth step stays inert
     ({**PLAIN, "train": {**PLAIN["train"], "lr_schedule": "progressive_plateau"}},
      PLAIN_INERT - {"train.patience", "train.min_delta", "train.plateau_scale_up"}),
