@@ -32,9 +32,9 @@ def register(server: MCPServer, app) -> None:
         detail: Annotated[bool, Field(description="Every config field (inert ones too) and the full derived facts."
                                       )] = False,
     ) -> Annotated[CallToolResult, ConfigView]:
-        """The run config (model, train, data; fields with no effect under the current settings are left out),
-        enum choices and derived facts (params, train_windows, plan, memory_mb, s_per_update, eta_s; notes warn of
-        slow or impossible settings). Call it first: patch_config takes the same shape."""
+        """The run config (model, train, data; inert fields left out), enum choices and derived facts (params, plan,
+        memory_mb, s_per_update, eta_s; notes warn of slow or impossible settings). Call it first: patch_config
+        takes the same shape."""
         cfg = app.config()
         facts = app.engine.with_speed(cfg, derived_or_note(cfg)) if derived else None
         inert = set() if detail else inert_fields(cfg)

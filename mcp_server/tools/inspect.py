@@ -90,10 +90,8 @@ def register(server: MCPServer, app) -> None:
         include_maps: Annotated[bool, Field(description="Return head-averaged T x T maps (large).")] = False,
         checkpoint: Checkpoint = None,
     ) -> Annotated[CallToolResult, AttentionReport]:
-        """How attention runs on a short input, per layer: SDPA facts (is_causal, dense mask, chunked), head
-        entropy, mask-cache hits/misses, resolved full_attn_logging, and whether stitched chunk maps match a
-        dense reference. The current model (else a fresh one), the config's attention settings unless
-        overridden."""
+        """Debug attention on a short input, per layer: SDPA path (causal, mask, chunked), head entropy, mask-cache
+        hits, and whether chunked maps match a dense reference. Current model (else a fresh one)."""
         cfg = app.config()
         updates = {k: v for k, v in (("causal", causal), ("full_attn_logging", full_attn_logging)) if v is not None}
         if chunk_size is not None:

@@ -221,10 +221,9 @@ def register(server: MCPServer, app) -> None:
     @guarded
     async def get_job(ctx: Context, job_id: JobId = None, wait_s: WaitS = 0.0, history: History = 0,
                       include: Include = []) -> Annotated[CallToolResult, JobView]:  # noqa: B006 - never mutated
-        """Poll a job with wait_s=50 until active is false: progress (update/total, eta_s), step (loss, bpb = bits
-        per byte, bits_per_s), eval (val_bpb), gate, checkpoint, next. Ask include/history once at the end, not
-        while polling (context); every event: resource bt://jobs/{job_id}/metrics. A playbook_run id gives its
-        PASS/FAIL table."""
+        """Poll a job with wait_s=50 until active is false: progress (update/total, eta_s), step (loss, bpb,
+        bits_per_s), eval (val_bpb), gate, checkpoint, next. Ask include/history once at the end, not while
+        polling; every event: bt://jobs/{job_id}/metrics. A playbook_run id gives its PASS/FAIL table."""
         if is_playbook_run(job_id):  # a playbook_run job: include=['result'] gives every check
             from .playbook_run import poll
 
