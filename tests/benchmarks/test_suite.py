@@ -143,7 +143,7 @@ def test_a_partial_run_keeps_the_published_rows_and_publishes_its_own(tmp_path, 
 
 
 def test_registry_names_and_arguments(tmp_path):
-    assert list(REGISTRY) == ["codec", "telemetry", "throughput", "amp", "memory", "quality", "speed", "int8",
+    assert list(REGISTRY) == ["codec", "telemetry", "throughput", "amp", "memory", "quality", "speed", "int8", "int4",
                               "server", "distributed", "diffusion", "recipe"]
     for b in REGISTRY.values():
         assert b.est_full_s >= b.est_quick_s > 0
