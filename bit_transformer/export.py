@@ -54,7 +54,7 @@ class ExportReport(Int8Info):
 def export_bits(config: RunConfig | None, bits: int | None = None, group_size: int | None = None
                 ) -> tuple[int, int | None]:
     """(bits, group_size) of an export: the arguments, else the run's train.quantization/int4_group_size."""
-    train = config.train if config is not None else None
+    train = getattr(config, "train", None)  # a RunConfig; an export may hold only a ModelConfig
     bits = bits or (4 if train is not None and train.quantization == "int4" else 8)
     if bits == 8:
         if group_size is not None:
