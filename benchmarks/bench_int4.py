@@ -8,8 +8,11 @@ trained twice through the product's Trainer for ``--steps`` updates on Tiny Shak
 batches, the product's default optimizer and schedule:
 - fp32: plain training. Post-training quantization (PTQ) of it: export_int8, and export_int4 for each of
   ``--group-sizes`` (asymmetric) and the first group size symmetric;
-- QAT-4: ``train.quantization='int4', train.qat=true`` (per-group fake-quantized weights from the first update),
-  then export_int4 with the same group size.
+- QAT-4 from scratch: ``train.quantization='int4', train.qat=true`` (per-group fake-quantized weights from the
+  first update), then export_int4 with the same group size;
+- fine-tune, ``--finetune-steps`` more updates from the fp32 model (``Trainer(model=...)``: fresh optimizer and
+  schedule at ``--finetune-lr``, as ``train --init`` does), once in fp32 (then PTQ) and once with QAT-4: the
+  usual way QAT is used, compared at equal updates.
 Every artifact is loaded back from disk before it is scored (evaluate.evaluate_bits on the first
 ``--eval-bytes`` validation bytes, all 9 positions, no context) or timed.
 
@@ -22,6 +25,7 @@ generation of ``--gen-bytes`` bytes with the KV cache. Writes ``benchmarks/resul
 from __future__ import annotations
 
 import argparse
+import copy
 import shutil
 import tempfile
 import time
@@ -62,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=576)
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--finetune-steps", type=int, default=40, help="updates of the fp32 / QAT-4 fine-tunes")
+    p.add_argument("--finetune-lr", type=float, default=1e-3)
     p.add_argument("--group-sizes", default="32,64,128", help="INT4 group sizes exported from the fp32 model")
     p.add_argument("--eval-bytes", type=int, default=16384, help="score the first N validation bytes")
     p.add_argument("--engines", default="x86,onednn", help="quantized engines the INT8 model is packed for")
@@ -81,11 +87,14 @@ def run_config(a: argparse.Namespace, data: Path | None, **train) -> RunConfig:
     })
 
 
-def train(cfg: RunConfig, corpus, run_dir: Path, log: str) -> tuple[torch.nn.Module, dict]:
-    """Train with the Trainer; (the final checkpoint's model as `load_model` gives it, timing)."""
+def train(cfg: RunConfig, corpus, run_dir: Path, log: str, model: torch.nn.Module | None = None
+          ) -> tuple[torch.nn.Module, dict]:
+    """Train with the Trainer (from ``model``'s weights when given, on a copy); (the final checkpoint's model as
+    `load_model` gives it, timing)."""
     shutil.rmtree(run_dir, ignore_errors=True)
     t0, c0 = time.perf_counter(), time.process_time()
-    result = Trainer(cfg, run_dir, corpus=corpus, metrics_log=False).fit()
+    start = copy.deepcopy(model) if model is not None else None
+    result = Trainer(cfg, run_dir, corpus=corpus, metrics_log=False, model=start).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"{log}: training ended without a checkpoint: {result.status} ({result.reason})")
     model, _ = load_model(result.checkpoint)
@@ -121,6 +130,21 @@ def main(argv=None) -> dict:
         val = corpus.val
         fp32, fp32_run = train(fp32_cfg, corpus, tmp / "fp32", "fp32")
         qat, qat_run = train(qat_cfg, corpus, tmp / "qat4", "qat-int4")
+        ft = {"steps": a.finetune_steps, "lr": a.finetune_lr}
+        if a.finetune_steps:
+            tune = {"steps": a.finetune_steps, "lr": a.finetune_lr}
+            fp32_ft, ft["fp32_run"] = train(fp32_cfg.model_copy(update={"train": fp32_cfg.train.model_copy(
+                update=tune)}), corpus, tmp / "fp32-ft", "fp32 fine-tune", model=fp32)
+            qat_ft, ft["qat_run"] = train(qat_cfg.model_copy(update={"train": qat_cfg.train.model_copy(
+                update=tune)}), corpus, tmp / "qat4-ft", "qat-int4 fine-tune", model=fp32)
+            export_int4(fp32_ft, tmp / "ft-ptq", group_size=groups[0])
+            export_int4(qat_ft, tmp / "ft-qat", group_size=groups[0])
+            ft.update(fp32_bpb=bpb(fp32_ft, val, a.eval_bytes),
+                      ptq_bpb=bpb(load_int4(tmp / "ft-ptq")[0], val, a.eval_bytes),
+                      qat_bpb=bpb(load_int4(tmp / "ft-qat")[0], val, a.eval_bytes))
+            ft.update({f"{k}_change_pct": 100 * (ft[f"{k}_bpb"] - ft["fp32_bpb"]) / ft["fp32_bpb"]
+                       for k in ("ptq", "qat")})
+            print(f"fine-tune: {ft}", flush=True)
 
         safetensors.torch.save_file(fp32.state_dict(), str(tmp / "fp32.safetensors"))
         sizes = {"fp32": (tmp / "fp32.safetensors").stat().st_size}
@@ -158,6 +182,7 @@ def main(argv=None) -> dict:
     result = {"model": fp32_cfg.model.model_dump(), "params": fp32.num_parameters(), "data": str(data or "builtin"),
               "eval_bytes": min(a.eval_bytes, len(val) // 9), "steps": a.steps, "batch_size": a.batch_size,
               "training": {"fp32": fp32_run, "qat_int4": qat_run}, "group_size": groups[0], "rows": rows,
+              "finetune": ft,
               "speed": speed, "gen_bytes": a.gen_bytes, "repeats": a.repeats, "threads": torch.get_num_threads(),
               "env": env_info()}
     result["summary"] = summary(result)
@@ -167,13 +192,15 @@ def main(argv=None) -> dict:
 
 def summary(r: dict) -> str:
     rows = {row["variant"]: row for row in r["rows"]}
-    g, s = r["group_size"], r["speed"]
+    g, s, ft = r["group_size"], r["speed"], r["finetune"]
+    tuned = (f", after {ft['steps']} more updates PTQ {ft['ptq_change_pct']:+.2f}% vs QAT-4 fine-tune "
+             f"{ft['qat_change_pct']:+.2f}%") if "qat_bpb" in ft else ""
     ptq, qat, i8 = rows[f"int4 g{g} (PTQ)"], rows[f"int4 g{g} (QAT-4)"], rows["int8"]
     best8 = max((k for k in s if k.startswith("int8")), key=lambda k: s[k]["forward_vs_fp32"])
     return (f"int4 g{g}: {ptq['size_ratio']:.2f}x smaller than fp32 ({i8['bytes'] / ptq['bytes']:.2f}x vs int8); "
-            f"bits/byte vs fp32 {ptq['change_pct']:+.2f}% PTQ, {qat['change_pct']:+.2f}% QAT-4 (int8 "
-            f"{i8['change_pct']:+.2f}%; {rows['fp32']['bpb']:.2f} fp32 after {r['steps']} updates); batch forward "
-            f"vs fp32: int4 dequant {s['int4 dequant']['forward_vs_fp32']:.2f}x, kernel "
+            f"bits/byte vs fp32 {ptq['change_pct']:+.2f}% PTQ, {qat['change_pct']:+.2f}% QAT-4 from scratch (int8 "
+            f"{i8['change_pct']:+.2f}%; {rows['fp32']['bpb']:.2f} fp32 after {r['steps']} updates){tuned}; "
+            f"batch forward vs fp32: int4 dequant {s['int4 dequant']['forward_vs_fp32']:.2f}x, kernel "
             f"{s['int4 kernel']['forward_vs_fp32']:.2f}x, {best8} {s[best8]['forward_vs_fp32']:.2f}x; generation: "
             f"int4 dequant {s['int4 dequant']['gen_vs_fp32']:.2f}x, kernel {s['int4 kernel']['gen_vs_fp32']:.2f}x")
 
@@ -192,6 +219,13 @@ def markdown(r: dict) -> str:
         fq = f" (fake-quant float {row['fake_quant_bpb']:.4f})" if "fake_quant_bpb" in row else ""
         lines.append(f"| {row['variant']} | {row['bytes']:,} | {row['size_ratio']:.2f}x | {row['bpb']:.4f}{fq} | "
                      f"{row['change_pct']:+.2f}% |")
+    ft = r["finetune"]
+    if "qat_bpb" in ft:
+        lines += ["", f"Fine-tune: {ft['steps']} more updates from the fp32 model (lr {ft['lr']}), group size "
+                  f"{r['group_size']}", "", "| variant | bits per byte | change vs its fp32 |", "| --- | ---: | ---: |",
+                  f"| fp32 fine-tune | {ft['fp32_bpb']:.4f} | - |",
+                  f"| int4 PTQ of it | {ft['ptq_bpb']:.4f} | {ft['ptq_change_pct']:+.2f}% |",
+                  f"| int4 of the QAT-4 fine-tune | {ft['qat_bpb']:.4f} | {ft['qat_change_pct']:+.2f}% |"]
     lines += ["", f"| model | batch forward 16x{m['max_seq_len']} (bits/s) | vs fp32 | generation, {r['gen_bytes']} "
               "bytes (bytes/s) | vs fp32 |", "| --- | ---: | ---: | ---: | ---: |"]
     for name, s in r["speed"].items():

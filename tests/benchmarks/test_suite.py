@@ -152,7 +152,7 @@ def test_registry_names_and_arguments(tmp_path):
         if b.name != "distributed":  # the lead's module may land later; the others must exist
             assert b.available(), b.name
     assert sum(b.est_quick_s for b in REGISTRY.values()) < 9 * 60
-    assert sum(b.est_full_s for b in REGISTRY.values()) < 135 * 60
+    assert sum(b.est_full_s for b in REGISTRY.values()) < 150 * 60  # int4 (two Trainer runs + fine-tunes) added 14 min
 
 
 def test_cli_plan_and_bad_names():
