@@ -22,7 +22,8 @@ weights with exactly the rule above and a straight-through estimator; the linear
 their input the way the dynamic kernel will (per tensor, 7-bit). That activation part is where most of
 the INT8 error comes from (measured: ~2% of the output scale per linear, vs ~0.5% from the weights), so
 it is on by default (``activations=False`` to switch it off). State-dict keys are unchanged, so QAT
-checkpoints load into plain models and vice versa.
+checkpoints load into plain models and vice versa. ``bits=4`` trains for the INT4 export instead
+(quantization_int4.py: per-group 4-bit weights, float activations).
 """
 
 from __future__ import annotations
