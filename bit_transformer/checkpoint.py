@@ -314,7 +314,7 @@ def build_run_model(config: RunConfig, qat: bool = False) -> BitTransformerLM:
         return model
     from .quantization import apply_qat  # lazy: only QAT runs need it
 
-    return apply_qat(model)
+    return apply_qat(model, config.train)
 
 
 def load_checkpoint(dir: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:

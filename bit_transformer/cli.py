@@ -60,16 +60,16 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 
 def load_any_model(path: str, device: str = "cpu"):
-    """(model, RunConfig | ModelConfig) from a checkpoint dir, a run dir, or an INT8 artifact."""
+    """(model, RunConfig | ModelConfig) from a checkpoint dir, a run dir, or an INT8/INT4 artifact."""
     p = Path(path)
     if not p.exists():
         raise UsageError(f"no checkpoint at {p}")
     if p.is_file() and p.name == "latest":  # the pointer file: load the checkpoint it names
         p = p.parent
-    if p.is_file() or (p / "model.int8.safetensors").is_file():
-        from .quantization import load_int8  # an INT8 export (its directory or its .safetensors file)
+    if p.is_file() or (p / "model.int8.safetensors").is_file() or (p / "model.int4.safetensors").is_file():
+        from .quantization_int4 import load_quantized  # an export (its directory or its .safetensors file)
 
-        return load_int8(p)
+        return load_quantized(p)
     from .checkpoint import load_model
 
     return load_model(p, device=device)
@@ -278,7 +278,7 @@ def cmd_export_int8(args: argparse.Namespace) -> int:
     model, cfg = load_any_model(args.checkpoint)
     cfg = _run_config(cfg)
     report = export_int8_checked(model, Path(args.out), config=cfg, val_bits=_export_val_bits(args, cfg),
-                                 eval_bytes=args.eval_bytes)
+                                 eval_bytes=args.eval_bytes, bits=args.bits, group_size=args.group_size)
     if args.json:
         _print_json(report)
     else:
@@ -357,9 +357,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
     sc.add_argument(*spell("--seed"), type=int, default=0, help="seed for the freshly initialised parts")
     sc.add_argument(*spell("--json"), action="store_true")
 
-    ex = sub.add_parser("export-int8", help="INT8 artifact for CPU inference", allow_abbrev=False)
+    ex = sub.add_parser("export-int8", help="INT8 (or --bits 4: INT4) artifact for CPU inference", allow_abbrev=False)
     ex.add_argument(*spell("--checkpoint"), required=True, metavar="DIR")
     ex.add_argument(*spell("--out"), required=True, metavar="PATH")
+    ex.add_argument(*spell("--bits"), type=int, choices=(4, 8),
+                    help="8: int8 per channel; 4: int4 per group (default: 4 if the run's train.quantization is "
+                         "int4, else 8)")
+    ex.add_argument(*spell("--group_size"), type=int, metavar="G",
+                    help="--bits 4: weights per scale/zero point, even, divides the layers' in_features (default: "
+                         "the run's train.int4_group_size, 32)")
     ex.add_argument(*spell("--eval_bytes"), type=int, default=DEFAULT_EVAL_BYTES, metavar="N",
                     help="validation bytes scored by the fp32 and the int8 model (bpb_delta); 0 skips the check "
                          f"(default {DEFAULT_EVAL_BYTES})")

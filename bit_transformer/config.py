@@ -201,8 +201,12 @@ class TrainConfig(_Strict):
     compress_prob: float = Field(0.0, ge=0.0, le=1.0, description="Final probability of a compressed sample.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     compile: bool = Field(False, description="torch.compile the blocks where supported.")
-    quantization: Literal["none", "int8"] = Field("none", description="Export target after training.")
+    quantization: Literal["none", "int8", "int4"] = Field("none", description="Export target after training.")
     qat: bool = Field(False, description="Quantization-aware training (fake-quantized weights).")
+    int4_group_size: int = Field(
+        32, ge=2, description="int4: weights per scale/zero point (even, divides d_model and the FF width); "
+        "QAT and export-int8 --bits 4 use it.",
+    )
     lambda_K: float = Field(0.0, ge=0.0, description="Loss weight of negentropy K (differentiable).")
     lambda_C: float = Field(0.0, ge=0.0, description="Loss weight of LZ complexity C (differentiable proxy).")
     lambda_S: float = Field(0.0, ge=0.0, description="Loss weight of symbiosis S (differentiable).")
@@ -257,8 +261,8 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        if self.qat and self.quantization != "int8":
-            raise ValueError("qat=true needs quantization='int8' (QAT trains for the INT8 export)")
+        if self.qat and self.quantization == "none":
+            raise ValueError("qat=true needs quantization='int8' or 'int4' (the export QAT trains for)")
         return self
 
 
@@ -301,6 +305,15 @@ class RunConfig(_Strict):
             raise ValueError("model.arch='framed' (the default) reads whole 9-bit frames, and compressed streams are "
                              "not framed: set model.arch='flat' to train on compressed samples, or "
                              "train.compress_prob=0")
+        return self
+
+    @model_validator(mode="after")
+    def _check_int4(self) -> RunConfig:
+        g, widths = self.train.int4_group_size, (self.model.d_model, self.model.ff_dim)
+        if self.train.quantization == "int4" and (g % 2 or any(w % g for w in widths)):
+            fits = [c for c in (16, 32, 64, 128) if all(w % c == 0 for w in widths)]
+            raise ValueError(f"train.int4_group_size ({g}) must be even and divide model.d_model ({widths[0]}) and "
+                             f"the FF width ({widths[1]}), the in_features of the linears it groups: try {fits or 2}")
         return self
 
     @model_validator(mode="after")

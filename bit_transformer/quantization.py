@@ -22,7 +22,8 @@ weights with exactly the rule above and a straight-through estimator; the linear
 their input the way the dynamic kernel will (per tensor, 7-bit). That activation part is where most of
 the INT8 error comes from (measured: ~2% of the output scale per linear, vs ~0.5% from the weights), so
 it is on by default (``activations=False`` to switch it off). State-dict keys are unchanged, so QAT
-checkpoints load into plain models and vice versa.
+checkpoints load into plain models and vice versa. ``bits=4`` trains for the INT4 export instead
+(quantization_int4.py: per-group 4-bit weights, float activations).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import os
 import shutil
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -45,12 +47,14 @@ from safetensors import safe_open
 from torch import nn
 
 from .block import upgrade_key
-from .config import ModelConfig, RunConfig, stored_model_config, stored_run_config
+from .config import ModelConfig, RunConfig, TrainConfig, stored_model_config, stored_run_config
 from .export import Int8Info
 from .factory import build_model
+from .int4 import check_group_size, fake_quant_groups
 from .model import BitTransformerLM
 
 FORMAT = "bit-transformer-int8"
+ARTIFACT_FORMATS = (FORMAT, "bit-transformer-int4")  # exports may replace each other in place
 VERSION = 1
 WEIGHTS = "model.int8.safetensors"
 CONFIG = "config.json"
@@ -91,15 +95,27 @@ def fake_quant_act(x: torch.Tensor, levels: int = 127) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------- QAT
 class QATLinear(nn.Linear):
-    """nn.Linear training against its int8 export: fake-quantized weight (and input)."""
+    """nn.Linear training against its export: fake-quantized weight (and input, for INT8).
+
+    ``bits`` 8: the INT8 rule above; 4: the per-group INT4 rule (int4.py) with ``group_size``/``symmetric``, no
+    input quantization (the INT4 export keeps activations float).
+    """
 
     quant_input: bool = True
     levels: int = 127
+    bits: int = 8
+    group_size: int = 32
+    symmetric: bool = False
+
+    def snapped_weight(self) -> torch.Tensor:
+        if self.bits == 4:
+            return fake_quant_groups(self.weight, self.group_size, symmetric=self.symmetric)
+        return fake_quant_weight(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant_input:
             x = fake_quant_act(x, self.levels)
-        return F.linear(x, fake_quant_weight(self.weight), self.bias)
+        return F.linear(x, self.snapped_weight(), self.bias)
 
 
 class QATEmbedding(nn.Embedding):
@@ -112,7 +128,7 @@ class QATEmbedding(nn.Embedding):
 def quant_targets(model: nn.Module) -> tuple[list[str], list[str]]:
     """(linear names, embedding names) that the INT8 format quantizes."""
     linears = [n for n, m in model.named_modules() if n.startswith("stack.blocks.") and ".halt" not in n
-               and (isinstance(m, nn.Linear) or _is_int8_linear(m))]
+               and (isinstance(m, nn.Linear) or _is_int8_linear(m) or hasattr(m, "weight_int4"))]
     embeddings = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
     return linears, embeddings
 
@@ -125,14 +141,23 @@ def _swap(module: nn.Module, cls: type, **attrs) -> nn.Module:
     return new
 
 
-def prepare_qat(model: BitTransformerLM, *, activations: bool = True) -> BitTransformerLM:
-    """Insert fake quantization in place (weights; inputs of the block linears when ``activations``)."""
+def prepare_qat(model: BitTransformerLM, *, activations: bool = True, bits: Literal[4, 8] = 8,
+                group_size: int = 32, symmetric: bool = False) -> BitTransformerLM:
+    """Insert fake quantization in place (weights; inputs of the block linears when ``activations``).
+
+    ``bits=4`` trains for the INT4 export (per-group weights of ``group_size``, float inputs: ``activations``
+    is ignored); the embeddings are fake-quantized as int8 either way, as both exports store them.
+    """
     linears, embeddings = quant_targets(model)
     levels = act_levels()
+    if bits == 4:
+        for name in linears:
+            check_group_size(group_size, model.get_submodule(name).in_features, name, "train.int4_group_size")
     for name in linears:
         m = model.get_submodule(name)
         if not isinstance(m, QATLinear):
-            model.set_submodule(name, _swap(m, QATLinear, quant_input=activations, levels=levels))
+            model.set_submodule(name, _swap(m, QATLinear, quant_input=activations and bits == 8, levels=levels,
+                                            bits=bits, group_size=group_size, symmetric=symmetric))
     for name in embeddings:
         m = model.get_submodule(name)
         if not isinstance(m, QATEmbedding):
@@ -141,20 +166,27 @@ def prepare_qat(model: BitTransformerLM, *, activations: bool = True) -> BitTran
     return model
 
 
-def apply_qat(model: BitTransformerLM) -> BitTransformerLM:
-    """The one place that prepares a model for quantization-aware training (idempotent)."""
+def apply_qat(model: BitTransformerLM, train: TrainConfig | None = None) -> BitTransformerLM:
+    """The one place that prepares a model for quantization-aware training (idempotent).
+
+    ``train`` (the run's TrainConfig) picks the target: INT4 when ``quantization='int4'`` (with its
+    ``int4_group_size``), else INT8.
+    """
     if getattr(model, "qat_prepared", False):
         return model
-    model = prepare_qat(model) or model
+    if train is not None and train.quantization == "int4":
+        model = prepare_qat(model, bits=4, group_size=train.int4_group_size)
+    else:
+        model = prepare_qat(model) or model
     model.qat_prepared = True  # recorded in meta.json so loading rebuilds the same structure
     return model
 
 
 def convert_qat(model: BitTransformerLM) -> BitTransformerLM:
-    """A plain float model with every QAT weight snapped to its int8 grid (a copy; the input is kept).
+    """A plain float model with every QAT weight snapped to its export grid (a copy; the input is kept).
 
     Its export re-derives exactly the integers the fake quantization used (the scales to within 1 ulp),
-    so ``export_int8(convert_qat(m))`` and ``export_int8(m)`` give the same INT8 model.
+    so ``export_int8(convert_qat(m))`` and ``export_int8(m)`` give the same INT8 model (likewise INT4).
     """
     out = copy.deepcopy(model)
     with torch.no_grad():
@@ -162,9 +194,9 @@ def convert_qat(model: BitTransformerLM) -> BitTransformerLM:
             if isinstance(m, QATLinear | QATEmbedding):
                 base = nn.Linear if isinstance(m, QATLinear) else nn.Embedding
                 plain = _swap(m, base)
-                plain.__dict__.pop("quant_input", None)
-                plain.__dict__.pop("levels", None)
-                plain.weight.copy_(fake_quant_weight(plain.weight))
+                for attr in ("quant_input", "levels", "bits", "group_size", "symmetric"):
+                    plain.__dict__.pop(attr, None)
+                plain.weight.copy_(m.snapped_weight() if isinstance(m, QATLinear) else fake_quant_weight(m.weight))
                 out.set_submodule(name, plain)
     out.qat_prepared = False
     return out
@@ -243,6 +275,8 @@ def int8_tensors(model: BitTransformerLM) -> tuple[dict[str, torch.Tensor], dict
     out: dict[str, torch.Tensor] = {}
     for name in linears:
         m = model.get_submodule(name)
+        if hasattr(m, "weight_int4"):
+            raise ValueError(f"{name} is already int4: export INT8 from the float checkpoint, not an INT4 artifact")
         if isinstance(m, Int8Linear):
             q, scale, bias = m.weight_int8, m.scale, m.bias
         elif _is_int8_linear(m):  # a packed torch.ao dynamic linear: read its integers back
@@ -267,9 +301,10 @@ def _qentries(key: str, q: torch.Tensor, scale: torch.Tensor) -> dict[str, torch
             key + ".zero_point": torch.zeros(q.shape[0], dtype=torch.int8)}
 
 
-def _build(cfg: ModelConfig, tensors: dict[str, torch.Tensor], layout: dict[str, list[str]],
-           backend: Backend, engine: str | None = None) -> BitTransformerLM:
-    use_dynamic = backend == "dynamic" or (backend == "auto" and dynamic_available())
+def build_quantized(cfg: ModelConfig, tensors: dict[str, torch.Tensor], layout: dict[str, list[str]],
+                    make_linear: Callable[[dict[str, torch.Tensor], str], nn.Module]) -> BitTransformerLM:
+    """The model an export describes: int8 embeddings dequantized, the floats loaded, and each block linear
+    built by ``make_linear(entries, name)``, which pops that linear's entries (weights, bias) from ``entries``."""
     with torch.random.fork_rng(devices=[]):  # the throwaway init must not move the caller's RNG
         model = build_model(cfg)
     plain = dict(tensors)
@@ -277,23 +312,32 @@ def _build(cfg: ModelConfig, tensors: dict[str, torch.Tensor], layout: dict[str,
         q, scale = plain.pop(name + ".weight.int8"), plain.pop(name + ".weight.scale")
         plain.pop(name + ".weight.zero_point")
         plain[name + ".weight"] = q.float() * scale[:, None]
-    qlin = {}
-    for name in layout["linear"]:
-        q, scale = plain.pop(name + ".weight.int8"), plain.pop(name + ".weight.scale")
-        plain.pop(name + ".weight.zero_point")
-        qlin[name] = (q, scale, plain.pop(name + ".bias", None))
+    linears = {name: make_linear(plain, name) for name in layout["linear"]}
     missing, unexpected = model.load_state_dict(plain, strict=False)  # floats first, then swap the linears in
-    missing = [k for k in missing if k.rsplit(".", 1)[0] not in qlin]
+    missing = [k for k in missing if k.rsplit(".", 1)[0] not in linears]
     if missing or unexpected:
-        raise ValueError(f"INT8 artifact does not match its config: missing={missing[:5]}, "
+        raise ValueError(f"quantized artifact does not match its config: missing={missing[:5]}, "
                          f"unexpected={unexpected[:5]}")
+    for name, mod in linears.items():
+        model.set_submodule(name, mod)
+    return model.eval()
+
+
+def _build(cfg: ModelConfig, tensors: dict[str, torch.Tensor], layout: dict[str, list[str]],
+           backend: Backend, engine: str | None = None) -> BitTransformerLM:
+    use_dynamic = backend == "dynamic" or (backend == "auto" and dynamic_available())
+
+    def make(entries: dict[str, torch.Tensor], name: str) -> nn.Module:
+        q, scale = entries.pop(name + ".weight.int8"), entries.pop(name + ".weight.scale")
+        entries.pop(name + ".weight.zero_point")
+        bias = entries.pop(name + ".bias", None)
+        return _dynamic_linear(q, scale, bias) if use_dynamic else Int8Linear(q, scale, bias, act_levels())
+
     with _engine(engine) if use_dynamic else contextlib.nullcontext("reference") as chosen:
-        for name, (q, scale, bias) in qlin.items():
-            mod = _dynamic_linear(q, scale, bias) if use_dynamic else Int8Linear(q, scale, bias, act_levels())
-            model.set_submodule(name, mod)
+        model = build_quantized(cfg, tensors, layout, make)
     model.int8_backend = "dynamic" if use_dynamic else "reference"
     model.int8_engine = chosen
-    return model.eval()
+    return model
 
 
 def quantize_int8(model: BitTransformerLM, *, backend: Backend = "auto", engine: str | None = None) -> BitTransformerLM:
@@ -306,21 +350,42 @@ def quantize_int8(model: BitTransformerLM, *, backend: Backend = "auto", engine:
 def export_int8(model: BitTransformerLM, path: str | Path, *, config: RunConfig | None = None) -> Int8Info:
     """Write the INT8 artifact directory atomically; ``config`` (a RunConfig) is stored when given."""
     target = Path(path)
-    if target.suffix == ".safetensors":
-        raise ValueError(f"{target}: give a directory for the INT8 artifact (it holds {WEIGHTS} and {CONFIG})")
-    if target.exists() and not _is_artifact(target) and (target.is_file() or any(target.iterdir())):
-        raise FileExistsError(f"{target} exists and is not an INT8 artifact: choose a new path")
     tensors, layout = int8_tensors(model)
-    meta = {"format": FORMAT, "version": VERSION, "model": model.cfg.model_dump(mode="json"),
+    meta = artifact_meta(FORMAT, VERSION, model, config, layout) | {"act_levels": act_levels()}
+    write_artifact(target, WEIGHTS, tensors, meta)
+    fp32_bytes = fp32_size(model)
+    size = sum(f.stat().st_size for f in target.iterdir())
+    n_int8 = sum(t.numel() for k, t in tensors.items() if k.endswith(".int8"))
+    return Int8Info(
+        path=str(target), files=sorted(f.name for f in target.iterdir()), artifact_bytes=size,
+        fp32_bytes=fp32_bytes, size_ratio=fp32_bytes / size, quantized_linears=len(layout["linear"]),
+        quantized_embeddings=len(layout["embedding"]), int8_params=n_int8,
+        fp32_params=sum(t.numel() for k, t in tensors.items() if t.dtype == torch.float32 and not k.endswith(".scale")),
+        engine=torch.backends.quantized.engine, from_qat=meta["from_qat"],
+    )
+
+
+def artifact_meta(fmt: str, version: int, model: BitTransformerLM, config: RunConfig | None,
+                  layout: dict[str, list[str]]) -> dict:
+    """The config.json fields every quantized export has."""
+    return {"format": fmt, "version": version, "model": model.cfg.model_dump(mode="json"),
             "run": config.model_dump(mode="json") if config is not None else None, "layout": layout,
-            "act_levels": act_levels(), "from_qat": bool(getattr(model, "qat_prepared", False)),
-            "torch": torch.__version__}
+            "from_qat": bool(getattr(model, "qat_prepared", False)), "torch": torch.__version__}
+
+
+def write_artifact(target: Path, weights: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write an export directory (``weights`` + config.json) atomically, replacing an earlier export there."""
+    kind = meta["format"].rsplit("-", 1)[-1].upper()
+    if target.suffix == ".safetensors":
+        raise ValueError(f"{target}: give a directory for the {kind} artifact (it holds {weights} and {CONFIG})")
+    if target.exists() and not _is_artifact(target) and (target.is_file() or any(target.iterdir())):
+        raise FileExistsError(f"{target} exists and is not an INT8/INT4 artifact: choose a new path")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        header = {"format": FORMAT, "config": json.dumps(meta)}  # the file alone is loadable too
-        safetensors.torch.save_file(tensors, str(tmp / WEIGHTS), metadata=header)
+        header = {"format": meta["format"], "config": json.dumps(meta)}  # the file alone is loadable too
+        safetensors.torch.save_file(tensors, str(tmp / weights), metadata=header)
         (tmp / CONFIG).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
@@ -335,17 +400,12 @@ def export_int8(model: BitTransformerLM, path: str | Path, *, config: RunConfig 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def fp32_size(model: BitTransformerLM) -> int:
+    """Bytes of ``model``'s float32 state dict as safetensors: what a quantized export is compared with."""
     fp32 = {k: v.detach().float().cpu().contiguous() for k, v in _plain_state(model).items()}
-    fp32_bytes = len(safetensors.torch.save(fp32))
-    size = sum(f.stat().st_size for f in target.iterdir())
-    n_int8 = sum(t.numel() for k, t in tensors.items() if k.endswith(".int8"))
-    return Int8Info(
-        path=str(target), files=sorted(f.name for f in target.iterdir()), artifact_bytes=size,
-        fp32_bytes=fp32_bytes, size_ratio=fp32_bytes / size, quantized_linears=len(layout["linear"]),
-        quantized_embeddings=len(layout["embedding"]), int8_params=n_int8,
-        fp32_params=sum(t.numel() for k, t in tensors.items() if t.dtype == torch.float32 and not k.endswith(".scale")),
-        engine=torch.backends.quantized.engine, from_qat=meta["from_qat"],
-    )
+    return len(safetensors.torch.save(fp32))
 
 
 def _plain_state(model: BitTransformerLM) -> dict[str, torch.Tensor]:
@@ -361,9 +421,17 @@ def _plain_state(model: BitTransformerLM) -> dict[str, torch.Tensor]:
 
 def _is_artifact(path: Path) -> bool:
     try:
-        return json.loads((path / CONFIG).read_text(encoding="utf-8")).get("format") == FORMAT
+        return json.loads((path / CONFIG).read_text(encoding="utf-8")).get("format") in ARTIFACT_FORMATS
     except (OSError, ValueError):
         return False
+
+
+def read_meta(p: Path, weights: Path) -> dict:
+    """An export's config.json (or, for a bare weights file, the copy in its safetensors header)."""
+    if p.is_dir() and (p / CONFIG).is_file():
+        return json.loads((p / CONFIG).read_text(encoding="utf-8"))
+    with safe_open(str(weights), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("config", "{}"))
 
 
 def load_int8(
@@ -380,11 +448,7 @@ def load_int8(
     weights = p / WEIGHTS if p.is_dir() else p
     if not weights.is_file():
         raise FileNotFoundError(f"no INT8 artifact at {p}: expected a directory with {WEIGHTS}")
-    if p.is_dir() and (p / CONFIG).is_file():
-        meta = json.loads((p / CONFIG).read_text(encoding="utf-8"))
-    else:
-        with safe_open(str(weights), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("config", "{}"))
+    meta = read_meta(p, weights)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{p} is not a {FORMAT} artifact (format={meta.get('format')!r})")
     if meta.get("version", 0) > VERSION:

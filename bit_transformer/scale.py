@@ -324,8 +324,11 @@ def scale_up(
     if qat:  # keep training what was being trained: the same fake quantization on the grown model
         from .quantization import QATLinear, prepare_qat
 
-        acts = any(getattr(m, "quant_input", False) for m in model.modules() if isinstance(m, QATLinear))
-        prepare_qat(new_model, activations=acts)
+        qlin = [m for m in model.modules() if isinstance(m, QATLinear)]
+        acts = any(m.quant_input for m in qlin)
+        first = qlin[0] if qlin else QATLinear  # the same target (int8 or int4 with its groups) as the source
+        prepare_qat(new_model, activations=acts, bits=first.bits, group_size=first.group_size,
+                    symmetric=first.symmetric)
 
     probe = (batch if batch is not None else _default_batch(cfg)).long().to(device)
     before, after = _probe(model, probe), _probe(new_model, probe)

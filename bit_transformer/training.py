@@ -108,7 +108,7 @@ class Trainer:
         self._datasets()
         torch.manual_seed(cfg.train.seed)
         model = model if model is not None else build_model(cfg.model)
-        self.model = apply_qat(model) if cfg.train.qat else model
+        self.model = apply_qat(model, cfg.train) if cfg.train.qat else model
         self.plan: TrainPlan | None = None  # each fit() plans, counts and checkpoints afresh
         self.state = TrainState()
         self.last_eval: EvalMetrics | None = None

@@ -284,10 +284,10 @@ class ExportResult(BaseModel):
     path: str = Field(description="Relative to the workspace.")
     size_bytes: int
     fp32_size_bytes: int | None = None
-    size_ratio: float | None = Field(None, description="fp32 size / int8 size (times smaller).")
+    size_ratio: float | None = Field(None, description="fp32 size / export size (times smaller).")
     bpb_fp32: float | None = None
     bpb_int8: float | None = None
-    bpb_delta: float | None = Field(None, description="Quality change: int8 minus fp32 bits per byte.")
+    bpb_delta: float | None = Field(None, description="Quality change: export minus fp32 bits per byte.")
     eval_bytes: int | None = None
     info: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = None

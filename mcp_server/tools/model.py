@@ -130,18 +130,21 @@ def register(server: MCPServer, app) -> None:
         checkpoint: Checkpoint = None,
         eval_bytes: Annotated[int, Field(ge=0, le=1_000_000, description="Validation bytes for bpb_delta (0 = "
                                          "skip).")] = DEFAULT_EVAL_BYTES,
+        bits: Annotated[Literal[4, 8] | None, Field(description="4: int4, groups of train.int4_group_size. "
+                                                   "Default: per train.quantization.")] = None,
     ) -> Annotated[CallToolResult, ExportResult]:
         """Quantize the current model or a checkpoint to INT8 (dynamic, linear layers; QAT weights when train.qat)
         into exports/<name>/. Good result: size_ratio > 3 and a small bpb_delta (int8 - fp32 bits per byte on
         val)."""
-        from bit_transformer.export import Int8Info, export_int8_checked
+        from bit_transformer.export import Int8Info, export_bits, export_int8_checked
 
         with engine.lock:
             ck_name, model, ck_cfg = engine.model(checkpoint)
-            name = name or ck_name.replace("/", "-") + "-int8"
+            bits = export_bits(ck_cfg, bits)[0]
+            name = name or ck_name.replace("/", "-") + f"-int{bits}"
             path = app.ws.export_path(name)
             val = engine.corpus(app.config().data).val if eval_bytes else None
-            out = export_int8_checked(model, path, config=ck_cfg, val_bits=val, eval_bytes=eval_bytes)
+            out = export_int8_checked(model, path, config=ck_cfg, val_bits=val, eval_bytes=eval_bytes, bits=bits)
         size = _size(path)
         _record_source(app.ws, name, ck_name)
         info = out.model_dump(mode="json", include=set(Int8Info.model_fields) - {"path", "files"})  # no server paths

@@ -109,6 +109,10 @@ async def test_export_int8(trained_ws):
         named = await call(c, "export_int8", {"name": "mine", "eval_bytes": 0})
         assert named["path"] == "exports/mine" and named.get("bpb_delta") is None
         assert "not allowed" in error_text(await c.call_tool("export_int8", {"name": "../x"}))
+        four = await call(c, "export_int8", {"bits": 4, "eval_bytes": 200})  # the same tool, INT4 (default groups)
+        assert four["name"] == "job-0001-update-0000006-int4" and four["info"]["bits"] == 4
+        assert four["info"]["group_size"] == 32 and four["size_bytes"] < out["size_bytes"]
+        assert abs(four["bpb_delta"]) < 1.0 and (trained_ws / four["path"] / "model.int4.safetensors").is_file()
 
 
 async def test_scale_up_rebuilds_plan_and_next_run(trained_ws):
