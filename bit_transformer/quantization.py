@@ -426,6 +426,27 @@ def _is_artifact(path: Path) -> bool:
         return False
 
 
+def read_artifact(path: str | Path, *, weights: str, fmt: str, version: int, kind: str
+                  ) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, list[str]], dict]:
+    """(model config, tensors, layout, meta) of an INT8 or INT4 export: its directory or its .safetensors file.
+
+    Keys are upgraded on the way in: artifacts written before the block stack named its parts the old way
+    (blocks.N.ff.0, ln_f) load unchanged.
+    """
+    p = Path(path)
+    file = p / weights if p.is_dir() else p
+    if not file.is_file():
+        raise FileNotFoundError(f"no {kind} artifact at {p}: expected a directory with {weights}")
+    meta = read_meta(p, file)
+    if meta.get("format") != fmt:
+        raise ValueError(f"{p} is not a {fmt} artifact (format={meta.get('format')!r})")
+    if meta.get("version", 0) > version:
+        raise ValueError(f"{p} has {kind} format version {meta['version']}; this code reads up to {version}")
+    tensors = {upgrade_key(k): v for k, v in safetensors.torch.load_file(str(file)).items()}
+    layout = {name: [upgrade_key(n) for n in names] for name, names in meta["layout"].items()}
+    return stored_model_config(meta["model"]), tensors, layout, meta
+
+
 def read_meta(p: Path, weights: Path) -> dict:
     """An export's config.json (or, for a bare weights file, the copy in its safetensors header)."""
     if p.is_dir() and (p / CONFIG).is_file():
@@ -444,18 +465,6 @@ def load_int8(
     AMX CPUs onednn was the fastest here). Returns (model in eval mode, the stored RunConfig if the export
     had one, else its ModelConfig).
     """
-    p = Path(path)
-    weights = p / WEIGHTS if p.is_dir() else p
-    if not weights.is_file():
-        raise FileNotFoundError(f"no INT8 artifact at {p}: expected a directory with {WEIGHTS}")
-    meta = read_meta(p, weights)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{p} is not a {FORMAT} artifact (format={meta.get('format')!r})")
-    if meta.get("version", 0) > VERSION:
-        raise ValueError(f"{p} has INT8 format version {meta['version']}; this code reads up to {VERSION}")
-    cfg = stored_model_config(meta["model"])
-    # artifacts written before the block stack name its parts the old way (blocks.N.ff.0, ln_f)
-    tensors = {upgrade_key(k): v for k, v in safetensors.torch.load_file(str(weights)).items()}
-    layout = {kind: [upgrade_key(n) for n in names] for kind, names in meta["layout"].items()}
+    cfg, tensors, layout, meta = read_artifact(path, weights=WEIGHTS, fmt=FORMAT, version=VERSION, kind="INT8")
     model = _build(cfg, tensors, layout, backend, engine)
     return model, (stored_run_config(meta["run"]) if meta.get("run") else cfg)

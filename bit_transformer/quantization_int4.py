@@ -28,13 +28,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .block import upgrade_key
-from .config import ModelConfig, RunConfig, stored_model_config, stored_run_config
+from .config import ModelConfig, RunConfig, stored_run_config
 from .export import Int8Info
 from .int4 import check_group_size, dequantize_groups, pack_nibbles, quantize_groups, unpack_nibbles
 from .model import BitTransformerLM
@@ -46,6 +44,7 @@ from .quantization import (
     fp32_size,
     quant_targets,
     quantize_rows,
+    read_artifact,
     read_meta,
     write_artifact,
 )
@@ -166,18 +165,7 @@ def load_int4(path: str | Path, *, backend: Int4Backend = "dequant"
 
     Returns (model in eval mode, the stored RunConfig if the export had one, else its ModelConfig).
     """
-    p = Path(path)
-    weights = p / WEIGHTS if p.is_dir() else p
-    if not weights.is_file():
-        raise FileNotFoundError(f"no INT4 artifact at {p}: expected a directory with {WEIGHTS}")
-    meta = read_meta(p, weights)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{p} is not a {FORMAT} artifact (format={meta.get('format')!r})")
-    if meta.get("version", 0) > VERSION:
-        raise ValueError(f"{p} has INT4 format version {meta['version']}; this code reads up to {VERSION}")
-    cfg = stored_model_config(meta["model"])
-    tensors = {upgrade_key(k): v for k, v in safetensors.torch.load_file(str(weights)).items()}
-    layout = {kind: [upgrade_key(n) for n in names] for kind, names in meta["layout"].items()}
+    cfg, tensors, layout, meta = read_artifact(path, weights=WEIGHTS, fmt=FORMAT, version=VERSION, kind="INT4")
     model = _build(cfg, tensors, layout, backend)
     return model, (stored_run_config(meta["run"]) if meta.get("run") else cfg)
 
