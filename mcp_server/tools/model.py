@@ -239,12 +239,12 @@ def register(server: MCPServer, app) -> None:
                                 next="evaluate()/generate() use it now; train(steps=N) continues training from "
                                      "its weights with a fresh optimizer and schedule"))
 
-    @server.tool(annotations=read_only("List INT8 exports"))
+    @server.tool(annotations=read_only("List exports"))
     @guarded
     def list_exports(
         limit: Annotated[int, Field(ge=1, le=1000, description="Newest exports to list.")] = 12,
     ) -> Annotated[CallToolResult, ExportList]:
-        """INT8 exports (newest last): name, workspace-relative path, size and source checkpoint."""
+        """INT8/INT4 exports (newest last): name, workspace-relative path, size and source checkpoint."""
         sources = _sources(app.ws)
         rows = []
         for d in app.ws.exports_dir.iterdir() if app.ws.exports_dir.is_dir() else []:
@@ -262,7 +262,7 @@ def register(server: MCPServer, app) -> None:
                                          "checkpoints.")] = None,
         checkpoint: Annotated[str | None, Field(max_length=200, description="One checkpoint '<run>/<name>'.")]
         = None,
-        export: Annotated[str | None, Field(max_length=80, description="One INT8 export name.")] = None,
+        export: Annotated[str | None, Field(max_length=80, description="One export name.")] = None,
         dry_run: Annotated[bool, Field(description="Only report what would go and the bytes freed.")] = False,
     ) -> Annotated[CallToolResult, DeleteResult]:
         """Permanently remove one run, checkpoint or export (give exactly one) to free disk. Refuses the current
