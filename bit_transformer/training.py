@@ -18,10 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +56,7 @@ from .selective_compile import compile_blocks
 from .telemetry import TelemetrySummary, sample_telemetry
 from .train_loss import LN2, micro_batch_loss
 from .train_state import TrainState, capture_rng, restore_rng
+from .update_stats import GroupSums, TrainClock
 from .validator import Validator
 
 __all__ = ["EvalMetrics", "StepMetrics", "TrainPlan", "TrainResult", "Trainer", "plan_training"]
@@ -188,7 +187,7 @@ class Trainer:
         batches = UpdateBatches(self.train_set, t, rank=self.dist.rank, world_size=self.dist.world_size,
                                 pin_memory=self.device.type == "cuda")
         ramp_len = warmup_updates(t.warmup_frac, plan.total_updates)
-        clock = _Clock(state.update)
+        clock = TrainClock(state.update)
         last_step: StepMetrics | None = None
         bad_updates, status, reason = 0, "completed", None
         for group in batches.groups(state.epoch, state.position):
@@ -352,9 +351,9 @@ class Trainer:
         return build_optimizer(self.model, self.cfg.train)
 
     # ------------------------------------------------------------------------------------------ one update
-    def _forward_backward(self, group: UpdateGroup, compress_p: float) -> _GroupSums | None:
+    def _forward_backward(self, group: UpdateGroup, compress_p: float) -> GroupSums | None:
         """Forward + backward of each micro-batch, loss scaled by the group's real size; None when cancelled."""
-        sums = _GroupSums()
+        sums = GroupSums()
         for i, (inputs, targets) in enumerate(group.batches):
             if any_rank(self.cancel.is_set(), self.dist, self.device):  # checked at every micro-step boundary
                 return None
@@ -368,8 +367,8 @@ class Trainer:
             sums.add(parts, group.size, bits=inputs.numel() * self.dist.world_size)
         return sums
 
-    def _step(self, group: UpdateGroup, sums: _GroupSums, compress_p: float,
-              clock: _Clock) -> tuple[StepMetrics, bool]:
+    def _step(self, group: UpdateGroup, sums: GroupSums, compress_p: float,
+              clock: TrainClock) -> tuple[StepMetrics, bool]:
         """Clip, set this update's LR, step (unless non-finite), report (statistics averaged over ranks)."""
         loss, ponder, kl = self.parallel.mean_over_ranks([sum(sums.losses) / group.size, sums.ponder, sums.kl])
         raw_s, raw_n, comp_s, comp_n = self.parallel.sum_over_ranks([*sums.raw, *sums.comp])
@@ -460,51 +459,3 @@ class Trainer:
                                      last_eval=ev)
         if info is not None:
             self._emit("checkpoint", info)
-
-
-@dataclass
-class _GroupSums:
-    """One update's micro-batch statistics, summed as the micro-batches run."""
-
-    losses: list[float] = field(default_factory=list)
-    raw: list[float] = field(default_factory=lambda: [0.0, 0])  # loss x tokens, tokens (uncompressed rows)
-    comp: list[float] = field(default_factory=lambda: [0.0, 0])  # the same over compressed rows
-    ponder: float = 0.0
-    kl: float = 0.0  # distillation KL, mean over the group's micro-batches
-    bits: int = 0
-    t0: float = field(default_factory=time.perf_counter)
-
-    def add(self, parts, group_size: int, bits: int) -> None:
-        self.losses.append(float(parts.loss.detach()))
-        if parts.raw_ce is not None:
-            self.raw = [self.raw[0] + parts.raw_ce * parts.n_raw, self.raw[1] + parts.n_raw]
-        if parts.compressed_ce is not None:
-            self.comp = [self.comp[0] + parts.compressed_ce * parts.n_compressed, self.comp[1] + parts.n_compressed]
-        self.ponder += parts.ponder / group_size
-        self.kl += (parts.kl or 0.0) / group_size
-        self.bits += bits
-
-
-@dataclass
-class _Clock:
-    """Training time only (evaluations and saves excluded), for throughput and the ETA."""
-
-    start_update: int
-    t0: float = field(default_factory=time.perf_counter)
-    train_s: float = 0.0
-    bits: int = 0
-
-    def tick(self, sums: _GroupSums) -> None:
-        self.train_s += time.perf_counter() - sums.t0
-        self.bits += sums.bits
-
-    @property
-    def bits_per_s(self) -> float:
-        return self.bits / max(self.train_s, 1e-9)
-
-    @property
-    def elapsed_s(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def eta_s(self, update: int, total: int) -> float:
-        return (total - update) * self.train_s / max(1, update - self.start_update)
